@@ -1,0 +1,30 @@
+"""Teacher clients: a record's text in, a label with a probability per label out.
+
+Any OpenAI-compatible endpoint, a local causal LM, or a zero-shot sentence embedder.
+"""
+
+from labelers._local import TransformersTeacher, ZeroShotTeacher
+from labelers._openai import LabelStats, OpenAITeacher, Price
+from labelers._parse import TokenStep, canonical, label_distribution, match_label
+from labelers._prompt import build_messages, prompt_hash, system_prompt
+from labelers._types import Answer, ClassifyTask, LabelerError, ResponseCache, Usage
+
+__all__ = [
+    "Answer",
+    "ClassifyTask",
+    "LabelStats",
+    "LabelerError",
+    "OpenAITeacher",
+    "Price",
+    "ResponseCache",
+    "TokenStep",
+    "TransformersTeacher",
+    "Usage",
+    "ZeroShotTeacher",
+    "build_messages",
+    "canonical",
+    "label_distribution",
+    "match_label",
+    "prompt_hash",
+    "system_prompt",
+]

