@@ -65,6 +65,7 @@ class OpenAITeacher:
     base_url : the API root, e.g. ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1``.
     api_key : the key, read by the caller from the environment; sent only as a bearer header.
     concurrency : requests in flight at most.
+    rpm : requests started per minute at most (evenly spaced), or None for no cap.
     timeout_s : per-request timeout.
     max_retries : retries after the first try for 429, 5xx, timeouts and dropped connections.
     price : dollars per million tokens, for the cost of each call.
@@ -81,6 +82,7 @@ class OpenAITeacher:
         base_url: str = "https://api.openai.com/v1",
         api_key: str | None = None,
         concurrency: int = 32,
+        rpm: float | None = None,
         timeout_s: float = 60.0,
         max_retries: int = 6,
         price: Price | None = None,
@@ -100,6 +102,8 @@ class OpenAITeacher:
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.concurrency = concurrency
+        self.rpm = rpm
+        self._next_start = 0.0
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.price = price or Price()
@@ -207,7 +211,18 @@ class OpenAITeacher:
             answer = self.parse_response(record_id, response)
             return Answer(**{**answer.__dict__, "attempts": attempt})
 
+    async def _pace(self) -> None:
+        """Space request starts 60/rpm seconds apart (one event loop, so no lock is needed)."""
+        if not self.rpm:
+            return
+        now = time.monotonic()
+        start = max(now, self._next_start)
+        self._next_start = start + 60.0 / self.rpm
+        if start > now:
+            await asyncio.sleep(start - now)
+
     async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+        await self._pace()
         try:
             response = await client.post("/chat/completions", json=body)
         except httpx.TimeoutException:
@@ -240,7 +255,7 @@ class OpenAITeacher:
         usage = response.get("usage") or {}
         input_tokens = int(usage.get("prompt_tokens") or 0)
         output_tokens = int(usage.get("completion_tokens") or 0)
-        spent = Usage(input_tokens, output_tokens, 0.0 if cached else self.price.cost(input_tokens, output_tokens))
+        spent = Usage(input_tokens, output_tokens, self.price.cost(input_tokens, output_tokens))
         choice = response["choices"][0]
         raw = (choice.get("message") or {}).get("content") or ""
         label = match_label(raw, self.task.labels)

@@ -1,0 +1,206 @@
+"""The `understudy` command line: run, label, train, evaluate, estimate, datasets.
+
+Bad input becomes one line on stderr and exit code 2; `--debug` keeps the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Distil a teacher LLM into small, cheap students.")
+datasets_app = typer.Typer(no_args_is_help=True, help="List, show and verify dataset versions.")
+app.add_typer(datasets_app, name="datasets")
+
+_state = {"debug": False}
+
+ConfigArg = Annotated[Path, typer.Argument(help="the YAML config")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a key: --set teacher.model=M")]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    import labelers
+    import storage
+    from flows._config import ConfigError
+    from flows._ingest import InputError
+    from flows._pipeline import SetupError
+
+    return (ConfigError, InputError, SetupError, labelers.LabelerError, storage.StoreError)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"understudy: error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run fn; user errors become one line on stderr and exit 2."""
+    try:
+        return fn(*args, **kwargs)
+    except _user_errors() as exc:
+        if _state["debug"]:
+            raise
+        _fail(str(exc))
+
+
+def _config(path: Path, overrides: list[str] | None) -> Any:
+    from flows._config import load_config
+
+    return _guard(load_config, path, overrides or [])
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False) -> None:
+    _state["debug"] = debug
+
+
+def _print_results(report_path: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    report = json.loads(report_path.read_text())
+    lab, console = report["labeling"], Console()
+    teacher_acc = report["teacher"]["accuracy_vs_gold"]
+    console.print(
+        f"[bold]{report['name']}[/]  dataset {report['dataset']['name']}@{report['dataset']['version']}"
+        f" ({report['dataset']['rows']} rows)\n"
+        f"labeling: {lab['labeled']} labeled, {lab['failed']} failed, {lab['teacher_calls']} teacher calls,"
+        f" {lab['cache_hits']} cache hits, {lab['retries']} retries, ${lab['cost_usd']:.4f}, {lab['wall_s']:.1f} s\n"
+        f"teacher accuracy vs gold (held-out): "
+        + (f"{100 * teacher_acc:.1f}%" if teacher_acc is not None else "n/a")
+    )
+    table = Table("student", "agree", "acc/gold", "KL", "ECE", "train s", "ms/1k", "MB")
+    for s in report["students"]:
+        pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        table.add_row(s["kind"], pct(s["agreement"]), pct(s["accuracy_vs_gold"]),
+                      f"{s['kl_teacher_student']:.3f}", f"{s['ece']:.3f}", f"{s['train_s']:.2f}",
+                      f"{s['predict_ms_per_1k']:.1f}", f"{s['size_bytes'] / 1e6:.2f}")
+    console.print(table)
+    per_1k = 1000 * lab["cost_usd"] / lab["teacher_calls"] if lab["teacher_calls"] else 0.0
+    console.print(f"teacher cost: ${per_1k:.4f} per 1k records paid in this run "
+                  f"(students run locally: $0)")
+    typer.echo(str(report_path))
+
+
+@app.command()
+def run(config: ConfigArg, set_: SetOpt = None,
+        out: Annotated[Path | None, typer.Option("--out", help="run folder")] = None) -> None:
+    """Ingest -> label -> commit -> train -> evaluate; prints the results and report.json's path."""
+    cfg = _config(config, set_)
+    from flows._flow import distill
+
+    report_path = _guard(distill, cfg, str(out) if out else None)
+    _print_results(Path(report_path))
+
+
+@app.command()
+def label(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Ingest + label + commit; prints NAME@VERSION."""
+    cfg = _config(config, set_)
+    from flows._flow import label_dataset
+
+    ref, labeling = _guard(label_dataset, cfg)
+    rep = labeling["report"]
+    typer.echo(f"{rep['labeled']} labeled, {rep['failed']} failed, {rep['teacher_calls']} teacher calls, "
+               f"{rep['cache_hits']} cache hits, ${rep['cost_usd']:.4f}", err=True)
+    typer.echo(str(ref))
+
+
+@app.command()
+def train(config: ConfigArg,
+          dataset: Annotated[str, typer.Option("--dataset", help="NAME[@VERSION]")],
+          set_: SetOpt = None,
+          out: Annotated[Path | None, typer.Option("--out", help="run folder")] = None) -> None:
+    """Train the configured students on a labeled version; prints the run folder."""
+    cfg = _config(config, set_)
+    from flows._flow import train as train_flow
+
+    typer.echo(str(_guard(train_flow, cfg, dataset, str(out) if out else None)))
+
+
+@app.command()
+def evaluate(config: ConfigArg,
+             dataset: Annotated[str, typer.Option("--dataset", help="NAME[@VERSION]")],
+             set_: SetOpt = None,
+             run_dir: Annotated[Path | None, typer.Option("--run", help="a folder made by `train`")] = None,
+             ) -> None:
+    """Measure trained students against the teacher (training them first when --run is not given)."""
+    cfg = _config(config, set_)
+    from flows._flow import evaluate_run
+    from flows._flow import train as train_flow
+
+    folder = run_dir or _guard(train_flow, cfg, dataset, None)
+    _print_results(Path(_guard(evaluate_run, cfg, str(folder))))
+
+
+@app.command()
+def estimate(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Records, tokens and cost the teacher would be paid for, before paying anything."""
+    cfg = _config(config, set_)
+    from flows._estimate import estimate as do_estimate
+
+    result = _guard(do_estimate, cfg)
+    for key, value in result.items():
+        typer.echo(f"{key:>22}: {value}")
+
+
+@datasets_app.command("list")
+def datasets_list(store: Annotated[str, typer.Option(help="the store folder")] = ".understudy") -> None:
+    """Every dataset version in the store."""
+    import storage
+
+    rows = _guard(storage.Store(store).list)
+    if not rows:
+        typer.echo(f"no datasets in {store}")
+    for row in rows:
+        typer.echo(f"{row['dataset']:<40} {row['rows']:>8} rows  {row['licence']:<20} {row['created_at']}")
+
+
+@datasets_app.command("show")
+def datasets_show(spec: Annotated[str, typer.Argument(help="NAME[@VERSION]")],
+                  store: Annotated[str, typer.Option(help="the store folder")] = ".understudy") -> None:
+    """A version's manifest."""
+    import storage
+
+    s = storage.Store(store)
+    ref = _guard(s.resolve, spec)
+    typer.echo(json.dumps(_guard(s.manifest, ref), indent=2))
+
+
+@datasets_app.command("verify")
+def datasets_verify(spec: Annotated[str, typer.Argument(help="NAME[@VERSION]")],
+                    store: Annotated[str, typer.Option(help="the store folder")] = ".understudy") -> None:
+    """Re-hash a version's files against its manifest; exit 1 when anything was changed."""
+    import storage
+
+    s = storage.Store(store)
+    result = _guard(s.verify, _guard(s.resolve, spec))
+    if result.ok:
+        typer.echo(f"{result.ref}: ok")
+        return
+    for problem in result.problems:
+        typer.echo(f"{result.ref}: {problem}", err=True)
+    raise typer.Exit(1)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("understudy: interrupted; answers already paid for are in the cache, "
+                   "re-run the same command to finish", err=True)
+        sys.exit(130)

@@ -1,0 +1,199 @@
+"""The run configuration: YAML validated by pydantic, with `--set key.path=value` overrides.
+
+Unknown keys are errors that name the key; the API key itself never appears here, only the
+name of the environment variable that holds it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """The configuration file or an override is wrong."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Model):
+    path: str
+    id_field: str | None = "id"
+    text_field: str = "text"
+    gold_field: str | None = None
+    licence: str = "NOASSERTION"
+    licence_statement: str = ""
+    source: str = ""
+    citation: str = ""
+    limit: int | None = Field(default=None, ge=1)
+
+
+class TaskConfig(_Model):
+    kind: Literal["classify"] = "classify"
+    labels: list[str]
+    instructions: str = "Classify the text."
+    descriptions: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: list[str]) -> list[str]:
+        if len(labels) < 2:
+            raise ValueError(f"a classification task needs at least 2 labels, got {len(labels)}")
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        if dupes:
+            raise ValueError(f"duplicate labels: {dupes}")
+        return labels
+
+
+class PriceConfig(_Model):
+    input_per_1m: float = Field(ge=0)
+    output_per_1m: float = Field(ge=0)
+
+
+class TermsConfig(_Model):
+    profile: str = "custom"
+    statement: str
+    restrictions: list[str] = Field(default_factory=list)
+    url: str = ""
+
+
+# Known teacher terms. Restrictions are checked before training (e.g. generative students).
+TERMS_PROFILES: dict[str, TermsConfig] = {
+    "openai": TermsConfig(
+        profile="openai",
+        statement="OpenAI Terms of Use: you may not use output to develop models that compete with OpenAI.",
+        restrictions=["no-competing-models"],
+        url="https://openai.com/policies/terms-of-use",
+    ),
+    "apache-2.0": TermsConfig(
+        profile="apache-2.0",
+        statement="The teacher model is released under the Apache License 2.0; its outputs carry no extra restriction.",
+    ),
+    "unknown": TermsConfig(
+        profile="unknown",
+        statement="The teacher's terms were not stated; check them before using or sharing the outputs.",
+    ),
+}
+
+_DEFAULT_TERMS = {"openai": "unknown", "transformers": "apache-2.0", "zero-shot": "apache-2.0"}
+_DEFAULT_MODEL = {"transformers": "smollm2", "zero-shot": "all-minilm-l6-v2"}
+
+
+class TeacherConfig(_Model):
+    provider: Literal["openai", "transformers", "zero-shot"] = "zero-shot"
+    model: str | None = None
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    concurrency: int = Field(default=32, ge=1, le=1024)
+    rpm: float | None = Field(default=None, gt=0)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=6, ge=0, le=50)
+    price: PriceConfig | None = None
+    terms: str | TermsConfig | None = None
+    temperature: float | None = Field(default=None, ge=0)
+    top_logprobs: int = Field(default=20, ge=0, le=20)
+    shard_size: int = Field(default=256, ge=1)
+
+    @model_validator(mode="after")
+    def _defaults(self) -> TeacherConfig:
+        if self.model is None:
+            if self.provider == "openai":
+                raise ValueError("teacher.model is required for provider 'openai'")
+            self.model = _DEFAULT_MODEL[self.provider]
+        if self.terms is None:
+            self.terms = _DEFAULT_TERMS[self.provider]
+        if isinstance(self.terms, str) and self.terms not in TERMS_PROFILES:
+            known = ", ".join(sorted(TERMS_PROFILES))
+            raise ValueError(f"unknown terms profile {self.terms!r} (known: {known}, or an inline mapping)")
+        return self
+
+    def resolved_terms(self) -> TermsConfig:
+        return TERMS_PROFILES[self.terms] if isinstance(self.terms, str) else self.terms  # type: ignore[return-value]
+
+
+class LogRegStudent(_Model):
+    kind: Literal["logreg"]
+    soft: bool = True
+    C: float = Field(default=10.0, gt=0)
+    max_features: int = Field(default=50_000, ge=1)
+
+
+StudentConfig = LogRegStudent
+
+
+class EvaluateConfig(_Model):
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    seed: int = 0
+
+
+class Config(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
+    store: str = ".understudy"
+    data: DataConfig
+    task: TaskConfig
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    students: list[StudentConfig] = Field(default_factory=lambda: [LogRegStudent(kind="logreg")])
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+
+def _apply_override(raw: dict[str, Any], assignment: str) -> None:
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects KEY=VALUE, got {assignment!r}")
+    value = yaml.safe_load(text) if text.strip() else text
+    node: Any = raw
+    parts = key.strip().split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {key}: {part!r} is not an index of that list")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} is not a section")
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{where}'"
+    if first["type"] == "missing":
+        return f"missing config key '{where}'"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"config key '{where}': {message}"
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate a config; every problem is a one-line ConfigError."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must be a YAML mapping")
+    for assignment in overrides or []:
+        _apply_override(raw, assignment)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    return config

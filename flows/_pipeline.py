@@ -1,0 +1,252 @@
+"""The distillation steps as plain functions: ingest, label, commit, split, train, evaluate.
+
+Prefect tasks in `_flow.py` wrap these one-to-one; this is the only module that wires the
+labelers, storage and students packages together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+import labelers
+import storage
+import students
+from flows._config import Config, LogRegStudent, StudentConfig
+from flows._ingest import read_records
+
+LABELED_SCHEMA = pa.schema([
+    ("id", pa.string()), ("text", pa.string()), ("gold", pa.string()), ("label", pa.string()),
+    ("probs", pa.list_(pa.float64())), ("coverage", pa.float64()), ("error", pa.string()),
+    ("raw", pa.string()),
+])
+
+
+class SetupError(Exception):
+    """The run cannot start: a missing API key, an unusable teacher."""
+
+
+def task_of(config: Config) -> labelers.ClassifyTask:
+    t = config.task
+    return labelers.ClassifyTask(tuple(t.labels), t.instructions, dict(t.descriptions))
+
+
+def licence_of(config: Config) -> storage.Licence:
+    d = config.data
+    return storage.Licence(d.licence, d.licence_statement, d.source or d.path, d.citation)
+
+
+def open_cache(config: Config) -> storage.ResponseCache:
+    return storage.ResponseCache(Path(config.store) / "cache.sqlite")
+
+
+def build_teacher(config: Config, cache: labelers.ResponseCache | None) -> Any:
+    """The configured teacher; the API key comes from the environment and goes nowhere else."""
+    t, task = config.teacher, task_of(config)
+    assert t.model is not None
+    if t.provider == "transformers":
+        return labelers.TransformersTeacher(task, model=t.model, cache=cache)
+    if t.provider == "zero-shot":
+        temperature = t.temperature if t.temperature is not None else 0.05
+        return labelers.ZeroShotTeacher(task, model=t.model, cache=cache, temperature=temperature)
+    key = None
+    if t.api_key_env:
+        key = os.environ.get(t.api_key_env)
+        if not key:
+            raise SetupError(f"environment variable {t.api_key_env} (teacher.api_key_env) is not set")
+    price = labelers.Price(t.price.input_per_1m, t.price.output_per_1m) if t.price else None
+    return labelers.OpenAITeacher(
+        task, model=t.model, base_url=t.base_url, api_key=key, concurrency=t.concurrency, rpm=t.rpm,
+        timeout_s=t.timeout_s, max_retries=t.max_retries, price=price,
+        temperature=t.temperature or 0.0, top_logprobs=t.top_logprobs, cache=cache,
+    )
+
+
+def ingest(config: Config, store: storage.Store) -> storage.DatasetRef:
+    """Read the records and commit them as the source dataset `NAME-source`."""
+    table = read_records(config.data, config.task.labels)
+    return store.commit(f"{config.name}-source", table, licence=licence_of(config),
+                        metadata={"kind": "source", "data": config.data.model_dump()})
+
+
+def shards(table: pa.Table, size: int) -> list[list[tuple[str, str]]]:
+    pairs = list(zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True))
+    return [pairs[i : i + size] for i in range(0, len(pairs), size)]
+
+
+def label_shard(teacher: Any, records: Sequence[tuple[str, str]],
+                on_answer: Callable[[labelers.Answer], None] | None = None) -> list[labelers.Answer]:
+    return list(teacher.label(records, on_answer))
+
+
+@dataclass
+class Labeling:
+    """What labeling did in this run (the report's `labeling` section)."""
+
+    records: int = 0
+    labeled: int = 0
+    failed: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    teacher_calls: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    wall_s: float = 0.0
+
+    def report(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out.pop("failures")
+        out["cost_usd"] = round(self.cost_usd, 6)
+        out["wall_s"] = round(self.wall_s, 3)
+        return out
+
+
+def summarise(answers: Sequence[labelers.Answer], stats: labelers.LabelStats, wall_s: float) -> Labeling:
+    failures = Counter(a.error for a in answers if a.error)
+    return Labeling(
+        records=len(answers), labeled=sum(a.ok for a in answers), failed=sum(failures.values()),
+        failures=dict(failures), teacher_calls=stats.teacher_calls, cache_hits=stats.cache_hits,
+        retries=stats.retries, input_tokens=stats.input_tokens, output_tokens=stats.output_tokens,
+        cost_usd=stats.cost_usd, wall_s=wall_s,
+    )
+
+
+def commit_labels(config: Config, store: storage.Store, source: storage.DatasetRef,
+                  answers: Sequence[labelers.Answer], teacher: Any) -> storage.DatasetRef:
+    """The labeled dataset: every record, labeled or failed with its reason and raw answer."""
+    table = store.load(source)
+    by_id = {a.id: a for a in answers}
+    ordered = [by_id[i] for i in table.column("id").to_pylist()]
+    labeled = pa.table({
+        "id": table.column("id"), "text": table.column("text"), "gold": table.column("gold"),
+        "label": [a.label for a in ordered],
+        "probs": [list(a.probs) if a.probs is not None else None for a in ordered],
+        "coverage": [a.coverage for a in ordered],
+        "error": [a.error for a in ordered],
+        "raw": [a.raw for a in ordered],
+    }, schema=LABELED_SCHEMA)
+    task = task_of(config)
+    terms = config.teacher.resolved_terms()
+    metadata = {
+        "kind": "labeled",
+        "task": {"kind": "classify", "labels": list(task.labels), "instructions": task.instructions},
+        "teacher": {**teacher.describe(), "prompt_hash": labelers.prompt_hash(task)},
+        "terms": terms.model_dump(),
+        "labeling": {
+            "labeled": sum(a.ok for a in ordered),
+            "failed": sum(not a.ok for a in ordered),
+            "failures": dict(Counter(a.error for a in ordered if a.error)),
+            "input_tokens": sum(a.usage.input_tokens for a in ordered),
+            "output_tokens": sum(a.usage.output_tokens for a in ordered),
+            "cost_usd": round(sum(a.usage.cost_usd for a in ordered), 6),
+        },
+    }
+    return store.commit(config.name, labeled, licence=storage.Licence(**source_licence(store, source)),
+                        parent=source, metadata=metadata)
+
+
+def source_licence(store: storage.Store, ref: storage.DatasetRef) -> dict[str, str]:
+    return dict(store.manifest(ref)["licence"])
+
+
+def held_out(ids: Sequence[str], fraction: float, seed: int) -> np.ndarray:
+    """True for test records: a record's side depends only on its id and the seed."""
+    def bucket(record_id: str) -> float:
+        digest = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    return np.array([bucket(i) < fraction for i in ids], dtype=bool)
+
+
+@dataclass
+class Split:
+    """A labeled version cut into train and test, only the records the teacher labeled."""
+
+    labels: list[str]
+    train_text: list[str]
+    train_proba: np.ndarray
+    test_text: list[str]
+    test_proba: np.ndarray
+    test_gold: list[str | None]
+
+
+def split_dataset(table: pa.Table, labels: list[str], fraction: float, seed: int) -> Split:
+    rows = table.filter(pa.compute.is_valid(table.column("label")))
+    if rows.num_rows < 2:
+        raise SetupError(f"only {rows.num_rows} record(s) were labeled: nothing to train on")
+    test = held_out(rows.column("id").to_pylist(), fraction, seed)
+    text = np.array(rows.column("text").to_pylist(), dtype=object)
+    proba = np.array(rows.column("probs").to_pylist(), dtype=float)
+    gold = np.array(rows.column("gold").to_pylist(), dtype=object)
+    if test.all() or not test.any():
+        raise SetupError(f"{rows.num_rows} labeled records are too few for a {fraction:.0%} test split")
+    return Split(labels, list(text[~test]), proba[~test], list(text[test]), proba[test], list(gold[test]))
+
+
+def make_student(spec: StudentConfig) -> Any:
+    if isinstance(spec, LogRegStudent):
+        return students.TfidfLogReg(C=spec.C, max_features=spec.max_features)
+    raise SetupError(f"unknown student kind {spec.kind!r}")
+
+
+def student_spec(raw: dict[str, Any]) -> StudentConfig:
+    return LogRegStudent.model_validate(raw)
+
+
+def load_student(spec: StudentConfig, path: Path) -> Any:
+    if isinstance(spec, LogRegStudent):
+        return students.TfidfLogReg.load(path)
+    raise SetupError(f"unknown student kind {spec.kind!r}")
+
+
+def train_student(spec: StudentConfig, split: Split) -> tuple[Any, float]:
+    """Fit one student on the teacher's labels; returns it and the training seconds."""
+    student = make_student(spec)
+    start = time.perf_counter()
+    if spec.soft:
+        student.fit_soft(split.train_text, split.train_proba, split.labels)
+    else:
+        student.fit(split.train_text, np.asarray(split.labels)[split.train_proba.argmax(axis=1)])
+    return student, time.perf_counter() - start
+
+
+def student_columns(student: Any, labels: list[str], texts: list[str]) -> np.ndarray:
+    """predict_proba with columns in the task's label order (hard-label students may lack some)."""
+    raw = student.predict_proba(texts)
+    out = np.zeros((len(texts), len(labels)))
+    index = {c: i for i, c in enumerate(student.classes_)}
+    for j, label in enumerate(labels):
+        if label in index:
+            out[:, j] = raw[:, index[label]]
+    return out
+
+
+def evaluate_student(spec: StudentConfig, student: Any, split: Split, train_s: float,
+                     size_bytes: int) -> dict[str, Any]:
+    proba = student_columns(student, split.labels, split.test_text)
+    scores = students.closeness(split.test_proba, proba, split.labels, split.test_gold)
+    return {
+        "kind": spec.kind,
+        **{k: (None if v is None else round(v, 6)) for k, v in scores.items()},
+        "train_s": round(train_s, 3),
+        "predict_ms_per_1k": round(students.predict_ms_per_1k(student, split.test_text), 3),
+        "size_bytes": size_bytes,
+    }
+
+
+def teacher_accuracy(split: Split) -> float | None:
+    known = [(g, p) for g, p in zip(split.test_gold, split.test_proba, strict=True) if g is not None]
+    if not known:
+        return None
+    return float(np.mean([split.labels[int(np.argmax(p))] == g for g, p in known]))

@@ -1,0 +1,110 @@
+"""TF-IDF + logistic regression: the cheapest student, trainable on hard or soft teacher labels.
+
+Follows the scikit-learn estimator contract, so it drops into Pipelines, clone and cross-validation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.utils.validation import check_is_fitted
+
+
+class TfidfLogReg(ClassifierMixin, BaseEstimator):
+    """Word and character n-gram TF-IDF features into a multinomial logistic regression.
+
+    Parameters
+    ----------
+    C : inverse regularisation strength of the logistic regression.
+    max_features : vocabulary size cap for each of the word and character vectorisers.
+    ngram_range : word n-gram range.
+    min_weight : in `fit_soft`, class probabilities below this are dropped (and the rest kept
+        as they are) so that many-class soft labels do not multiply the training set by the
+        number of classes.
+    max_iter : iterations for the lbfgs solver.
+    """
+
+    def __init__(self, C: float = 10.0, max_features: int = 50_000,
+                 ngram_range: tuple[int, int] = (1, 2), min_weight: float = 1e-3,
+                 max_iter: int = 1000) -> None:
+        self.C = C
+        self.max_features = max_features
+        self.ngram_range = ngram_range
+        self.min_weight = min_weight
+        self.max_iter = max_iter
+
+    def _vectoriser(self) -> TfidfVectorizer:
+        return TfidfVectorizer(ngram_range=self.ngram_range, max_features=self.max_features,
+                               sublinear_tf=True, min_df=1, strip_accents="unicode")
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> TfidfLogReg:
+        """Fit on texts `X` and hard labels `y`."""
+        texts = _texts(X)
+        y = np.asarray(y)
+        if len(texts) != len(y):
+            raise ValueError(f"X has {len(texts)} texts but y has {len(y)} labels")
+        self.vectoriser_ = self._vectoriser().fit(texts)
+        self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter)
+        self.model_.fit(self.vectoriser_.transform(texts), y, sample_weight=sample_weight)
+        self.classes_ = self.model_.classes_
+        self._columns_ = None
+        return self
+
+    def fit_soft(self, X: Any, proba: Any, classes: Any) -> TfidfLogReg:
+        """Fit on the teacher's probabilities: each text appears once per class it gives weight
+        to, weighted by that probability, so the multinomial loss is the cross-entropy with the
+        teacher's distribution."""
+        texts = _texts(X)
+        proba = np.asarray(proba, dtype=float)
+        classes = np.asarray(classes)
+        if proba.shape != (len(texts), len(classes)):
+            raise ValueError(f"proba has shape {proba.shape}, expected ({len(texts)}, {len(classes)})")
+        rows, cols = np.nonzero(proba >= self.min_weight)
+        self.vectoriser_ = self._vectoriser().fit(texts)
+        features = self.vectoriser_.transform(texts)[rows]
+        self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter)
+        self.model_.fit(features, classes[cols], sample_weight=proba[rows, cols])
+        # classes the teacher never favoured still get a (zero) column, so columns follow `classes`
+        self.classes_ = classes
+        self._columns_ = np.array([np.flatnonzero(self.model_.classes_ == c)[0]
+                                   if c in self.model_.classes_ else -1 for c in classes])
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        raw = self.model_.predict_proba(self.vectoriser_.transform(_texts(X)))
+        columns = getattr(self, "_columns_", None)
+        if columns is None:
+            return raw
+        out = np.zeros((raw.shape[0], len(self.classes_)))
+        present = columns >= 0
+        out[:, present] = raw[:, columns[present]]
+        return out
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        joblib.dump(self, path, compress=3)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> TfidfLogReg:
+        model = joblib.load(path)
+        if not isinstance(model, cls):
+            raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+
+def _texts(X: Any) -> list[str]:
+    if isinstance(X, str):
+        raise ValueError("X must be a sequence of texts, not a single string")
+    return [str(x) for x in X]

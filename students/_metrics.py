@@ -1,0 +1,80 @@
+"""How close a student gets to its teacher: agreement, KL, calibration, accuracy, speed, size.
+
+Plain functions over numpy arrays, so they serve any student and a notebook alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score
+
+_EPS = 1e-12
+
+
+def agreement(teacher_labels: Sequence[Any], student_labels: Sequence[Any]) -> float:
+    """Share of records where the student picks the teacher's label."""
+    return float(accuracy_score(teacher_labels, student_labels))
+
+
+def kl_divergence(teacher_proba: np.ndarray, student_proba: np.ndarray) -> float:
+    """Mean KL(teacher ‖ student) in nats; student zeros are clipped so it stays finite."""
+    p = np.asarray(teacher_proba, dtype=float)
+    q = np.clip(np.asarray(student_proba, dtype=float), _EPS, 1.0)
+    q = q / q.sum(axis=1, keepdims=True)
+    terms = np.where(p > 0, p * (np.log(np.clip(p, _EPS, 1.0)) - np.log(q)), 0.0)
+    return float(terms.sum(axis=1).mean())
+
+
+def expected_calibration_error(proba: np.ndarray, target: Sequence[int], n_bins: int = 15) -> float:
+    """ECE: confidence vs accuracy of the top class, in equal-width bins, weighted by bin size."""
+    proba = np.asarray(proba, dtype=float)
+    target = np.asarray(target)
+    confidence = proba.max(axis=1)
+    correct = (proba.argmax(axis=1) == target).astype(float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            total += mask.mean() * abs(confidence[mask].mean() - correct[mask].mean())
+    return float(total)
+
+
+def predict_ms_per_1k(student: Any, texts: Sequence[str], repeats: int = 3) -> float:
+    """Best-of-`repeats` wall time of `predict_proba` on `texts`, scaled to 1,000 records."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        student.predict_proba(texts)
+        best = min(best, time.perf_counter() - start)
+    return 1000.0 * best * 1000.0 / max(len(texts), 1)
+
+
+def closeness(
+    teacher_proba: np.ndarray,
+    student_proba: np.ndarray,
+    classes: Sequence[str],
+    gold: Sequence[str | None] | None = None,
+) -> dict[str, float | None]:
+    """Agreement, KL(teacher‖student) and ECE against the teacher; accuracy against gold where
+    gold exists (None when no record has gold). Columns of both arrays follow `classes`."""
+    classes = np.asarray(classes)
+    teacher_idx = np.asarray(teacher_proba).argmax(axis=1)
+    student_idx = np.asarray(student_proba).argmax(axis=1)
+    accuracy = None
+    if gold is not None:
+        known = np.array([g is not None for g in gold], dtype=bool)
+        if known.any():
+            gold_known = np.asarray(gold, dtype=object)[known]
+            accuracy = float(accuracy_score(gold_known, classes[student_idx[known]]))
+    return {
+        "agreement": agreement(teacher_idx, student_idx),
+        "kl_teacher_student": kl_divergence(teacher_proba, student_proba),
+        "ece": expected_calibration_error(student_proba, teacher_idx),
+        "accuracy_vs_gold": accuracy,
+    }
