@@ -25,8 +25,11 @@ class TokenStep:
 
 def canonical(text: str) -> str:
     """Lower-case, trimmed, unquoted, without trailing punctuation: how answers are compared."""
-    text = text.strip().strip(_QUOTES).strip()
-    return text.rstrip(_TRAILING).strip().lower()
+    previous = None
+    while text != previous:
+        previous = text
+        text = text.strip().strip(_QUOTES).rstrip(_TRAILING)
+    return text.lower()
 
 
 def match_label(answer: str, labels: Sequence[str]) -> str | None:

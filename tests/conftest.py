@@ -1,0 +1,81 @@
+"""Shared fixtures: the local OpenAI-compatible server, a small slice of the bundled data, configs."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.openai_server import FakeOpenAI, FakeTeacher
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "banking77.yaml"
+DATA = ROOT / "examples" / "data" / "banking77" / "train.jsonl"
+SENTINEL_KEY = "sk-SENTINEL-d0-not-leak-3f9a7c"
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def banking_rows() -> list[dict[str, str]]:
+    return [json.loads(line) for line in DATA.read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def banking_labels() -> list[str]:
+    return yaml.safe_load(EXAMPLE.read_text())["task"]["labels"]
+
+
+@pytest.fixture
+def fake_openai(banking_rows: list[dict[str, str]]) -> Iterator[Callable[..., tuple[FakeOpenAI, str]]]:
+    """Start servers on 127.0.0.1 that know the bundled data's gold labels; stopped afterwards."""
+    started: list[FakeOpenAI] = []
+
+    def start(**kwargs: Any) -> tuple[FakeOpenAI, str]:
+        kwargs.setdefault("teacher", FakeTeacher({r["text"]: r["label"] for r in banking_rows}))
+        server = FakeOpenAI(**kwargs)
+        url = server.start()
+        started.append(server)
+        return server, url
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a copy of the example config with the given changes (dotted keys) into tmp_path."""
+
+    def write(changes: dict[str, Any] | None = None, name: str = "config.yaml") -> Path:
+        raw = yaml.safe_load(EXAMPLE.read_text())
+        raw["store"] = str(tmp_path / "store")
+        raw["data"]["path"] = str(DATA)
+        for dotted, value in (changes or {}).items():
+            node = raw
+            *parents, last = dotted.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            if value is _DELETE:
+                node.pop(last, None)
+            else:
+                node[last] = value
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    return write
+
+
+_DELETE = object()
+
+
+@pytest.fixture
+def delete() -> object:
+    return _DELETE

@@ -1,0 +1,131 @@
+import time
+
+import httpx
+import pytest
+
+from labelers import ClassifyTask, LabelerError, OpenAITeacher, Price
+from storage import ResponseCache
+from tests.conftest import SENTINEL_KEY
+from tests.openai_server import FakeOpenAI, FakeTeacher
+
+LABELS = ("card_arrival", "card_linking", "exchange_rate", "pin_blocked", "top_up_failed")
+TASK = ClassifyTask(LABELS, "Classify the banking message.")
+TEXTS = [(f"r{i}", f"message number {i} about my account") for i in range(40)]
+
+
+def teacher(url: str, **kwargs) -> OpenAITeacher:
+    kwargs.setdefault("backoff_s", 0.01)
+    kwargs.setdefault("timeout_s", 2.0)
+    return OpenAITeacher(TASK, model="fake", base_url=url, api_key=SENTINEL_KEY, **kwargs)
+
+
+def test_distribution_matches_the_servers_and_records_usage():
+    distinct = ClassifyTask(("arrival", "linking", "exchange", "pin", "topup"), "Classify.")
+    server = FakeOpenAI(FakeTeacher(accuracy=1.0), outside_mass=0.1)
+    with server as url:
+        t = OpenAITeacher(distinct, model="fake", base_url=url, api_key=SENTINEL_KEY, price=Price(1.0, 2.0))
+        answers = t.label(TEXTS[:5])
+        for record_id, text in TEXTS[:5]:
+            truth = server.teacher.distribution(text, list(distinct.labels))
+            answer = next(a for a in answers if a.id == record_id)
+            assert answer.label == max(truth, key=truth.get)
+            assert answer.coverage == pytest.approx(0.9)
+            for label in distinct.labels:
+                assert answer.probs[distinct.labels.index(label)] == pytest.approx(truth.get(label, 0.0))
+            assert answer.usage.input_tokens > 0
+            assert answer.usage.cost_usd == pytest.approx(
+                (answer.usage.input_tokens + 2 * answer.usage.output_tokens) / 1e6)
+    assert all(h == f"Bearer {SENTINEL_KEY}" for h in server.auth_headers)
+
+
+def test_labels_sharing_a_first_token_keep_their_joint_mass():
+    server = FakeOpenAI(FakeTeacher(accuracy=1.0))
+    with server as url:
+        answers = teacher(url).label(TEXTS[:10])
+    for (_, text), answer in zip(TEXTS[:10], answers, strict=True):
+        truth = server.teacher.distribution(text, list(LABELS))
+        assert answer.probs[LABELS.index(answer.label)] == pytest.approx(truth[answer.label])
+        card = sum(p for label, p in truth.items() if label.startswith("card"))
+        assert answer.probs[0] + answer.probs[1] == pytest.approx(card)
+        assert sum(answer.probs) == pytest.approx(1.0)
+
+
+def test_leading_space_tokens_and_no_logprobs():
+    with FakeOpenAI(leading_space=True) as url:
+        spaced = teacher(url).label(TEXTS[:3])
+    with FakeOpenAI(logprobs=False) as url:
+        hard = teacher(url).label(TEXTS[:3])
+    assert all(a.ok and a.coverage == pytest.approx(1.0) for a in spaced)
+    for a in hard:
+        assert a.ok and a.coverage is None
+        assert sorted(a.probs) == [0.0] * (len(LABELS) - 1) + [1.0]
+
+
+def test_every_fault_ends_labeled_or_failed_with_reason_and_nothing_is_paid_twice(tmp_path):
+    faults = {"429": 0.1, "500": 0.1, "503": 0.1, "timeout": 0.05, "malformed": 0.1, "drop": 0.1,
+              "off_label": 0.2}
+    server = FakeOpenAI(faults=faults, retry_after="0.05", hang_s=1.5, seed=3)
+    cache = ResponseCache(tmp_path / "cache.sqlite")
+    with server as url:
+        t = teacher(url, cache=cache, timeout_s=0.5, max_retries=8, concurrency=8)
+        answers = t.label(TEXTS)
+        assert len(answers) == len(TEXTS)
+        for a in answers:
+            assert a.ok or a.error
+            if a.error == "off-label answer":
+                assert a.raw and a.label is None
+        assert {k for k, n in server.faults_sent.items() if n} >= {"429", "500", "503", "malformed", "drop"}
+        assert max(server.billed.values()) == 1
+        assert t.stats.teacher_calls == sum(server.billed.values())
+        assert t.stats.retries > 0
+        requests = server.requests
+        again = teacher(url, cache=cache)
+        rerun = again.label(TEXTS)
+        assert again.stats.teacher_calls == 0 and again.stats.cache_hits == sum(server.billed.values())
+        assert server.requests == requests + (len(TEXTS) - sum(server.billed.values()))
+        assert [a.label for a in rerun if a.cached] == [a.label for a in answers if a.ok or a.raw]
+    cache.close()
+    assert SENTINEL_KEY.encode() not in (tmp_path / "cache.sqlite").read_bytes()
+
+
+def test_retry_after_is_honoured():
+    server = FakeOpenAI(faults={"429": 1.0}, retry_after="0.3")
+    with server as url:
+        answers = teacher(url, max_retries=2).label(TEXTS[:1])
+    assert answers[0].error == "HTTP 429" and answers[0].attempts == 3
+    gaps = [b - a for a, b in zip(server.starts, server.starts[1:], strict=False)]
+    assert len(gaps) == 2 and min(gaps) >= 0.28
+
+
+def test_rpm_cap_spaces_requests():
+    server = FakeOpenAI()
+    with server as url:
+        teacher(url, rpm=600, concurrency=16).label(TEXTS[:6])
+    span = server.starts[-1] - server.starts[0]
+    assert span >= 5 * 0.1 - 0.02  # 600 rpm = one start every 0.1 s
+
+
+def test_a_rejected_key_stops_the_run_without_leaking_it():
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"error": {"message": f"bad key {SENTINEL_KEY}"}})
+
+    t = OpenAITeacher(TASK, model="m", base_url="http://127.0.0.1:9/v1", api_key=SENTINEL_KEY,
+                      transport=httpx.MockTransport(handler))
+    with pytest.raises(LabelerError) as info:
+        t.label(TEXTS[:2])
+    assert "401" in str(info.value) and SENTINEL_KEY not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["not a url", "ftp://host/v1", "http://"])
+def test_invalid_base_url(url):
+    with pytest.raises(LabelerError, match="invalid teacher base_url"):
+        OpenAITeacher(TASK, model="m", base_url=url)
+
+
+def test_timeouts_become_failures_with_reason():
+    server = FakeOpenAI(faults={"timeout": 1.0}, hang_s=1.0)
+    with server as url:
+        start = time.perf_counter()
+        answers = teacher(url, timeout_s=0.2, max_retries=1).label(TEXTS[:2])
+    assert [a.error for a in answers] == ["timeout", "timeout"]
+    assert time.perf_counter() - start < 3

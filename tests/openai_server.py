@@ -1,0 +1,237 @@
+"""A tiny OpenAI-compatible chat-completions server on 127.0.0.1, with injected faults.
+
+It answers classification prompts (labels read from the system prompt) with token logprobs
+built from a known label distribution, counts what it bills per prompt, and can answer 429
+with Retry-After, 500, 503, time out, send malformed JSON, answer off-label or drop the line.
+Used by the tests and by bench/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+FAULTS = ("429", "500", "503", "timeout", "malformed", "drop", "off_label")
+
+
+def chunks(label: str, leading_space: bool) -> list[str]:
+    """How the fake tokenizer splits a label: pieces of at most 4 characters."""
+    pieces = [label[i : i + 4] for i in range(0, len(label), 4)]
+    if leading_space:
+        pieces[0] = " " + pieces[0]
+    return pieces
+
+
+def labels_from_prompt(system: str) -> list[str]:
+    return [line[2:].split(": ", 1)[0] for line in system.splitlines() if line.startswith("- ")]
+
+
+def key_of(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()[:16]
+
+
+class FakeTeacher:
+    """Decides the answer to a text: the gold label (when known) with probability `accuracy`."""
+
+    def __init__(self, gold: dict[str, str] | None = None, accuracy: float = 0.85) -> None:
+        self.gold = gold or {}
+        self.accuracy = accuracy
+
+    def distribution(self, text: str, labels: list[str]) -> dict[str, float]:
+        rng = random.Random(hashlib.sha256(text.encode()).digest())
+        truth = self.gold.get(text) or rng.choice(labels)
+        top = truth if rng.random() < self.accuracy else rng.choice([x for x in labels if x != truth])
+        others = rng.sample([x for x in labels if x != top], k=min(3, len(labels) - 1))
+        dist = {top: 0.7}
+        for label, p in zip(others, (0.15, 0.1, 0.05), strict=False):
+            dist[label] = p
+        return dist  # sums to 1.0 when there are at least 4 labels; renormalised below otherwise
+
+
+class FakeOpenAI:
+    """The server. `faults` maps a fault name to its probability per request."""
+
+    def __init__(self, teacher: FakeTeacher | None = None, *, latency_s: float = 0.0,
+                 faults: dict[str, float] | None = None, seed: int = 0, logprobs: bool = True,
+                 leading_space: bool = False, hang_s: float = 3.0, retry_after: str = "1",
+                 outside_mass: float = 0.0,
+                 on_request: Callable[[dict[str, Any]], None] | None = None) -> None:
+        unknown = set(faults or {}) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown faults {unknown}")
+        self.teacher = teacher or FakeTeacher()
+        self.latency_s = latency_s
+        self.faults = faults or {}
+        self.logprobs = logprobs
+        self.leading_space = leading_space
+        self.hang_s = hang_s
+        self.retry_after = retry_after
+        self.outside_mass = outside_mass
+        self.on_request = on_request
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.billed: Counter[str] = Counter()
+        self.faults_sent: Counter[str] = Counter()
+        self.auth_headers: list[str] = []
+        self.starts: list[float] = []
+        self._httpd: ThreadingHTTPServer | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def start(self) -> str:
+        handler = _handler_for(self)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self._httpd.request_queue_size = 256
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- behaviour -------------------------------------------------------------------------
+    def pick_fault(self, body: dict[str, Any]) -> str | None:
+        with self._lock:
+            for name in FAULTS:
+                if name == "off_label":
+                    continue  # decided per prompt below, so the same prompt gets the same answer
+                if self._rng.random() < self.faults.get(name, 0.0):
+                    return name
+        p = self.faults.get("off_label", 0.0)
+        if p and random.Random(key_of(body)).random() < p:
+            return "off_label"
+        return None
+
+    def completion(self, body: dict[str, Any], off_label: bool) -> dict[str, Any]:
+        system, text = body["messages"][0]["content"], body["messages"][-1]["content"]
+        labels = labels_from_prompt(system)
+        dist = self.teacher.distribution(text, labels)
+        total = sum(dist.values()) / (1.0 - self.outside_mass)
+        dist = {k: v / total for k, v in dist.items()}
+        answer = max(dist, key=dist.__getitem__)
+        if off_label:
+            content, logprobs = "I am not sure, maybe something about cards?", None
+        else:
+            content = (" " if self.leading_space else "") + answer
+            logprobs = self._logprobs(answer, dist) if self.logprobs and body.get("logprobs") else None
+        prompt_tokens = sum(len(m["content"]) // 4 + 4 for m in body["messages"])
+        completion_tokens = len(chunks(answer, False))
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": content}}
+        if logprobs is not None:
+            choice["logprobs"] = {"content": logprobs}
+        return {"id": "chatcmpl-fake", "object": "chat.completion", "model": body.get("model"),
+                "choices": [choice],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens}}
+
+    def _logprobs(self, answer: str, dist: dict[str, float]) -> list[dict[str, Any]]:
+        """Exact next-token distributions along the answer's path in the label-token trie."""
+        paths = {label: chunks(label, self.leading_space) for label in dist}
+        chosen = paths[answer]
+        out = []
+        for k, token in enumerate(chosen):
+            live = {lab: p for lab, p in dist.items() if paths[lab][:k] == chosen[:k] and len(paths[lab]) > k}
+            # the mass outside the label set sits on the first position only
+            outside = self.outside_mass if k == 0 else 0.0
+            scale = (1.0 - outside) / sum(live.values()) if k == 0 else 1.0 / sum(live.values())
+            nxt: Counter[str] = Counter()
+            for lab, p in live.items():
+                nxt[paths[lab][k]] += p * scale
+            if outside:
+                nxt["Sorry"] += outside
+            top = [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in nxt.most_common(20)]
+            out.append({"token": token, "logprob": math.log(nxt[token]), "bytes": None, "top_logprobs": top})
+        return out
+
+
+def _handler_for(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_POST(self) -> None:  # noqa: N802
+            length = int(self.headers.get("Content-Length", 0))
+            body = json.loads(self.rfile.read(length))
+            with server._lock:
+                server.requests += 1
+                server.starts.append(time.monotonic())
+                server.auth_headers.append(self.headers.get("Authorization", ""))
+            if server.on_request:
+                server.on_request(body)
+            if not self.path.endswith("/chat/completions"):
+                self._send(404, b'{"error": {"message": "not found"}}')
+                return
+            if server.latency_s:
+                time.sleep(server.latency_s)
+            fault = server.pick_fault(body)
+            if fault and fault != "off_label":
+                with server._lock:
+                    server.faults_sent[fault] += 1
+            if fault == "429":
+                self._send(429, b'{"error": {"message": "rate limited"}}', {"Retry-After": server.retry_after})
+            elif fault in ("500", "503"):
+                self._send(int(fault), b'{"error": {"message": "server error"}}')
+            elif fault == "timeout":
+                time.sleep(server.hang_s)
+                self.close_connection = True
+            elif fault == "drop":
+                self.close_connection = True
+            elif fault == "malformed":
+                self._send(200, b'{"id": "chatcmpl-fake", "choices": [{"mess')
+            else:
+                payload = json.dumps(server.completion(body, off_label=fault == "off_label")).encode()
+                with server._lock:
+                    server.billed[key_of(body)] += 1
+                    if fault == "off_label":
+                        server.faults_sent["off_label"] += 1
+                self._send(200, payload)
+
+    return Handler
+
+
+def main() -> None:
+    """Run the server in the foreground: python -m tests.openai_server [--latency 0.2]."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--latency", type=float, default=0.0)
+    args = parser.parse_args()
+    server = FakeOpenAI(latency_s=args.latency)
+    print(server.start(), flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
