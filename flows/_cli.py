@@ -14,7 +14,8 @@ from typing import Annotated, Any
 import typer
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# the CLI reports errors itself, in one line; --debug shows Prefect's logs and tracebacks
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -57,15 +58,22 @@ def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
         _fail(str(exc))
 
 
-def _config(path: Path, overrides: list[str] | None) -> Any:
+def _config(path: Path, overrides: list[str] | None, check_data: bool = True) -> Any:
     from flows._config import load_config
+    from flows._pipeline import preflight
 
-    return _guard(load_config, path, overrides or [])
+    config = _guard(load_config, path, overrides or [])
+    if check_data:
+        _guard(preflight, config)
+    return config
 
 
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False) -> None:
+def _main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks and Prefect logs")] = False,
+          ) -> None:
     _state["debug"] = debug
+    if debug:
+        os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
 
 
 def _print_results(report_path: Path) -> None:
@@ -126,7 +134,7 @@ def train(config: ConfigArg,
           set_: SetOpt = None,
           out: Annotated[Path | None, typer.Option("--out", help="run folder")] = None) -> None:
     """Train the configured students on a labeled version; prints the run folder."""
-    cfg = _config(config, set_)
+    cfg = _config(config, set_, check_data=False)
     from flows._flow import train as train_flow
 
     typer.echo(str(_guard(train_flow, cfg, dataset, str(out) if out else None)))
@@ -139,7 +147,7 @@ def evaluate(config: ConfigArg,
              run_dir: Annotated[Path | None, typer.Option("--run", help="a folder made by `train`")] = None,
              ) -> None:
     """Measure trained students against the teacher (training them first when --run is not given)."""
-    cfg = _config(config, set_)
+    cfg = _config(config, set_, check_data=False)
     from flows._flow import evaluate_run
     from flows._flow import train as train_flow
 
@@ -150,7 +158,7 @@ def evaluate(config: ConfigArg,
 @app.command()
 def estimate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Records, tokens and cost the teacher would be paid for, before paying anything."""
-    cfg = _config(config, set_)
+    cfg = _config(config, set_, check_data=False)
     from flows._estimate import estimate as do_estimate
 
     result = _guard(do_estimate, cfg)

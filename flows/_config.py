@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -98,6 +99,14 @@ class TeacherConfig(_Model):
     temperature: float | None = Field(default=None, ge=0)
     top_logprobs: int = Field(default=20, ge=0, le=20)
     shard_size: int = Field(default=256, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"invalid teacher base_url {url!r}: expected http(s)://host[:port]/path")
+        return url
 
     @model_validator(mode="after")
     def _defaults(self) -> TeacherConfig:

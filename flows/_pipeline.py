@@ -71,6 +71,14 @@ def build_teacher(config: Config, cache: labelers.ResponseCache | None) -> Any:
     )
 
 
+def preflight(config: Config) -> None:
+    """Fail fast on bad input, before Prefect starts or anything is written: the data file and its
+    columns, the API key variable, the teacher's URL, the store."""
+    storage.Store(config.store)
+    read_records(config.data, config.task.labels)
+    build_teacher(config, None)
+
+
 def ingest(config: Config, store: storage.Store) -> storage.DatasetRef:
     """Read the records and commit them as the source dataset `NAME-source`."""
     table = read_records(config.data, config.task.labels)

@@ -1,0 +1,124 @@
+"""Bad input: one line on stderr naming the problem, exit 2, and the store left as it was."""
+
+import hashlib
+import json
+
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from flows._cli import app
+from storage import Licence, Store
+from tests.conftest import DATA, SENTINEL_KEY
+
+OPENAI = {"teacher.provider": "openai", "teacher.model": "m", "teacher.base_url": "http://127.0.0.1:9/v1",
+          "teacher.api_key_env": "UNDERSTUDY_TEST_KEY"}
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def seeded_store(tmp_path):
+    store = Store(tmp_path / "store")
+    store.commit("earlier", pa.table({"id": ["a"], "text": ["b"]}), licence=Licence("MIT"))
+    return tmp_path / "store"
+
+
+def run_cli(*args, env=None):
+    result = CliRunner().invoke(app, list(args), env=env or {})
+    return result.exit_code, result.stderr.strip(), result.stdout
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+CASES = {
+    "missing data file": ({"data.path": "/nonexistent/data.jsonl"}, "data file not found: /nonexistent/data.jsonl"),
+    "wrong text field": ({"data.text_field": "body"}, "data.text_field 'body' is not a column"),
+    "wrong id field": ({"data.id_field": "uid"}, "data.id_field 'uid' is not a column"),
+    "unknown config key": ({"teacher.modle": "x"}, "unknown config key 'teacher.modle'"),
+    "label set of one": ({"task.labels": ["only"]}, "needs at least 2 labels"),
+    "unknown gold label": ({"task.labels": ["card_arrival", "other"]}, "is not in task.labels"),
+    "invalid base_url": ({**OPENAI, "teacher.base_url": "localhost:8000"}, "invalid teacher base_url"),
+    "missing API key": (OPENAI, "environment variable UNDERSTUDY_TEST_KEY (teacher.api_key_env) is not set"),
+    "negative limit": ({"data.limit": -3}, "config key 'data.limit'"),
+    "unknown provider": ({"teacher.provider": "magic"}, "config key 'teacher.provider'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_config_or_data_is_one_line_exit_2_store_untouched(case, write_config, seeded_store):
+    changes, message = CASES[case]
+    before = snapshot(seeded_store)
+    code, err, _ = run_cli("run", str(write_config(changes)))
+    assert code == 2, err
+    assert message in err and len(err.splitlines()) == 1
+    assert snapshot(seeded_store) == before
+
+
+def test_bad_files(tmp_path, write_config, seeded_store):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    dupes = write_jsonl(tmp_path / "d.jsonl", [{"id": "1", "text": "a"}, {"id": "1", "text": "b"}])
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"id": "1", "text": "a"}\n{"id": 2, "te\n')
+    blank = write_jsonl(tmp_path / "blank.jsonl", [{"id": "1", "text": "  "}])
+    expected = {str(empty): "has no records", dupes: "duplicate id '1'",
+                str(broken): "line 2 is not valid JSON", blank: "have an empty 'text'"}
+    before = snapshot(seeded_store)
+    for path, message in expected.items():
+        config = write_config({"data.path": path, "data.gold_field": None})
+        code, err, _ = run_cli("label", str(config))
+        assert (code, len(err.splitlines())) == (2, 1) and message in err, err
+    assert snapshot(seeded_store) == before
+
+
+def test_config_file_problems(tmp_path):
+    assert run_cli("run", str(tmp_path / "none.yaml"))[:2] == (2, f"understudy: error: config file not found: {tmp_path / 'none.yaml'}")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    code, err, _ = run_cli("run", str(bad))
+    assert code == 2 and "not valid YAML" in err
+    code, err, _ = run_cli("run", str(bad), "--set", "novalue")
+    assert code == 2
+
+
+def test_bad_set_override(write_config):
+    code, err, _ = run_cli("run", str(write_config()), "--set", "students.7.C=1")
+    assert code == 2 and "students.7.C" in err
+
+
+def test_the_key_is_never_printed(write_config):
+    config = write_config({**OPENAI, "teacher.base_url": "not-a-url"})
+    code, err, out = run_cli("run", str(config), env={"UNDERSTUDY_TEST_KEY": SENTINEL_KEY})
+    assert code == 2 and SENTINEL_KEY not in err + out
+
+
+def test_datasets_commands(seeded_store):
+    store = str(seeded_store)
+    code, _, out = run_cli("datasets", "list", "--store", store)
+    assert code == 0 and "earlier@v1" in out
+    code, _, out = run_cli("datasets", "show", "earlier", "--store", store)
+    assert code == 0 and json.loads(out)["licence"]["spdx"] == "MIT"
+    assert run_cli("datasets", "verify", "earlier@v1", "--store", store)[0] == 0
+    (seeded_store / "datasets" / "earlier" / "v1" / "data.parquet").write_bytes(b"tampered")
+    code, err, _ = run_cli("datasets", "verify", "earlier", "--store", store)
+    assert code == 1 and "modified" in err
+    code, err, _ = run_cli("datasets", "show", "missing", "--store", store)
+    assert code == 2 and "no dataset named 'missing'" in err
+
+
+def test_estimate_counts_tokens_and_cost_without_a_key(write_config):
+    config = write_config({**OPENAI, "data.limit": 100})
+    code, err, out = run_cli("estimate", str(config))
+    assert code == 0, err
+    fields = dict(line.split(": ", 1) for line in (x.strip() for x in out.splitlines()))
+    assert fields["records"] == "100" and fields["to label"] == "100"
+    inputs, outputs = int(fields["input tokens"]), int(fields["output tokens (max)"])
+    assert inputs > 100 * 200  # the 77-label system prompt alone is several hundred tokens
+    assert float(fields["cost_usd (max)"]) == pytest.approx(round((inputs * 0.15 + outputs * 0.6) / 1e6, 4))
