@@ -1,0 +1,102 @@
+"""Local teachers: a tiny causal LM built here from a config (random weights, tiny tokenizer) run
+through the real loading and scoring code; the bundled MiniLM for zero-shot; SmolLM2 when slow."""
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from labelers import (  # noqa: E402
+    ClassifyTask,
+    LabelerError,
+    TransformersTeacher,
+    ZeroShotTeacher,
+    build_messages,
+)
+from storage import ResponseCache  # noqa: E402
+
+WORDS = ["system", "user", "assistant", "classify", "the", "review", "answer", "with", "exactly", "one",
+         "of", "these", "labels", "and", "nothing", "else", "-", ":", "very", "positive", "negative",
+         "neutral", "a", "great", "film", "bad", "movie", "."]
+CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+TASK = ClassifyTask(("very positive", "very negative", "neutral"), "classify the review.")
+TEXTS = [("a", "a great film ."), ("b", "a bad movie ."), ("c", "the film")]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-lm")
+    vocab = {t: i for i, t in enumerate(["<unk>", "<|im_start|>", "<|im_end|>", *WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<unk>",
+                                        eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>"])
+    tokenizer.chat_template = CHAT
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def brute_force(folder, text):
+    """Each label's log-likelihood from a full forward pass with no cache, softmaxed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder).eval()
+    messages = build_messages(TASK, text)
+    prompt = tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+                 add_special_tokens=False).input_ids
+    scores = []
+    for label in TASK.labels:
+        ids = tok(label, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        with torch.no_grad():
+            logp = model(torch.tensor([prompt + ids])).logits[0].log_softmax(-1)
+        scores.append(sum(logp[len(prompt) + i - 1, t].item() for i, t in enumerate(ids)))
+    top = max(scores)
+    z = sum(math.exp(s - top) for s in scores)
+    return [math.exp(s - top) / z for s in scores]
+
+
+def test_label_scores_are_exact_and_cached(tiny_lm, tmp_path):
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    teacher = TransformersTeacher(TASK, model=str(tiny_lm), cache=cache, label_batch=2)
+    answers = teacher.label(TEXTS)
+    for (_, text), answer in zip(TEXTS, answers, strict=True):
+        assert answer.coverage == 1.0 and answer.ok
+        assert list(answer.probs) == pytest.approx(brute_force(tiny_lm, text), abs=1e-5)
+        assert answer.label == TASK.labels[max(range(3), key=answer.probs.__getitem__)]
+    again = TransformersTeacher(TASK, model=str(tiny_lm), cache=cache)
+    assert [a.probs for a in again.label(TEXTS)] == [a.probs for a in answers]
+    assert again.stats.teacher_calls == 0 and again.stats.cache_hits == 3
+    assert again._model is None  # nothing was loaded: every answer came from the cache
+
+
+def test_missing_model_folder_is_a_clear_error():
+    with pytest.raises(LabelerError, match="teacher model folder not found: /no/such/model"):
+        TransformersTeacher(TASK, model="/no/such/model").label(TEXTS[:1])
+
+
+def test_zero_shot_with_the_bundled_minilm(tmp_path):
+    task = ClassifyTask(("card_arrival", "exchange_rate", "pin_blocked"), "Intent.")
+    teacher = ZeroShotTeacher(task, cache=ResponseCache(tmp_path / "c.sqlite"))
+    answers = teacher.label([("1", "My new card still has not arrived"), ("2", "What rate do you use for euros?"),
+                             ("3", "I typed the wrong PIN three times and now it is blocked")])
+    assert [a.label for a in answers] == ["card_arrival", "exchange_rate", "pin_blocked"]
+    assert all(sum(a.probs) == pytest.approx(1.0) and a.coverage == 1.0 for a in answers)
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_teacher_scores_real_labels():
+    task = ClassifyTask(("positive", "negative"), "Classify the sentiment of the movie review.")
+    answers = TransformersTeacher(task).label([("1", "An absolute masterpiece, I loved every minute."),
+                                               ("2", "Dreadful. Boring, badly acted and far too long.")])
+    assert all(a.ok and sum(a.probs) == pytest.approx(1.0) for a in answers)
+    assert answers[0].probs[0] > answers[1].probs[0]  # more positive for the praising review
