@@ -9,6 +9,7 @@ import argparse
 import json
 import random
 import time
+from pathlib import Path
 
 import yaml
 
@@ -24,10 +25,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--teachers", default="zero-shot,transformers")
     args = parser.parse_args()
-    config = yaml.safe_load(open(args.config))
-    labels = json.load(open(args.labels)) if args.labels else config["task"]["labels"]
+    config = yaml.safe_load(Path(args.config).read_text())
+    labels = json.loads(Path(args.labels).read_text()) if args.labels else config["task"]["labels"]
     task = ClassifyTask(tuple(labels), args.instructions or config["task"]["instructions"])
-    rows = [json.loads(line) for line in open(args.data)]
+    rows = [json.loads(line) for line in Path(args.data).read_text().splitlines()]
     random.Random(0).shuffle(rows)
     rows = rows[: args.n]
     print(f"{args.data}: {len(rows)} records, {len(labels)} labels, chance {1 / len(labels):.1%}")
@@ -37,7 +38,9 @@ def main() -> None:
         start = time.perf_counter()
         answers = teacher.label([(r["id"], r["text"]) for r in rows])
         wall = time.perf_counter() - start
-        accuracy = sum(a.label == r["label"] for a, r in zip(answers, rows, strict=True)) / len(rows)
+        accuracy = sum(a.label == r["label"] for a, r in zip(answers, rows, strict=True)) / len(
+            rows
+        )
         print(f"{name:>13}: accuracy vs gold {accuracy:.1%}, {len(rows) / wall:.1f} records/s")
 
 

@@ -22,15 +22,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Distil a teacher LLM into small, cheap students.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Distil a teacher LLM into small, cheap students.",
+)
 datasets_app = typer.Typer(no_args_is_help=True, help="List, show and verify dataset versions.")
 app.add_typer(datasets_app, name="datasets")
 
 _state = {"debug": False}
 
 ConfigArg = Annotated[Path, typer.Argument(help="the YAML config")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a key: --set teacher.model=M")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="override a key: --set teacher.model=M")
+]
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -69,8 +74,11 @@ def _config(path: Path, overrides: list[str] | None, check_data: bool = True) ->
 
 
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks and Prefect logs")] = False,
-          ) -> None:
+def _main(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="show tracebacks and Prefect logs")
+    ] = False,
+) -> None:
     _state["debug"] = debug
     if debug:
         os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
@@ -94,19 +102,30 @@ def _print_results(report_path: Path) -> None:
     table = Table("student", "agree", "acc/gold", "KL", "ECE", "train s", "ms/1k", "MB")
     for s in report["students"]:
         pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-        table.add_row(s["kind"], pct(s["agreement"]), pct(s["accuracy_vs_gold"]),
-                      f"{s['kl_teacher_student']:.3f}", f"{s['ece']:.3f}", f"{s['train_s']:.2f}",
-                      f"{s['predict_ms_per_1k']:.1f}", f"{s['size_bytes'] / 1e6:.2f}")
+        table.add_row(
+            s["kind"],
+            pct(s["agreement"]),
+            pct(s["accuracy_vs_gold"]),
+            f"{s['kl_teacher_student']:.3f}",
+            f"{s['ece']:.3f}",
+            f"{s['train_s']:.2f}",
+            f"{s['predict_ms_per_1k']:.1f}",
+            f"{s['size_bytes'] / 1e6:.2f}",
+        )
     console.print(table)
     per_1k = 1000 * lab["cost_usd"] / lab["teacher_calls"] if lab["teacher_calls"] else 0.0
-    console.print(f"teacher cost: ${per_1k:.4f} per 1k records paid in this run "
-                  f"(students run locally: $0)")
+    console.print(
+        f"teacher cost: ${per_1k:.4f} per 1k records paid in this run (students run locally: $0)"
+    )
     typer.echo(str(report_path))
 
 
 @app.command()
-def run(config: ConfigArg, set_: SetOpt = None,
-        out: Annotated[Path | None, typer.Option("--out", help="run folder")] = None) -> None:
+def run(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="run folder")] = None,
+) -> None:
     """Ingest -> label -> commit -> train -> evaluate; prints the results and report.json's path."""
     cfg = _config(config, set_)
     from flows._flow import distill
@@ -123,16 +142,21 @@ def label(config: ConfigArg, set_: SetOpt = None) -> None:
 
     ref, labeling = _guard(label_dataset, cfg)
     rep = labeling["report"]
-    typer.echo(f"{rep['labeled']} labeled, {rep['failed']} failed, {rep['teacher_calls']} teacher calls, "
-               f"{rep['cache_hits']} cache hits, ${rep['cost_usd']:.4f}", err=True)
+    typer.echo(
+        f"{rep['labeled']} labeled, {rep['failed']} failed, {rep['teacher_calls']} teacher calls, "
+        f"{rep['cache_hits']} cache hits, ${rep['cost_usd']:.4f}",
+        err=True,
+    )
     typer.echo(str(ref))
 
 
 @app.command()
-def train(config: ConfigArg,
-          dataset: Annotated[str, typer.Option("--dataset", help="NAME[@VERSION]")],
-          set_: SetOpt = None,
-          out: Annotated[Path | None, typer.Option("--out", help="run folder")] = None) -> None:
+def train(
+    config: ConfigArg,
+    dataset: Annotated[str, typer.Option("--dataset", help="NAME[@VERSION]")],
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="run folder")] = None,
+) -> None:
     """Train the configured students on a labeled version; prints the run folder."""
     cfg = _config(config, set_, check_data=False)
     from flows._flow import train as train_flow
@@ -141,11 +165,12 @@ def train(config: ConfigArg,
 
 
 @app.command()
-def evaluate(config: ConfigArg,
-             dataset: Annotated[str, typer.Option("--dataset", help="NAME[@VERSION]")],
-             set_: SetOpt = None,
-             run_dir: Annotated[Path | None, typer.Option("--run", help="a folder made by `train`")] = None,
-             ) -> None:
+def evaluate(
+    config: ConfigArg,
+    dataset: Annotated[str, typer.Option("--dataset", help="NAME[@VERSION]")],
+    set_: SetOpt = None,
+    run_dir: Annotated[Path | None, typer.Option("--run", help="a folder made by `train`")] = None,
+) -> None:
     """Measure trained students against the teacher (training them first when --run is not given)."""
     cfg = _config(config, set_, check_data=False)
     from flows._flow import evaluate_run
@@ -167,7 +192,9 @@ def estimate(config: ConfigArg, set_: SetOpt = None) -> None:
 
 
 @datasets_app.command("list")
-def datasets_list(store: Annotated[str, typer.Option(help="the store folder")] = ".understudy") -> None:
+def datasets_list(
+    store: Annotated[str, typer.Option(help="the store folder")] = ".understudy",
+) -> None:
     """Every dataset version in the store."""
     import storage
 
@@ -175,12 +202,16 @@ def datasets_list(store: Annotated[str, typer.Option(help="the store folder")] =
     if not rows:
         typer.echo(f"no datasets in {store}")
     for row in rows:
-        typer.echo(f"{row['dataset']:<40} {row['rows']:>8} rows  {row['licence']:<20} {row['created_at']}")
+        typer.echo(
+            f"{row['dataset']:<40} {row['rows']:>8} rows  {row['licence']:<20} {row['created_at']}"
+        )
 
 
 @datasets_app.command("show")
-def datasets_show(spec: Annotated[str, typer.Argument(help="NAME[@VERSION]")],
-                  store: Annotated[str, typer.Option(help="the store folder")] = ".understudy") -> None:
+def datasets_show(
+    spec: Annotated[str, typer.Argument(help="NAME[@VERSION]")],
+    store: Annotated[str, typer.Option(help="the store folder")] = ".understudy",
+) -> None:
     """A version's manifest."""
     import storage
 
@@ -190,8 +221,10 @@ def datasets_show(spec: Annotated[str, typer.Argument(help="NAME[@VERSION]")],
 
 
 @datasets_app.command("verify")
-def datasets_verify(spec: Annotated[str, typer.Argument(help="NAME[@VERSION]")],
-                    store: Annotated[str, typer.Option(help="the store folder")] = ".understudy") -> None:
+def datasets_verify(
+    spec: Annotated[str, typer.Argument(help="NAME[@VERSION]")],
+    store: Annotated[str, typer.Option(help="the store folder")] = ".understudy",
+) -> None:
     """Re-hash a version's files against its manifest; exit 1 when anything was changed."""
     import storage
 
@@ -209,6 +242,9 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        typer.echo("understudy: interrupted; answers already paid for are in the cache, "
-                   "re-run the same command to finish", err=True)
+        typer.echo(
+            "understudy: interrupted; answers already paid for are in the cache, "
+            "re-run the same command to finish",
+            err=True,
+        )
         sys.exit(130)

@@ -105,7 +105,9 @@ class TeacherConfig(_Model):
     def _url(cls, url: str) -> str:
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(f"invalid teacher base_url {url!r}: expected http(s)://host[:port]/path")
+            raise ValueError(
+                f"invalid teacher base_url {url!r}: expected http(s)://host[:port]/path"
+            )
         return url
 
     @model_validator(mode="after")
@@ -118,7 +120,9 @@ class TeacherConfig(_Model):
             self.terms = _DEFAULT_TERMS[self.provider]
         if isinstance(self.terms, str) and self.terms not in TERMS_PROFILES:
             known = ", ".join(sorted(TERMS_PROFILES))
-            raise ValueError(f"unknown terms profile {self.terms!r} (known: {known}, or an inline mapping)")
+            raise ValueError(
+                f"unknown terms profile {self.terms!r} (known: {known}, or an inline mapping)"
+            )
         return self
 
     def resolved_terms(self) -> TermsConfig:

@@ -25,7 +25,9 @@ def _counter(model: str) -> tuple[Any, str]:
         encoding = tiktoken.encoding_for_model(model)
         return (lambda text: len(encoding.encode(text))), f"tiktoken {encoding.name}"
     except Exception:  # unknown model, or the encoding cannot be fetched offline
-        return (lambda text: max(1, len(text) // _CHARS_PER_TOKEN)), "heuristic: 4 characters per token"
+        return (
+            lambda text: max(1, len(text) // _CHARS_PER_TOKEN)
+        ), "heuristic: 4 characters per token"
 
 
 def estimate(config: Config) -> dict[str, Any]:
@@ -33,24 +35,39 @@ def estimate(config: Config) -> dict[str, Any]:
     t = config.teacher
     assert t.model is not None
     if t.provider != "openai":
-        return {"teacher": f"{t.provider} {t.model} (local)", "records": table.num_rows,
-                "cost_usd": "0 (runs on this machine)"}
+        return {
+            "teacher": f"{t.provider} {t.model} (local)",
+            "records": table.num_rows,
+            "cost_usd": "0 (runs on this machine)",
+        }
     count, method = _counter(t.model)
     task = task_of(config)
-    cache = storage.ResponseCache(f"{config.store}/cache.sqlite") if storage.Store(config.store).root.exists() else None
-    teacher: labelers.OpenAITeacher = build_teacher(config, None) if t.api_key_env is None else _keyless(config)
+    cache = (
+        storage.ResponseCache(f"{config.store}/cache.sqlite")
+        if storage.Store(config.store).root.exists()
+        else None
+    )
+    teacher: labelers.OpenAITeacher = (
+        build_teacher(config, None) if t.api_key_env is None else _keyless(config)
+    )
     cached = inputs = 0
     for text in table.column("text").to_pylist():
         body = teacher.build_request(text)
-        if cache is not None and cache.get({"base_url": teacher.base_url, "body": body}) is not None:
+        if (
+            cache is not None
+            and cache.get({"base_url": teacher.base_url, "body": body}) is not None
+        ):
             cached += 1
             continue
         inputs += sum(count(m["content"]) + _TOKENS_PER_MESSAGE for m in body["messages"])
     to_pay = table.num_rows - cached
     outputs = to_pay * (max(count(label) for label in task.labels) + 1)
     price = t.price
-    cost = "unknown (set teacher.price)" if price is None else round(
-        (inputs * price.input_per_1m + outputs * price.output_per_1m) / 1e6, 4)
+    cost = (
+        "unknown (set teacher.price)"
+        if price is None
+        else round((inputs * price.input_per_1m + outputs * price.output_per_1m) / 1e6, 4)
+    )
     return {
         "teacher": f"openai {t.model} at {teacher.endpoint_host}",
         "records": table.num_rows,
@@ -59,12 +76,18 @@ def estimate(config: Config) -> dict[str, Any]:
         "input tokens": inputs,
         "output tokens (max)": outputs,
         "token count": method,
-        "price per 1M in/out": "unknown" if price is None else f"${price.input_per_1m} / ${price.output_per_1m}",
+        "price per 1M in/out": "unknown"
+        if price is None
+        else f"${price.input_per_1m} / ${price.output_per_1m}",
         "cost_usd (max)": cost,
     }
 
 
 def _keyless(config: Config) -> labelers.OpenAITeacher:
     # estimating pays nothing, so it needs no key
-    return build_teacher(config.model_copy(update={"teacher": config.teacher.model_copy(
-        update={"api_key_env": None})}), None)
+    return build_teacher(
+        config.model_copy(
+            update={"teacher": config.teacher.model_copy(update={"api_key_env": None})}
+        ),
+        None,
+    )

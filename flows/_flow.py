@@ -20,32 +20,39 @@ from flows import _pipeline as p
 from flows._config import Config
 from flows._report import save_student, write_report
 
-_TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
-
-@task(name="ingest", **_TASK)
+@task(name="ingest", cache_policy=NO_CACHE, persist_result=False)
 def ingest(config: Config, store: storage.Store) -> storage.DatasetRef:
     return p.ingest(config, store)
 
 
-@task(name="label_shard", **_TASK)
-def label_shard(teacher: Any, records: list[tuple[str, str]], on_answer: Any = None) -> list[labelers.Answer]:
+@task(name="label_shard", cache_policy=NO_CACHE, persist_result=False)
+def label_shard(
+    teacher: Any, records: list[tuple[str, str]], on_answer: Any = None
+) -> list[labelers.Answer]:
     return p.label_shard(teacher, records, on_answer)
 
 
-@task(name="commit_version", **_TASK)
-def commit_version(config: Config, store: storage.Store, source: storage.DatasetRef,
-                   answers: list[labelers.Answer], teacher: Any) -> storage.DatasetRef:
+@task(name="commit_version", cache_policy=NO_CACHE, persist_result=False)
+def commit_version(
+    config: Config,
+    store: storage.Store,
+    source: storage.DatasetRef,
+    answers: list[labelers.Answer],
+    teacher: Any,
+) -> storage.DatasetRef:
     return p.commit_labels(config, store, source, answers, teacher)
 
 
-@task(name="train_student", **_TASK)
+@task(name="train_student", cache_policy=NO_CACHE, persist_result=False)
 def train_student(spec: Any, split: p.Split) -> tuple[Any, float]:
     return p.train_student(spec, split)
 
 
-@task(name="evaluate", **_TASK)
-def evaluate(spec: Any, student: Any, split: p.Split, train_s: float, size_bytes: int) -> dict[str, Any]:
+@task(name="evaluate", cache_policy=NO_CACHE, persist_result=False)
+def evaluate(
+    spec: Any, student: Any, split: p.Split, train_s: float, size_bytes: int
+) -> dict[str, Any]:
     return p.evaluate_student(spec, student, split, train_s, size_bytes)
 
 
@@ -56,12 +63,22 @@ class _Progress:
         self.total, self.teacher, self.done, self.start = total, teacher, 0, time.perf_counter()
         self.bar: Any = None
         if sys.stderr.isatty():
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
-            self.bar = Progress(TextColumn("labeling"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[rate]} rec/s  ${task.fields[cost]}"),
-                                TimeRemainingColumn(), transient=True)
+            self.bar = Progress(
+                TextColumn("labeling"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]} rec/s  ${task.fields[cost]}"),
+                TimeRemainingColumn(),
+                transient=True,
+            )
             self.bar.start()
             self.task_id = self.bar.add_task("label", total=total, rate="-", cost="0.0000")
 
@@ -69,14 +86,22 @@ class _Progress:
         self.done += 1
         if self.bar is not None:
             rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-            self.bar.update(self.task_id, advance=1, rate=f"{rate:.1f}",
-                            cost=f"{self.teacher.stats.cost_usd:.4f}")
+            self.bar.update(
+                self.task_id,
+                advance=1,
+                rate=f"{rate:.1f}",
+                cost=f"{self.teacher.stats.cost_usd:.4f}",
+            )
 
     def shard_done(self) -> None:
         if self.bar is None:
             elapsed = time.perf_counter() - self.start
-            print(f"labeling: {self.done}/{self.total} records, {elapsed:.1f} s, "
-                  f"${self.teacher.stats.cost_usd:.4f}", file=sys.stderr, flush=True)
+            print(
+                f"labeling: {self.done}/{self.total} records, {elapsed:.1f} s, "
+                f"${self.teacher.stats.cost_usd:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -118,17 +143,24 @@ def train(config: Config, dataset: str, out: str | None = None) -> Path:
     store = storage.Store(config.store)
     ref = store.resolve(dataset)
     manifest = store.manifest(ref)
-    split = p.split_dataset(store.load(ref), manifest["task"]["labels"],
-                            config.evaluate.test_fraction, config.evaluate.seed)
+    split = p.split_dataset(
+        store.load(ref),
+        manifest["task"]["labels"],
+        config.evaluate.test_fraction,
+        config.evaluate.seed,
+    )
     folder = _run_dir(config, out)
     trained = []
     for i, spec in enumerate(config.students):
         student, train_s = train_student(spec, split)
         sub = folder / "students" / f"{i}-{spec.kind}"
         size = save_student(student, sub, spec.kind, str(ref), manifest)
-        trained.append({"folder": str(sub), "spec": spec.model_dump(), "train_s": train_s,
-                        "size_bytes": size})
-    (folder / "train.json").write_text(json.dumps({"dataset": str(ref), "students": trained}, indent=2))
+        trained.append(
+            {"folder": str(sub), "spec": spec.model_dump(), "train_s": train_s, "size_bytes": size}
+        )
+    (folder / "train.json").write_text(
+        json.dumps({"dataset": str(ref), "students": trained}, indent=2)
+    )
     return folder
 
 
@@ -140,15 +172,21 @@ def evaluate_run(config: Config, folder: str, labeling: dict[str, Any] | None = 
     trained = json.loads((run / "train.json").read_text())
     ref = store.resolve(trained["dataset"])
     manifest = store.manifest(ref)
-    split = p.split_dataset(store.load(ref), manifest["task"]["labels"],
-                            config.evaluate.test_fraction, config.evaluate.seed)
+    split = p.split_dataset(
+        store.load(ref),
+        manifest["task"]["labels"],
+        config.evaluate.test_fraction,
+        config.evaluate.seed,
+    )
     results = []
-    for i, entry in enumerate(trained["students"]):
+    for entry in trained["students"]:
         spec = p.student_spec(entry["spec"])
         student = p.load_student(spec, Path(entry["folder"]) / "model.joblib")
         results.append(evaluate(spec, student, split, entry["train_s"], entry["size_bytes"]))
-    labeling = labeling or {"report": _labeling_from_manifest(manifest), "failures":
-                            manifest.get("labeling", {}).get("failures", {})}
+    labeling = labeling or {
+        "report": _labeling_from_manifest(manifest),
+        "failures": manifest.get("labeling", {}).get("failures", {}),
+    }
     report = {
         "name": config.name,
         "dataset": {"name": ref.name, "version": ref.version, "rows": manifest["rows"]},
@@ -162,9 +200,18 @@ def evaluate_run(config: Config, folder: str, labeling: dict[str, Any] | None = 
 def _labeling_from_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     """The labeling section for a report on an existing version: nothing was called in this run."""
     lab = manifest.get("labeling", {})
-    return {"records": manifest["rows"], "labeled": lab.get("labeled", 0), "failed": lab.get("failed", 0),
-            "teacher_calls": 0, "cache_hits": 0, "retries": 0, "input_tokens": 0, "output_tokens": 0,
-            "cost_usd": 0.0, "wall_s": 0.0}
+    return {
+        "records": manifest["rows"],
+        "labeled": lab.get("labeled", 0),
+        "failed": lab.get("failed", 0),
+        "teacher_calls": 0,
+        "cache_hits": 0,
+        "retries": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cost_usd": 0.0,
+        "wall_s": 0.0,
+    }
 
 
 @flow(name="distill")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,9 @@ def _read_table(path: Path) -> pa.Table:
             try:
                 import datasets  # type: ignore[import-not-found]
             except ImportError:
-                raise InputError(f"{path} is a folder: reading a datasets folder needs `pip install datasets`") from None
+                raise InputError(
+                    f"{path} is a folder: reading a datasets folder needs `pip install datasets`"
+                ) from None
             return datasets.load_from_disk(str(path)).data.table
         if suffix in (".jsonl", ".ndjson"):
             rows = _read_jsonl(path)
@@ -57,12 +60,16 @@ def _read_table(path: Path) -> pa.Table:
         if suffix == ".csv":
             if path.stat().st_size == 0:
                 return pa.table({})
-            return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=False))
+            return pacsv.read_csv(
+                path, convert_options=pacsv.ConvertOptions(strings_can_be_null=False)
+            )
         if suffix == ".parquet":
             return pq.read_table(path)
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
-    raise InputError(f"unsupported data file type {suffix!r} for {path} (use .jsonl, .csv, .parquet or a datasets folder)")
+    raise InputError(
+        f"unsupported data file type {suffix!r} for {path} (use .jsonl, .csv, .parquet or a datasets folder)"
+    )
 
 
 def _column(table: pa.Table, field: str, key: str, path: Path) -> list[Any]:
@@ -70,6 +77,10 @@ def _column(table: pa.Table, field: str, key: str, path: Path) -> list[Any]:
         columns = ", ".join(table.column_names)
         raise InputError(f"data.{key} {field!r} is not a column of {path} (columns: {columns})")
     return table.column(field).to_pylist()
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def read_records(data: DataConfig, labels: list[str] | None = None) -> pa.Table:
@@ -83,25 +94,33 @@ def read_records(data: DataConfig, labels: list[str] | None = None) -> pa.Table:
         # no ids given: a record is named by its content, so the same text keeps the same id
         ids = [hashlib.sha256(str(t).encode()).hexdigest()[:16] for t in texts]
     else:
-        ids = [None if v is None else str(v) for v in _column(table, data.id_field, "id_field", path)]
-        if None in ids:
-            raise InputError(f"{path}: record {ids.index(None) + 1} has no {data.id_field!r}")
-    gold = [None] * len(texts)
+        raw_ids = _column(table, data.id_field, "id_field", path)
+        if None in raw_ids:
+            raise InputError(f"{path}: record {raw_ids.index(None) + 1} has no {data.id_field!r}")
+        ids = [str(v) for v in raw_ids]
+    gold: list[str | None] = [None] * len(texts)
     if data.gold_field is not None:
-        gold = [None if v is None else str(v) for v in _column(table, data.gold_field, "gold_field", path)]
+        gold = [_optional_str(v) for v in _column(table, data.gold_field, "gold_field", path)]
     if data.limit is not None:
         ids, texts, gold = ids[: data.limit], texts[: data.limit], gold[: data.limit]
     empty = [i for i, t in zip(ids, texts, strict=True) if t is None or not str(t).strip()]
     if empty:
-        raise InputError(f"{path}: {len(empty)} record(s) have an empty {data.text_field!r}, first id {empty[0]!r}")
-    seen: set[str] = set()
-    dupes = [i for i in ids if i in seen or seen.add(i)]  # type: ignore[func-returns-value]
+        raise InputError(
+            f"{path}: {len(empty)} record(s) have an empty {data.text_field!r}, first id {empty[0]!r}"
+        )
+    dupes = [i for i, n in Counter(ids).items() if n > 1]
     if dupes:
         more = f" and {len(dupes) - 1} more" if len(dupes) > 1 else ""
-        raise InputError(f"{path}: duplicate id {dupes[0]!r}{more} in {data.id_field or 'content hash'}")
+        raise InputError(
+            f"{path}: duplicate id {dupes[0]!r}{more} in {data.id_field or 'content hash'}"
+        )
     if labels is not None:
-        unknown = sorted({g for g in gold if g is not None} - set(labels))
+        unknown = sorted({g for g in gold if g is not None}.difference(labels))
         if unknown:
-            raise InputError(f"{path}: gold label {unknown[0]!r} ({data.gold_field}) is not in task.labels"
-                             + (f" ({len(unknown)} unknown in all)" if len(unknown) > 1 else ""))
-    return pa.table({"id": ids, "text": [str(t) for t in texts], "gold": gold}, schema=SOURCE_SCHEMA)
+            raise InputError(
+                f"{path}: gold label {unknown[0]!r} ({data.gold_field}) is not in task.labels"
+                + (f" ({len(unknown)} unknown in all)" if len(unknown) > 1 else "")
+            )
+    return pa.table(
+        {"id": ids, "text": [str(t) for t in texts], "gold": gold}, schema=SOURCE_SCHEMA
+    )

@@ -24,11 +24,18 @@ import students
 from flows._config import Config, LogRegStudent, StudentConfig
 from flows._ingest import read_records
 
-LABELED_SCHEMA = pa.schema([
-    ("id", pa.string()), ("text", pa.string()), ("gold", pa.string()), ("label", pa.string()),
-    ("probs", pa.list_(pa.float64())), ("coverage", pa.float64()), ("error", pa.string()),
-    ("raw", pa.string()),
-])
+LABELED_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("gold", pa.string()),
+        ("label", pa.string()),
+        ("probs", pa.list_(pa.float64())),
+        ("coverage", pa.float64()),
+        ("error", pa.string()),
+        ("raw", pa.string()),
+    ]
+)
 
 
 class SetupError(Exception):
@@ -62,12 +69,23 @@ def build_teacher(config: Config, cache: labelers.ResponseCache | None) -> Any:
     if t.api_key_env:
         key = os.environ.get(t.api_key_env)
         if not key:
-            raise SetupError(f"environment variable {t.api_key_env} (teacher.api_key_env) is not set")
+            raise SetupError(
+                f"environment variable {t.api_key_env} (teacher.api_key_env) is not set"
+            )
     price = labelers.Price(t.price.input_per_1m, t.price.output_per_1m) if t.price else None
     return labelers.OpenAITeacher(
-        task, model=t.model, base_url=t.base_url, api_key=key, concurrency=t.concurrency, rpm=t.rpm,
-        timeout_s=t.timeout_s, max_retries=t.max_retries, price=price,
-        temperature=t.temperature or 0.0, top_logprobs=t.top_logprobs, cache=cache,
+        task,
+        model=t.model,
+        base_url=t.base_url,
+        api_key=key,
+        concurrency=t.concurrency,
+        rpm=t.rpm,
+        timeout_s=t.timeout_s,
+        max_retries=t.max_retries,
+        price=price,
+        temperature=t.temperature or 0.0,
+        top_logprobs=t.top_logprobs,
+        cache=cache,
     )
 
 
@@ -82,8 +100,12 @@ def preflight(config: Config) -> None:
 def ingest(config: Config, store: storage.Store) -> storage.DatasetRef:
     """Read the records and commit them as the source dataset `NAME-source`."""
     table = read_records(config.data, config.task.labels)
-    return store.commit(f"{config.name}-source", table, licence=licence_of(config),
-                        metadata={"kind": "source", "data": config.data.model_dump()})
+    return store.commit(
+        f"{config.name}-source",
+        table,
+        licence=licence_of(config),
+        metadata={"kind": "source", "data": config.data.model_dump()},
+    )
 
 
 def shards(table: pa.Table, size: int) -> list[list[tuple[str, str]]]:
@@ -91,8 +113,11 @@ def shards(table: pa.Table, size: int) -> list[list[tuple[str, str]]]:
     return [pairs[i : i + size] for i in range(0, len(pairs), size)]
 
 
-def label_shard(teacher: Any, records: Sequence[tuple[str, str]],
-                on_answer: Callable[[labelers.Answer], None] | None = None) -> list[labelers.Answer]:
+def label_shard(
+    teacher: Any,
+    records: Sequence[tuple[str, str]],
+    on_answer: Callable[[labelers.Answer], None] | None = None,
+) -> list[labelers.Answer]:
     return list(teacher.label(records, on_answer))
 
 
@@ -120,35 +145,58 @@ class Labeling:
         return out
 
 
-def summarise(answers: Sequence[labelers.Answer], stats: labelers.LabelStats, wall_s: float) -> Labeling:
+def summarise(
+    answers: Sequence[labelers.Answer], stats: labelers.LabelStats, wall_s: float
+) -> Labeling:
     failures = Counter(a.error for a in answers if a.error)
     return Labeling(
-        records=len(answers), labeled=sum(a.ok for a in answers), failed=sum(failures.values()),
-        failures=dict(failures), teacher_calls=stats.teacher_calls, cache_hits=stats.cache_hits,
-        retries=stats.retries, input_tokens=stats.input_tokens, output_tokens=stats.output_tokens,
-        cost_usd=stats.cost_usd, wall_s=wall_s,
+        records=len(answers),
+        labeled=sum(a.ok for a in answers),
+        failed=sum(failures.values()),
+        failures=dict(failures),
+        teacher_calls=stats.teacher_calls,
+        cache_hits=stats.cache_hits,
+        retries=stats.retries,
+        input_tokens=stats.input_tokens,
+        output_tokens=stats.output_tokens,
+        cost_usd=stats.cost_usd,
+        wall_s=wall_s,
     )
 
 
-def commit_labels(config: Config, store: storage.Store, source: storage.DatasetRef,
-                  answers: Sequence[labelers.Answer], teacher: Any) -> storage.DatasetRef:
+def commit_labels(
+    config: Config,
+    store: storage.Store,
+    source: storage.DatasetRef,
+    answers: Sequence[labelers.Answer],
+    teacher: Any,
+) -> storage.DatasetRef:
     """The labeled dataset: every record, labeled or failed with its reason and raw answer."""
     table = store.load(source)
     by_id = {a.id: a for a in answers}
     ordered = [by_id[i] for i in table.column("id").to_pylist()]
-    labeled = pa.table({
-        "id": table.column("id"), "text": table.column("text"), "gold": table.column("gold"),
-        "label": [a.label for a in ordered],
-        "probs": [list(a.probs) if a.probs is not None else None for a in ordered],
-        "coverage": [a.coverage for a in ordered],
-        "error": [a.error for a in ordered],
-        "raw": [a.raw for a in ordered],
-    }, schema=LABELED_SCHEMA)
+    labeled = pa.table(
+        {
+            "id": table.column("id"),
+            "text": table.column("text"),
+            "gold": table.column("gold"),
+            "label": [a.label for a in ordered],
+            "probs": [list(a.probs) if a.probs is not None else None for a in ordered],
+            "coverage": [a.coverage for a in ordered],
+            "error": [a.error for a in ordered],
+            "raw": [a.raw for a in ordered],
+        },
+        schema=LABELED_SCHEMA,
+    )
     task = task_of(config)
     terms = config.teacher.resolved_terms()
     metadata = {
         "kind": "labeled",
-        "task": {"kind": "classify", "labels": list(task.labels), "instructions": task.instructions},
+        "task": {
+            "kind": "classify",
+            "labels": list(task.labels),
+            "instructions": task.instructions,
+        },
         "teacher": {**teacher.describe(), "prompt_hash": labelers.prompt_hash(task)},
         "terms": terms.model_dump(),
         "labeling": {
@@ -160,8 +208,13 @@ def commit_labels(config: Config, store: storage.Store, source: storage.DatasetR
             "cost_usd": round(sum(a.usage.cost_usd for a in ordered), 6),
         },
     }
-    return store.commit(config.name, labeled, licence=storage.Licence(**source_licence(store, source)),
-                        parent=source, metadata=metadata)
+    return store.commit(
+        config.name,
+        labeled,
+        licence=storage.Licence(**source_licence(store, source)),
+        parent=source,
+        metadata=metadata,
+    )
 
 
 def source_licence(store: storage.Store, ref: storage.DatasetRef) -> dict[str, str]:
@@ -170,6 +223,7 @@ def source_licence(store: storage.Store, ref: storage.DatasetRef) -> dict[str, s
 
 def held_out(ids: Sequence[str], fraction: float, seed: int) -> np.ndarray:
     """True for test records: a record's side depends only on its id and the seed."""
+
     def bucket(record_id: str) -> float:
         digest = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64
@@ -198,8 +252,12 @@ def split_dataset(table: pa.Table, labels: list[str], fraction: float, seed: int
     proba = np.array(rows.column("probs").to_pylist(), dtype=float)
     gold = np.array(rows.column("gold").to_pylist(), dtype=object)
     if test.all() or not test.any():
-        raise SetupError(f"{rows.num_rows} labeled records are too few for a {fraction:.0%} test split")
-    return Split(labels, list(text[~test]), proba[~test], list(text[test]), proba[test], list(gold[test]))
+        raise SetupError(
+            f"{rows.num_rows} labeled records are too few for a {fraction:.0%} test split"
+        )
+    return Split(
+        labels, list(text[~test]), proba[~test], list(text[test]), proba[test], list(gold[test])
+    )
 
 
 def make_student(spec: StudentConfig) -> Any:
@@ -240,8 +298,9 @@ def student_columns(student: Any, labels: list[str], texts: list[str]) -> np.nda
     return out
 
 
-def evaluate_student(spec: StudentConfig, student: Any, split: Split, train_s: float,
-                     size_bytes: int) -> dict[str, Any]:
+def evaluate_student(
+    spec: StudentConfig, student: Any, split: Split, train_s: float, size_bytes: int
+) -> dict[str, Any]:
     proba = student_columns(student, split.labels, split.test_text)
     scores = students.closeness(split.test_proba, proba, split.labels, split.test_gold)
     return {
@@ -254,7 +313,9 @@ def evaluate_student(spec: StudentConfig, student: Any, split: Split, train_s: f
 
 
 def teacher_accuracy(split: Split) -> float | None:
-    known = [(g, p) for g, p in zip(split.test_gold, split.test_proba, strict=True) if g is not None]
+    known = [
+        (g, p) for g, p in zip(split.test_gold, split.test_proba, strict=True) if g is not None
+    ]
     if not known:
         return None
     return float(np.mean([split.labels[int(np.argmax(p))] == g for g, p in known]))

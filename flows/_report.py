@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 
-def save_student(student: Any, folder: Path, kind: str, dataset: str, manifest: dict[str, Any]) -> int:
+def save_student(
+    student: Any, folder: Path, kind: str, dataset: str, manifest: dict[str, Any]
+) -> int:
     """Save the model and its card; returns the model file's size in bytes."""
     folder.mkdir(parents=True, exist_ok=True)
     path = student.save(folder / "model.joblib")
@@ -16,13 +18,16 @@ def save_student(student: Any, folder: Path, kind: str, dataset: str, manifest: 
     terms = manifest.get("terms") or {}
     teacher = manifest.get("teacher") or {}
     card = [
-        f"# {kind} student distilled from `{dataset}`", "",
+        f"# {kind} student distilled from `{dataset}`",
+        "",
         f"- teacher: {teacher.get('provider')} `{teacher.get('model')}`",
         f"- training data licence: `{licence.get('spdx')}` {licence.get('statement', '')}".rstrip(),
         f"- teacher terms ({terms.get('profile', 'unknown')}): {terms.get('statement', '')}",
     ]
     if terms.get("restrictions"):
-        card.append(f"- restrictions inherited from the teacher: {', '.join(terms['restrictions'])}")
+        card.append(
+            f"- restrictions inherited from the teacher: {', '.join(terms['restrictions'])}"
+        )
     card += ["", f"Load with `{type(student).__name__}.load('model.joblib')`."]
     (folder / "MODEL_CARD.md").write_text("\n".join(card) + "\n")
     return path.stat().st_size
@@ -43,10 +48,13 @@ def write_report(folder: Path, report: dict[str, Any], failures: dict[str, int])
     path.write_text(json.dumps(report, indent=2))
     lab, teacher = report["labeling"], report["teacher"]
     lines = [
-        f"# {report['name']}: distillation report", "",
+        f"# {report['name']}: distillation report",
+        "",
         f"Dataset `{report['dataset']['name']}@{report['dataset']['version']}` "
-        f"({report['dataset']['rows']} rows).", "",
-        "## Labeling", "",
+        f"({report['dataset']['rows']} rows).",
+        "",
+        "## Labeling",
+        "",
         f"{lab['labeled']} of {lab['records']} records labeled, {lab['failed']} failed; "
         f"{lab['teacher_calls']} teacher calls, {lab['cache_hits']} cache hits, {lab['retries']} retries; "
         f"{lab['input_tokens']} input + {lab['output_tokens']} output tokens; "
@@ -55,10 +63,16 @@ def write_report(folder: Path, report: dict[str, Any], failures: dict[str, int])
     ]
     if failures:
         lines += ["", "| failure reason | records |", "|---|---|"]
-        lines += [f"| {reason} | {n} |" for reason, n in sorted(failures.items(), key=lambda kv: -kv[1])]
-    lines += ["", "## Students (held-out)", "",
-              "| student | agreement | accuracy vs gold | KL(teacher‖student) | ECE | train s | ms / 1k | size |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"| {reason} | {n} |" for reason, n in sorted(failures.items(), key=lambda kv: -kv[1])
+        ]
+    lines += [
+        "",
+        "## Students (held-out)",
+        "",
+        "| student | agreement | accuracy vs gold | KL(teacher‖student) | ECE | train s | ms / 1k | size |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for s in report["students"]:
         lines.append(
             f"| {s['kind']} | {_fmt(s['agreement'], True)} | {_fmt(s['accuracy_vs_gold'], True)} | "

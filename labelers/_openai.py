@@ -22,7 +22,11 @@ from labelers._prompt import build_messages
 from labelers._types import Answer, ClassifyTask, LabelerError, ResponseCache, Usage
 
 _RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-_FATAL_STATUS = {401: "rejected the API key", 403: "refused access", 404: "has no such model or path"}
+_FATAL_STATUS = {
+    401: "rejected the API key",
+    403: "refused access",
+    404: "has no such model or path",
+}
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,9 @@ class OpenAITeacher:
     ) -> None:
         parsed = urlparse(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise LabelerError(f"invalid teacher base_url {base_url!r}: expected http(s)://host[:port]/path")
+            raise LabelerError(
+                f"invalid teacher base_url {base_url!r}: expected http(s)://host[:port]/path"
+            )
         if concurrency < 1:
             raise LabelerError("teacher concurrency must be at least 1")
         self.task = task
@@ -157,7 +163,9 @@ class OpenAITeacher:
         records: Sequence[tuple[str, str]],
         on_answer: Callable[[Answer], None] | None = None,
     ) -> list[Answer]:
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        limits = httpx.Limits(
+            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+        )
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         gate = asyncio.Semaphore(self.concurrency)
         async with httpx.AsyncClient(
@@ -206,7 +214,11 @@ class OpenAITeacher:
             # stored before it is used: a crash after this line never pays for it again
             if self.cache is not None:
                 self.cache.put(
-                    key, response, input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost
+                    key,
+                    response,
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                    cost_usd=cost,
                 )
             answer = self.parse_response(record_id, response)
             return Answer(**{**answer.__dict__, "attempts": attempt})
@@ -231,7 +243,9 @@ class OpenAITeacher:
             raise _Transient(f"connection error: {type(exc).__name__}") from None
         status = response.status_code
         if status in _FATAL_STATUS:
-            raise LabelerError(f"teacher endpoint {self.endpoint_host} {_FATAL_STATUS[status]} (HTTP {status})")
+            raise LabelerError(
+                f"teacher endpoint {self.endpoint_host} {_FATAL_STATUS[status]} (HTTP {status})"
+            )
         if status in _RETRYABLE_STATUS:
             raise _Transient(f"HTTP {status}", retry_after=_retry_after(response.headers))
         if status >= 400:
@@ -250,7 +264,9 @@ class OpenAITeacher:
         ceiling = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)  # jitter spreads retries from many clients
 
-    def parse_response(self, record_id: str, response: dict[str, Any], *, cached: bool = False) -> Answer:
+    def parse_response(
+        self, record_id: str, response: dict[str, Any], *, cached: bool = False
+    ) -> Answer:
         """Label and distribution from a chat-completions response; never coerces an off-label answer."""
         usage = response.get("usage") or {}
         input_tokens = int(usage.get("prompt_tokens") or 0)
@@ -312,4 +328,3 @@ def _run_sync(coro: Any) -> Any:
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
-

@@ -14,7 +14,11 @@ PROMPT_VERSION = "classify-v1"
 
 
 def system_prompt(task: ClassifyTask) -> str:
-    lines = [task.instructions.strip(), "", "Answer with exactly one of these labels and nothing else:"]
+    lines = [
+        task.instructions.strip(),
+        "",
+        "Answer with exactly one of these labels and nothing else:",
+    ]
     for label in task.labels:
         desc = task.descriptions.get(label)
         lines.append(f"- {label}: {desc}" if desc else f"- {label}")

@@ -30,7 +30,9 @@ class ClassifyTask:
 
     def __post_init__(self) -> None:
         if len(self.labels) < 2:
-            raise LabelerError(f"a classification task needs at least 2 labels, got {len(self.labels)}")
+            raise LabelerError(
+                f"a classification task needs at least 2 labels, got {len(self.labels)}"
+            )
         if len(set(self.labels)) != len(self.labels):
             raise LabelerError("the label set has duplicates")
         unknown = set(self.descriptions) - set(self.labels)

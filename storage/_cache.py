@@ -73,8 +73,15 @@ class ResponseCache:
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (request_key(request), canonical_json(request), canonical_json(response),
-                 input_tokens, output_tokens, cost_usd, time.time()),
+                (
+                    request_key(request),
+                    canonical_json(request),
+                    canonical_json(response),
+                    input_tokens,
+                    output_tokens,
+                    cost_usd,
+                    time.time(),
+                ),
             )
 
     def totals(self) -> dict[str, float]:

@@ -28,11 +28,20 @@ def render_card(manifest: dict[str, Any]) -> str:
         "task_categories": ["text-classification"],
         "tags": ["understudy", "distillation"] + (["llm-labelled"] if teacher else []),
     }
-    lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
-             f"# {manifest['name']} @ {manifest['version']}", "",
-             f"{manifest.get('rows', 0)} rows, created {manifest.get('created_at', '?')}"
-             + (f", derived from `{manifest['parent']}`." if manifest.get("parent") else "."), "",
-             "## Source licence", "", f"- SPDX: `{licence.get('spdx', 'NOASSERTION')}`"]
+    lines = [
+        "---",
+        yaml.safe_dump(meta, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {manifest['name']} @ {manifest['version']}",
+        "",
+        f"{manifest.get('rows', 0)} rows, created {manifest.get('created_at', '?')}"
+        + (f", derived from `{manifest['parent']}`." if manifest.get("parent") else "."),
+        "",
+        "## Source licence",
+        "",
+        f"- SPDX: `{licence.get('spdx', 'NOASSERTION')}`",
+    ]
     for key in ("statement", "source", "citation"):
         if licence.get(key):
             lines.append(f"- {key}: {licence[key]}")
@@ -40,8 +49,13 @@ def render_card(manifest: dict[str, Any]) -> str:
         lines += ["", "## Teacher", ""]
         lines += [f"- {k}: `{v}`" for k, v in teacher.items() if v is not None]
     if terms:
-        lines += ["", "## Teacher terms", "", f"- profile: `{terms.get('profile', 'custom')}`",
-                  f"- {terms.get('statement', '')}"]
+        lines += [
+            "",
+            "## Teacher terms",
+            "",
+            f"- profile: `{terms.get('profile', 'custom')}`",
+            f"- {terms.get('statement', '')}",
+        ]
         if terms.get("restrictions"):
             lines.append(f"- restrictions: {', '.join(terms['restrictions'])}")
     labeling = manifest.get("labeling")

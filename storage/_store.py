@@ -97,7 +97,9 @@ class Store:
     def names(self) -> list[str]:
         if not self.datasets_dir.is_dir():
             return []
-        return sorted(p.name for p in self.datasets_dir.iterdir() if p.is_dir() and _NAME.match(p.name))
+        return sorted(
+            p.name for p in self.datasets_dir.iterdir() if p.is_dir() and _NAME.match(p.name)
+        )
 
     def versions(self, name: str) -> list[str]:
         folder = self.datasets_dir / name
@@ -115,7 +117,9 @@ class Store:
         if version is None:
             return DatasetRef(name, versions[-1])
         if version not in versions:
-            raise StoreError(f"dataset {name!r} has no version {version!r} (has {', '.join(versions)})")
+            raise StoreError(
+                f"dataset {name!r} has no version {version!r} (has {', '.join(versions)})"
+            )
         return DatasetRef(name, version)
 
     def path(self, ref: DatasetRef) -> Path:
@@ -145,7 +149,9 @@ class Store:
         """Write `table` as the next version of `name`; the same content on the same parent
         as the latest version returns that version instead of a copy."""
         if not _NAME.match(name):
-            raise StoreError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' and '-'")
+            raise StoreError(
+                f"invalid dataset name {name!r}: use letters, digits, '.', '_' and '-'"
+            )
         folder = self.datasets_dir / name
         folder.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
@@ -156,7 +162,11 @@ class Store:
             latest = self.versions(name)[-1:]
             if latest:
                 previous = self.manifest(DatasetRef(name, latest[0]))
-                same = (previous.get("content_sha256"), previous.get("parent"), previous.get("licence"))
+                same = (
+                    previous.get("content_sha256"),
+                    previous.get("parent"),
+                    previous.get("licence"),
+                )
                 if same == (content, str(parent) if parent else None, licence.__dict__):
                     return DatasetRef(name, latest[0])
             manifest = {
@@ -210,7 +220,9 @@ class Store:
         for path in sorted(folder.iterdir()):
             if path.name not in listed and path.name != "manifest.json":
                 result.problems.append(f"{path.name}: not in the manifest (added)")
-        if not result.problems and manifest.get("content_sha256") != listed.get(DATA_FILE, {}).get("sha256"):
+        if not result.problems and manifest.get("content_sha256") != listed.get(DATA_FILE, {}).get(
+            "sha256"
+        ):
             result.problems.append("manifest: content_sha256 does not match the data file")
         return result
 
@@ -220,7 +232,13 @@ class Store:
         for name in self.names():
             for version in self.versions(name):
                 m = self.manifest(DatasetRef(name, version))
-                out.append({"dataset": f"{name}@{version}", "rows": m.get("rows"),
-                            "created_at": m.get("created_at"), "parent": m.get("parent"),
-                            "licence": (m.get("licence") or {}).get("spdx")})
+                out.append(
+                    {
+                        "dataset": f"{name}@{version}",
+                        "rows": m.get("rows"),
+                        "created_at": m.get("created_at"),
+                        "parent": m.get("parent"),
+                        "licence": (m.get("licence") or {}).get("spdx"),
+                    }
+                )
         return out

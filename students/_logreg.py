@@ -30,9 +30,14 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
     max_iter : iterations for the lbfgs solver.
     """
 
-    def __init__(self, C: float = 10.0, max_features: int = 50_000,
-                 ngram_range: tuple[int, int] = (1, 2), min_weight: float = 1e-3,
-                 max_iter: int = 1000) -> None:
+    def __init__(
+        self,
+        C: float = 10.0,
+        max_features: int = 50_000,
+        ngram_range: tuple[int, int] = (1, 2),
+        min_weight: float = 1e-3,
+        max_iter: int = 1000,
+    ) -> None:
         self.C = C
         self.max_features = max_features
         self.ngram_range = ngram_range
@@ -40,8 +45,13 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
 
     def _vectoriser(self) -> TfidfVectorizer:
-        return TfidfVectorizer(ngram_range=self.ngram_range, max_features=self.max_features,
-                               sublinear_tf=True, min_df=1, strip_accents="unicode")
+        return TfidfVectorizer(
+            ngram_range=self.ngram_range,
+            max_features=self.max_features,
+            sublinear_tf=True,
+            min_df=1,
+            strip_accents="unicode",
+        )
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> TfidfLogReg:
         """Fit on texts `X` and hard labels `y`."""
@@ -53,7 +63,7 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
         self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter)
         self.model_.fit(self.vectoriser_.transform(texts), y, sample_weight=sample_weight)
         self.classes_ = self.model_.classes_
-        self._columns_ = None
+        self._columns_: np.ndarray | None = None
         return self
 
     def fit_soft(self, X: Any, proba: Any, classes: Any) -> TfidfLogReg:
@@ -64,7 +74,9 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
         proba = np.asarray(proba, dtype=float)
         classes = np.asarray(classes)
         if proba.shape != (len(texts), len(classes)):
-            raise ValueError(f"proba has shape {proba.shape}, expected ({len(texts)}, {len(classes)})")
+            raise ValueError(
+                f"proba has shape {proba.shape}, expected ({len(texts)}, {len(classes)})"
+            )
         rows, cols = np.nonzero(proba >= self.min_weight)
         self.vectoriser_ = self._vectoriser().fit(texts)
         features = self.vectoriser_.transform(texts)[rows]
@@ -72,8 +84,12 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
         self.model_.fit(features, classes[cols], sample_weight=proba[rows, cols])
         # classes the teacher never favoured still get a (zero) column, so columns follow `classes`
         self.classes_ = classes
-        self._columns_ = np.array([np.flatnonzero(self.model_.classes_ == c)[0]
-                                   if c in self.model_.classes_ else -1 for c in classes])
+        self._columns_ = np.array(
+            [
+                np.flatnonzero(self.model_.classes_ == c)[0] if c in self.model_.classes_ else -1
+                for c in classes
+            ]
+        )
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:

@@ -32,9 +32,9 @@ def kl_divergence(teacher_proba: np.ndarray, student_proba: np.ndarray) -> float
 def expected_calibration_error(proba: np.ndarray, target: Sequence[int], n_bins: int = 15) -> float:
     """ECE: confidence vs accuracy of the top class, in equal-width bins, weighted by bin size."""
     proba = np.asarray(proba, dtype=float)
-    target = np.asarray(target)
+    truth = np.asarray(target)
     confidence = proba.max(axis=1)
-    correct = (proba.argmax(axis=1) == target).astype(float)
+    correct = (proba.argmax(axis=1) == truth).astype(float)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
     total = 0.0
@@ -63,7 +63,7 @@ def closeness(
 ) -> dict[str, float | None]:
     """Agreement, KL(teacher‖student) and ECE against the teacher; accuracy against gold where
     gold exists (None when no record has gold). Columns of both arrays follow `classes`."""
-    classes = np.asarray(classes)
+    names = np.asarray(classes)
     teacher_idx = np.asarray(teacher_proba).argmax(axis=1)
     student_idx = np.asarray(student_proba).argmax(axis=1)
     accuracy = None
@@ -71,7 +71,7 @@ def closeness(
         known = np.array([g is not None for g in gold], dtype=bool)
         if known.any():
             gold_known = np.asarray(gold, dtype=object)[known]
-            accuracy = float(accuracy_score(gold_known, classes[student_idx[known]]))
+            accuracy = float(accuracy_score(gold_known, names[student_idx[known]]))
     return {
         "agreement": agreement(teacher_idx, student_idx),
         "kl_teacher_student": kl_divergence(teacher_proba, student_proba),

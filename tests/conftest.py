@@ -33,7 +33,9 @@ def banking_labels() -> list[str]:
 
 
 @pytest.fixture
-def fake_openai(banking_rows: list[dict[str, str]]) -> Iterator[Callable[..., tuple[FakeOpenAI, str]]]:
+def fake_openai(
+    banking_rows: list[dict[str, str]],
+) -> Iterator[Callable[..., tuple[FakeOpenAI, str]]]:
     """Start servers on 127.0.0.1 that know the bundled data's gold labels; stopped afterwards."""
     started: list[FakeOpenAI] = []
 

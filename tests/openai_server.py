@@ -48,7 +48,9 @@ class FakeTeacher:
     def distribution(self, text: str, labels: list[str]) -> dict[str, float]:
         rng = random.Random(hashlib.sha256(text.encode()).digest())
         truth = self.gold.get(text) or rng.choice(labels)
-        top = truth if rng.random() < self.accuracy else rng.choice([x for x in labels if x != truth])
+        top = (
+            truth if rng.random() < self.accuracy else rng.choice([x for x in labels if x != truth])
+        )
         others = rng.sample([x for x in labels if x != top], k=min(3, len(labels) - 1))
         dist = {top: 0.7}
         for label, p in zip(others, (0.15, 0.1, 0.05), strict=False):
@@ -59,11 +61,20 @@ class FakeTeacher:
 class FakeOpenAI:
     """The server. `faults` maps a fault name to its probability per request."""
 
-    def __init__(self, teacher: FakeTeacher | None = None, *, latency_s: float = 0.0,
-                 faults: dict[str, float] | None = None, seed: int = 0, logprobs: bool = True,
-                 leading_space: bool = False, hang_s: float = 3.0, retry_after: str = "1",
-                 outside_mass: float = 0.0,
-                 on_request: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        teacher: FakeTeacher | None = None,
+        *,
+        latency_s: float = 0.0,
+        faults: dict[str, float] | None = None,
+        seed: int = 0,
+        logprobs: bool = True,
+        leading_space: bool = False,
+        hang_s: float = 3.0,
+        retry_after: str = "1",
+        outside_mass: float = 0.0,
+        on_request: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         unknown = set(faults or {}) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown faults {unknown}")
@@ -129,17 +140,29 @@ class FakeOpenAI:
             content, logprobs = "I am not sure, maybe something about cards?", None
         else:
             content = (" " if self.leading_space else "") + answer
-            logprobs = self._logprobs(answer, dist) if self.logprobs and body.get("logprobs") else None
+            logprobs = (
+                self._logprobs(answer, dist) if self.logprobs and body.get("logprobs") else None
+            )
         prompt_tokens = sum(len(m["content"]) // 4 + 4 for m in body["messages"])
         completion_tokens = len(chunks(answer, False))
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop",
-                                  "message": {"role": "assistant", "content": content}}
+        choice: dict[str, Any] = {
+            "index": 0,
+            "finish_reason": "stop",
+            "message": {"role": "assistant", "content": content},
+        }
         if logprobs is not None:
             choice["logprobs"] = {"content": logprobs}
-        return {"id": "chatcmpl-fake", "object": "chat.completion", "model": body.get("model"),
-                "choices": [choice],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens}}
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "model": body.get("model"),
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
 
     def _logprobs(self, answer: str, dist: dict[str, float]) -> list[dict[str, Any]]:
         """Exact next-token distributions along the answer's path in the label-token trie."""
@@ -147,7 +170,11 @@ class FakeOpenAI:
         chosen = paths[answer]
         out = []
         for k, token in enumerate(chosen):
-            live = {lab: p for lab, p in dist.items() if paths[lab][:k] == chosen[:k] and len(paths[lab]) > k}
+            live = {
+                lab: p
+                for lab, p in dist.items()
+                if paths[lab][:k] == chosen[:k] and len(paths[lab]) > k
+            }
             # the mass outside the label set sits on the first position only
             outside = self.outside_mass if k == 0 else 0.0
             scale = (1.0 - outside) / sum(live.values()) if k == 0 else 1.0 / sum(live.values())
@@ -156,8 +183,17 @@ class FakeOpenAI:
                 nxt[paths[lab][k]] += p * scale
             if outside:
                 nxt["Sorry"] += outside
-            top = [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in nxt.most_common(20)]
-            out.append({"token": token, "logprob": math.log(nxt[token]), "bytes": None, "top_logprobs": top})
+            top = [
+                {"token": t, "logprob": math.log(p), "bytes": None} for t, p in nxt.most_common(20)
+            ]
+            out.append(
+                {
+                    "token": token,
+                    "logprob": math.log(nxt[token]),
+                    "bytes": None,
+                    "top_logprobs": top,
+                }
+            )
         return out
 
 
@@ -196,7 +232,11 @@ def _handler_for(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 with server._lock:
                     server.faults_sent[fault] += 1
             if fault == "429":
-                self._send(429, b'{"error": {"message": "rate limited"}}', {"Retry-After": server.retry_after})
+                self._send(
+                    429,
+                    b'{"error": {"message": "rate limited"}}',
+                    {"Retry-After": server.retry_after},
+                )
             elif fault in ("500", "503"):
                 self._send(int(fault), b'{"error": {"message": "server error"}}')
             elif fault == "timeout":
@@ -207,7 +247,9 @@ def _handler_for(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             elif fault == "malformed":
                 self._send(200, b'{"id": "chatcmpl-fake", "choices": [{"mess')
             else:
-                payload = json.dumps(server.completion(body, off_label=fault == "off_label")).encode()
+                payload = json.dumps(
+                    server.completion(body, off_label=fault == "off_label")
+                ).encode()
                 with server._lock:
                     server.billed[key_of(body)] += 1
                     if fault == "off_label":

@@ -9,15 +9,22 @@ from typer.testing import CliRunner
 
 from flows._cli import app
 from storage import Licence, Store
-from tests.conftest import DATA, SENTINEL_KEY
+from tests.conftest import SENTINEL_KEY
 
-OPENAI = {"teacher.provider": "openai", "teacher.model": "m", "teacher.base_url": "http://127.0.0.1:9/v1",
-          "teacher.api_key_env": "UNDERSTUDY_TEST_KEY"}
+OPENAI = {
+    "teacher.provider": "openai",
+    "teacher.model": "m",
+    "teacher.base_url": "http://127.0.0.1:9/v1",
+    "teacher.api_key_env": "UNDERSTUDY_TEST_KEY",
+}
 
 
 def snapshot(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -38,14 +45,23 @@ def write_jsonl(path, rows):
 
 
 CASES = {
-    "missing data file": ({"data.path": "/nonexistent/data.jsonl"}, "data file not found: /nonexistent/data.jsonl"),
+    "missing data file": (
+        {"data.path": "/nonexistent/data.jsonl"},
+        "data file not found: /nonexistent/data.jsonl",
+    ),
     "wrong text field": ({"data.text_field": "body"}, "data.text_field 'body' is not a column"),
     "wrong id field": ({"data.id_field": "uid"}, "data.id_field 'uid' is not a column"),
     "unknown config key": ({"teacher.modle": "x"}, "unknown config key 'teacher.modle'"),
     "label set of one": ({"task.labels": ["only"]}, "needs at least 2 labels"),
     "unknown gold label": ({"task.labels": ["card_arrival", "other"]}, "is not in task.labels"),
-    "invalid base_url": ({**OPENAI, "teacher.base_url": "localhost:8000"}, "invalid teacher base_url"),
-    "missing API key": (OPENAI, "environment variable UNDERSTUDY_TEST_KEY (teacher.api_key_env) is not set"),
+    "invalid base_url": (
+        {**OPENAI, "teacher.base_url": "localhost:8000"},
+        "invalid teacher base_url",
+    ),
+    "missing API key": (
+        OPENAI,
+        "environment variable UNDERSTUDY_TEST_KEY (teacher.api_key_env) is not set",
+    ),
     "negative limit": ({"data.limit": -3}, "config key 'data.limit'"),
     "unknown provider": ({"teacher.provider": "magic"}, "config key 'teacher.provider'"),
 }
@@ -68,8 +84,12 @@ def test_bad_files(tmp_path, write_config, seeded_store):
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"id": "1", "text": "a"}\n{"id": 2, "te\n')
     blank = write_jsonl(tmp_path / "blank.jsonl", [{"id": "1", "text": "  "}])
-    expected = {str(empty): "has no records", dupes: "duplicate id '1'",
-                str(broken): "line 2 is not valid JSON", blank: "have an empty 'text'"}
+    expected = {
+        str(empty): "has no records",
+        dupes: "duplicate id '1'",
+        str(broken): "line 2 is not valid JSON",
+        blank: "have an empty 'text'",
+    }
     before = snapshot(seeded_store)
     for path, message in expected.items():
         config = write_config({"data.path": path, "data.gold_field": None})
@@ -79,7 +99,10 @@ def test_bad_files(tmp_path, write_config, seeded_store):
 
 
 def test_config_file_problems(tmp_path):
-    assert run_cli("run", str(tmp_path / "none.yaml"))[:2] == (2, f"understudy: error: config file not found: {tmp_path / 'none.yaml'}")
+    assert run_cli("run", str(tmp_path / "none.yaml"))[:2] == (
+        2,
+        f"understudy: error: config file not found: {tmp_path / 'none.yaml'}",
+    )
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
     code, err, _ = run_cli("run", str(bad))
@@ -121,4 +144,6 @@ def test_estimate_counts_tokens_and_cost_without_a_key(write_config):
     assert fields["records"] == "100" and fields["to label"] == "100"
     inputs, outputs = int(fields["input tokens"]), int(fields["output tokens (max)"])
     assert inputs > 100 * 200  # the 77-label system prompt alone is several hundred tokens
-    assert float(fields["cost_usd (max)"]) == pytest.approx(round((inputs * 0.15 + outputs * 0.6) / 1e6, 4))
+    assert float(fields["cost_usd (max)"]) == pytest.approx(
+        round((inputs * 0.15 + outputs * 0.6) / 1e6, 4)
+    )

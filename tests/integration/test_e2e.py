@@ -13,27 +13,60 @@ import pytest
 from tests.conftest import ROOT, SENTINEL_KEY
 
 RECORDS = 320
-FAULTS = {"429": 0.02, "500": 0.02, "503": 0.015, "timeout": 0.01, "malformed": 0.015, "drop": 0.01,
-          "off_label": 0.03}
+FAULTS = {
+    "429": 0.02,
+    "500": 0.02,
+    "503": 0.015,
+    "timeout": 0.01,
+    "malformed": 0.015,
+    "drop": 0.01,
+    "off_label": 0.03,
+}
 
 
 def understudy(*args: str, home: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "UNDERSTUDY_TEST_KEY": SENTINEL_KEY, "PREFECT_HOME": str(home / "prefect"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    return subprocess.run([sys.executable, "-m", "flows", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=400)
+    env = {
+        **os.environ,
+        "UNDERSTUDY_TEST_KEY": SENTINEL_KEY,
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "flows", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
 
 
 @pytest.mark.timeout(900)
 def test_run_through_a_faulty_endpoint_then_rerun_for_free(tmp_path, fake_openai, write_config):
     server, url = fake_openai(faults=FAULTS, retry_after="0.2", hang_s=2.0, seed=7)
-    config = write_config({
-        "teacher.provider": "openai", "teacher.model": "fake-teacher", "teacher.api_key_env": "UNDERSTUDY_TEST_KEY",
-        "teacher.timeout_s": 1.0, "teacher.concurrency": 16, "teacher.max_retries": 8, "teacher.shard_size": 100,
-    })
+    config = write_config(
+        {
+            "teacher.provider": "openai",
+            "teacher.model": "fake-teacher",
+            "teacher.api_key_env": "UNDERSTUDY_TEST_KEY",
+            "teacher.timeout_s": 1.0,
+            "teacher.concurrency": 16,
+            "teacher.max_retries": 8,
+            "teacher.shard_size": 100,
+        }
+    )
     out = tmp_path / "run1"
-    first = understudy("run", str(config), "--set", f"teacher.base_url={url}", "--set",
-                       f"data.limit={RECORDS}", "--out", str(out), home=tmp_path)
+    first = understudy(
+        "run",
+        str(config),
+        "--set",
+        f"teacher.base_url={url}",
+        "--set",
+        f"data.limit={RECORDS}",
+        "--out",
+        str(out),
+        home=tmp_path,
+    )
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip().splitlines()[-1] == str(out / "report.json")
     report = json.loads((out / "report.json").read_text())
@@ -47,28 +80,47 @@ def test_run_through_a_faulty_endpoint_then_rerun_for_free(tmp_path, fake_openai
     assert max(server.billed.values()) == 1
     assert lab["teacher_calls"] == sum(server.billed.values()) == RECORDS
     assert lab["retries"] >= sum(n for k, n in server.faults_sent.items() if k != "off_label")
-    assert lab["cost_usd"] == pytest.approx((0.15 * lab["input_tokens"] + 0.6 * lab["output_tokens"]) / 1e6, abs=1e-6)
+    assert lab["cost_usd"] == pytest.approx(
+        (0.15 * lab["input_tokens"] + 0.6 * lab["output_tokens"]) / 1e6, abs=1e-6
+    )
 
     store = tmp_path / "store"
     name, version = report["dataset"]["name"], report["dataset"]["version"]
     table = pq.read_table(store / "datasets" / name / version / "data.parquet").to_pylist()
     failed = [r for r in table if r["label"] is None]
-    assert len(failed) == lab["failed"] and all(r["error"] == "off-label answer" and r["raw"] for r in failed)
+    assert len(failed) == lab["failed"] and all(
+        r["error"] == "off-label answer" and r["raw"] for r in failed
+    )
     gold_hits = sum(r["label"] == r["gold"] for r in table if r["label"])
     (student,) = report["students"]
     assert report["teacher"]["accuracy_vs_gold"] > 0.6  # the server answers gold 85% of the time
-    assert 0.0 < student["agreement"] <= 1.0 and student["size_bytes"] > 0 and gold_hits > 0.7 * lab["labeled"]
+    assert (
+        0.0 < student["agreement"] <= 1.0
+        and student["size_bytes"] > 0
+        and gold_hits > 0.7 * lab["labeled"]
+    )
 
     calls = server.requests
-    second = understudy("run", str(config), "--set", f"teacher.base_url={url}", "--set",
-                        f"data.limit={RECORDS}", "--out", str(tmp_path / "run2"), home=tmp_path)
+    second = understudy(
+        "run",
+        str(config),
+        "--set",
+        f"teacher.base_url={url}",
+        "--set",
+        f"data.limit={RECORDS}",
+        "--out",
+        str(tmp_path / "run2"),
+        home=tmp_path,
+    )
     assert second.returncode == 0, second.stderr
     again = json.loads((tmp_path / "run2" / "report.json").read_text())
     assert server.requests == calls
     assert again["labeling"]["teacher_calls"] == 0 and again["labeling"]["cache_hits"] == RECORDS
     assert again["dataset"] == report["dataset"]  # same content: the same immutable version
 
-    verify = understudy("datasets", "verify", f"{name}@{version}", "--store", str(store), home=tmp_path)
+    verify = understudy(
+        "datasets", "verify", f"{name}@{version}", "--store", str(store), home=tmp_path
+    )
     assert verify.returncode == 0, verify.stderr
 
     # the key went to the server as a bearer token and nowhere else

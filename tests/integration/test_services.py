@@ -32,12 +32,18 @@ def test_compose_file_is_valid_and_pins_what_we_test():
     assert set(spec["services"]) == {"postgres", "prefect-server"}
     import prefect
 
-    assert spec["services"]["prefect-server"]["image"].startswith(f"prefecthq/prefect:{prefect.__version__}-")
+    assert spec["services"]["prefect-server"]["image"].startswith(
+        f"prefecthq/prefect:{prefect.__version__}-"
+    )
     assert spec["services"]["postgres"]["image"] == "postgres:15"
     if shutil.which("docker-compose") is None:
         pytest.skip("docker-compose (Debian package) is not installed; YAML checked only")
-    out = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "--services"], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE), "config", "--services"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert set(out.stdout.split()) == {"postgres", "prefect-server"}
 
@@ -56,18 +62,43 @@ def postgres():
     shutil.chown(folder, "postgres")
     port = free_port()
     as_pg = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_pg, str(pg / "initdb"), "-D", str(folder / "data"), "-U", "prefect", "--auth=trust"],
-                   check=True, capture_output=True, timeout=120)
-    subprocess.run([*as_pg, str(pg / "pg_ctl"), "-D", str(folder / "data"), "-l", str(folder / "log"), "-w",
-                    "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [*as_pg, str(pg / "initdb"), "-D", str(folder / "data"), "-U", "prefect", "--auth=trust"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    subprocess.run(
+        [
+            *as_pg,
+            str(pg / "pg_ctl"),
+            "-D",
+            str(folder / "data"),
+            "-l",
+            str(folder / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     try:
-        subprocess.run([str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "prefect", "prefect"],
-                       check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "prefect", "prefect"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         yield f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect"
     finally:
-        subprocess.run([*as_pg, str(pg / "pg_ctl"), "-D", str(folder / "data"), "-m", "fast", "stop"],
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [*as_pg, str(pg / "pg_ctl"), "-D", str(folder / "data"), "-m", "fast", "stop"],
+            capture_output=True,
+            timeout=120,
+        )
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -75,11 +106,29 @@ def postgres():
 def prefect_server(postgres, tmp_path_factory):
     port = free_port()
     home = tmp_path_factory.mktemp("prefect-home")
-    env = {**os.environ, "PREFECT_API_DATABASE_CONNECTION_URL": postgres, "PREFECT_HOME": str(home),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_API_DATABASE_CONNECTION_URL": postgres,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     log = (home / "server.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.monotonic() + 120
@@ -92,7 +141,9 @@ def prefect_server(postgres, tmp_path_factory):
             assert process.poll() is None, (home / "server.log").read_text()[-2000:]
             time.sleep(1)
         else:
-            pytest.fail("prefect server did not come up: " + (home / "server.log").read_text()[-2000:])
+            pytest.fail(
+                "prefect server did not come up: " + (home / "server.log").read_text()[-2000:]
+            )
         yield url
     finally:
         process.terminate()
@@ -101,9 +152,19 @@ def prefect_server(postgres, tmp_path_factory):
 
 def test_a_labeling_flow_runs_against_prefect_on_postgres(prefect_server, write_config, tmp_path):
     config = write_config({"data.limit": 200})
-    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_HOME": str(tmp_path / "client")}
-    result = subprocess.run([sys.executable, "-m", "flows", "label", str(config)], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=240)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_server,
+        "PREFECT_HOME": str(tmp_path / "client"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "flows", "label", str(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "banking77@v1"
     runs = httpx.post(f"{prefect_server}/flow_runs/filter", json={"limit": 10}, timeout=10).json()
@@ -111,4 +172,6 @@ def test_a_labeling_flow_runs_against_prefect_on_postgres(prefect_server, write_
     tasks = httpx.post(f"{prefect_server}/task_runs/filter", json={"limit": 50}, timeout=10).json()
     names = sorted({t["task_key"].split("-")[0] for t in tasks})
     assert "ingest" in names and "commit_version" in names
-    assert sum(t["name"].startswith("label_shard") for t in tasks) == 1  # 200 records, shards of 256
+    assert (
+        sum(t["name"].startswith("label_shard") for t in tasks) == 1
+    )  # 200 records, shards of 256

@@ -17,11 +17,40 @@ from labelers import (  # noqa: E402
 )
 from storage import ResponseCache  # noqa: E402
 
-WORDS = ["system", "user", "assistant", "classify", "the", "review", "answer", "with", "exactly", "one",
-         "of", "these", "labels", "and", "nothing", "else", "-", ":", "very", "positive", "negative",
-         "neutral", "a", "great", "film", "bad", "movie", "."]
-CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+WORDS = [
+    "system",
+    "user",
+    "assistant",
+    "classify",
+    "the",
+    "review",
+    "answer",
+    "with",
+    "exactly",
+    "one",
+    "of",
+    "these",
+    "labels",
+    "and",
+    "nothing",
+    "else",
+    "-",
+    ":",
+    "very",
+    "positive",
+    "negative",
+    "neutral",
+    "a",
+    "great",
+    "film",
+    "bad",
+    "movie",
+    ".",
+]
+CHAT = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 TASK = ClassifyTask(("very positive", "very negative", "neutral"), "classify the review.")
 TEXTS = [("a", "a great film ."), ("b", "a bad movie ."), ("c", "the film")]
 
@@ -35,13 +64,25 @@ def tiny_lm(tmp_path_factory):
     vocab = {t: i for i, t in enumerate(["<unk>", "<|im_start|>", "<|im_end|>", *WORDS])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<unk>",
-                                        eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>"])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        pad_token="<unk>",
+        eos_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
     tokenizer.chat_template = CHAT
     tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder
 
@@ -50,10 +91,15 @@ def brute_force(folder, text):
     """Each label's log-likelihood from a full forward pass with no cache, softmaxed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder).eval()
+    tok, model = (
+        AutoTokenizer.from_pretrained(folder),
+        AutoModelForCausalLM.from_pretrained(folder).eval(),
+    )
     messages = build_messages(TASK, text)
-    prompt = tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
-                 add_special_tokens=False).input_ids
+    prompt = tok(
+        tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+        add_special_tokens=False,
+    ).input_ids
     scores = []
     for label in TASK.labels:
         ids = tok(label, add_special_tokens=False).input_ids + [tok.eos_token_id]
@@ -87,8 +133,13 @@ def test_missing_model_folder_is_a_clear_error():
 def test_zero_shot_with_the_bundled_minilm(tmp_path):
     task = ClassifyTask(("card_arrival", "exchange_rate", "pin_blocked"), "Intent.")
     teacher = ZeroShotTeacher(task, cache=ResponseCache(tmp_path / "c.sqlite"))
-    answers = teacher.label([("1", "My new card still has not arrived"), ("2", "What rate do you use for euros?"),
-                             ("3", "I typed the wrong PIN three times and now it is blocked")])
+    answers = teacher.label(
+        [
+            ("1", "My new card still has not arrived"),
+            ("2", "What rate do you use for euros?"),
+            ("3", "I typed the wrong PIN three times and now it is blocked"),
+        ]
+    )
     assert [a.label for a in answers] == ["card_arrival", "exchange_rate", "pin_blocked"]
     assert all(sum(a.probs) == pytest.approx(1.0) and a.coverage == 1.0 for a in answers)
 
@@ -96,7 +147,11 @@ def test_zero_shot_with_the_bundled_minilm(tmp_path):
 @pytest.mark.slow
 def test_smollm2_gguf_teacher_scores_real_labels():
     task = ClassifyTask(("positive", "negative"), "Classify the sentiment of the movie review.")
-    answers = TransformersTeacher(task).label([("1", "An absolute masterpiece, I loved every minute."),
-                                               ("2", "Dreadful. Boring, badly acted and far too long.")])
+    answers = TransformersTeacher(task).label(
+        [
+            ("1", "An absolute masterpiece, I loved every minute."),
+            ("2", "Dreadful. Boring, badly acted and far too long."),
+        ]
+    )
     assert all(a.ok and sum(a.probs) == pytest.approx(1.0) for a in answers)
     assert answers[0].probs[0] > answers[1].probs[0]  # more positive for the praising review

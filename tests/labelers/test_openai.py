@@ -23,7 +23,9 @@ def test_distribution_matches_the_servers_and_records_usage():
     distinct = ClassifyTask(("arrival", "linking", "exchange", "pin", "topup"), "Classify.")
     server = FakeOpenAI(FakeTeacher(accuracy=1.0), outside_mass=0.1)
     with server as url:
-        t = OpenAITeacher(distinct, model="fake", base_url=url, api_key=SENTINEL_KEY, price=Price(1.0, 2.0))
+        t = OpenAITeacher(
+            distinct, model="fake", base_url=url, api_key=SENTINEL_KEY, price=Price(1.0, 2.0)
+        )
         answers = t.label(TEXTS[:5])
         for record_id, text in TEXTS[:5]:
             truth = server.teacher.distribution(text, list(distinct.labels))
@@ -31,10 +33,13 @@ def test_distribution_matches_the_servers_and_records_usage():
             assert answer.label == max(truth, key=truth.get)
             assert answer.coverage == pytest.approx(0.9)
             for label in distinct.labels:
-                assert answer.probs[distinct.labels.index(label)] == pytest.approx(truth.get(label, 0.0))
+                assert answer.probs[distinct.labels.index(label)] == pytest.approx(
+                    truth.get(label, 0.0)
+                )
             assert answer.usage.input_tokens > 0
             assert answer.usage.cost_usd == pytest.approx(
-                (answer.usage.input_tokens + 2 * answer.usage.output_tokens) / 1e6)
+                (answer.usage.input_tokens + 2 * answer.usage.output_tokens) / 1e6
+            )
     assert all(h == f"Bearer {SENTINEL_KEY}" for h in server.auth_headers)
 
 
@@ -62,8 +67,15 @@ def test_leading_space_tokens_and_no_logprobs():
 
 
 def test_every_fault_ends_labeled_or_failed_with_reason_and_nothing_is_paid_twice(tmp_path):
-    faults = {"429": 0.1, "500": 0.1, "503": 0.1, "timeout": 0.05, "malformed": 0.1, "drop": 0.1,
-              "off_label": 0.2}
+    faults = {
+        "429": 0.1,
+        "500": 0.1,
+        "503": 0.1,
+        "timeout": 0.05,
+        "malformed": 0.1,
+        "drop": 0.1,
+        "off_label": 0.2,
+    }
     server = FakeOpenAI(faults=faults, retry_after="0.05", hang_s=1.5, seed=3)
     cache = ResponseCache(tmp_path / "cache.sqlite")
     with server as url:
@@ -74,14 +86,22 @@ def test_every_fault_ends_labeled_or_failed_with_reason_and_nothing_is_paid_twic
             assert a.ok or a.error
             if a.error == "off-label answer":
                 assert a.raw and a.label is None
-        assert {k for k, n in server.faults_sent.items() if n} >= {"429", "500", "503", "malformed", "drop"}
+        assert {k for k, n in server.faults_sent.items() if n} >= {
+            "429",
+            "500",
+            "503",
+            "malformed",
+            "drop",
+        }
         assert max(server.billed.values()) == 1
         assert t.stats.teacher_calls == sum(server.billed.values())
         assert t.stats.retries > 0
         requests = server.requests
         again = teacher(url, cache=cache)
         rerun = again.label(TEXTS)
-        assert again.stats.teacher_calls == 0 and again.stats.cache_hits == sum(server.billed.values())
+        assert again.stats.teacher_calls == 0 and again.stats.cache_hits == sum(
+            server.billed.values()
+        )
         assert server.requests == requests + (len(TEXTS) - sum(server.billed.values()))
         assert [a.label for a in rerun if a.cached] == [a.label for a in answers if a.ok or a.raw]
     cache.close()
@@ -109,8 +129,13 @@ def test_a_rejected_key_stops_the_run_without_leaking_it():
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(401, json={"error": {"message": f"bad key {SENTINEL_KEY}"}})
 
-    t = OpenAITeacher(TASK, model="m", base_url="http://127.0.0.1:9/v1", api_key=SENTINEL_KEY,
-                      transport=httpx.MockTransport(handler))
+    t = OpenAITeacher(
+        TASK,
+        model="m",
+        base_url="http://127.0.0.1:9/v1",
+        api_key=SENTINEL_KEY,
+        transport=httpx.MockTransport(handler),
+    )
     with pytest.raises(LabelerError) as info:
         t.label(TEXTS[:2])
     assert "401" in str(info.value) and SENTINEL_KEY not in str(info.value)

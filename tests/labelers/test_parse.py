@@ -14,9 +14,15 @@ def step(token: str, p: float, *alternatives: tuple[str, float]) -> TokenStep:
 
 @pytest.mark.parametrize(
     ("answer", "expected"),
-    [("positive", "positive"), (" Positive", "positive"), ('"NEGATIVE".', "negative"),
-     ("positive\n\nbecause it is nice", "positive"), ("neutral", None), ("", None),
-     ("positive or negative", None)],
+    [
+        ("positive", "positive"),
+        (" Positive", "positive"),
+        ('"NEGATIVE".', "negative"),
+        ("positive\n\nbecause it is nice", "positive"),
+        ("neutral", None),
+        ("", None),
+        ("positive or negative", None),
+    ],
 )
 def test_match_label_is_strict_but_forgives_case_quotes_and_spaces(answer, expected):
     assert match_label(answer, ["negative", "positive"]) == expected
@@ -60,8 +66,11 @@ def test_an_alternative_shared_by_several_labels_is_split_evenly():
 
 def test_walk_stops_once_the_label_is_closed():
     # "positive\n\nIt was great" - tokens after the closing newline say nothing about the label
-    steps = [step("positive", 0.8, ("negative", 0.2)), step("\n", 0.9, (".", 0.1)),
-             step("It", 0.5, ("negative", 0.5))]
+    steps = [
+        step("positive", 0.8, ("negative", 0.2)),
+        step("\n", 0.9, (".", 0.1)),
+        step("It", 0.5, ("negative", 0.5)),
+    ]
     probs, coverage = label_distribution(steps, ["negative", "positive"])
     assert probs == pytest.approx([0.2, 0.8])
     assert coverage == pytest.approx(1.0)  # '.' after the label is the same answer

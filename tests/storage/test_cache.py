@@ -14,7 +14,12 @@ def test_put_get_and_totals(tmp_path):
     cache.put({"q": 1}, {"answer": "x"}, input_tokens=10, output_tokens=2, cost_usd=0.5)
     cache.put({"q": 2}, {"answer": "y"}, input_tokens=5, output_tokens=1, cost_usd=0.25)
     assert cache.get({"q": 1}) == {"answer": "x"}
-    assert cache.totals() == {"entries": 2, "input_tokens": 15, "output_tokens": 3, "cost_usd": 0.75}
+    assert cache.totals() == {
+        "entries": 2,
+        "input_tokens": 15,
+        "output_tokens": 3,
+        "cost_usd": 0.75,
+    }
     cache.close()
 
 

@@ -40,8 +40,14 @@ def test_versions_are_immutable_and_numbered(tmp_path):
 def test_concurrent_writers_never_share_a_version(tmp_path):
     store = Store(tmp_path)
     refs: list[DatasetRef] = []
-    threads = [threading.Thread(target=lambda i=i: refs.append(
-        store.commit("demo", table(2, offset=10 * i), licence=LICENCE))) for i in range(8)]
+    threads = [
+        threading.Thread(
+            target=lambda i=i: refs.append(
+                store.commit("demo", table(2, offset=10 * i), licence=LICENCE)
+            )
+        )
+        for i in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -6,8 +6,16 @@ from sklearn.model_selection import cross_val_score
 
 from students import TfidfLogReg
 
-TEXTS = ["great film, loved it", "wonderful and moving", "a joy to watch", "brilliant acting",
-         "terrible plot", "boring and slow", "awful, fell asleep", "a waste of time"] * 3
+TEXTS = [
+    "great film, loved it",
+    "wonderful and moving",
+    "a joy to watch",
+    "brilliant acting",
+    "terrible plot",
+    "boring and slow",
+    "awful, fell asleep",
+    "a waste of time",
+] * 3
 HARD = ["pos"] * 4 + ["neg"] * 4
 HARD = HARD * 3
 
