@@ -1,0 +1,56 @@
+"""The Prefect flows in-process under prefect_test_harness, with the embedded zero-shot teacher."""
+
+import json
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+from typer.testing import CliRunner
+
+from flows import load_config
+from flows._cli import app
+from flows._flow import distill
+from storage import Store
+
+
+@pytest.fixture(scope="module", autouse=True)
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_distill_then_train_and_evaluate_a_stored_version(write_config, tmp_path):
+    config = load_config(write_config({"data.limit": 400}))
+    report_path = distill(config, str(tmp_path / "run"))
+    report = json.loads(report_path.read_text())
+    assert report["dataset"] == {"name": "banking77", "version": "v1", "rows": 400}
+    lab = report["labeling"]
+    assert (lab["records"], lab["labeled"], lab["failed"], lab["teacher_calls"]) == (400, 400, 0, 400)
+    # zero-shot MiniLM on banking77 is far better than chance (1/77)
+    assert report["teacher"]["accuracy_vs_gold"] > 0.4
+    (student,) = report["students"]
+    assert student["kind"] == "logreg" and 0.2 < student["agreement"] <= 1.0
+    assert student["kl_teacher_student"] > 0 and 0 <= student["ece"] <= 1
+    assert (tmp_path / "run" / "report.md").read_text().startswith("# banking77")
+    card = (tmp_path / "run" / "students" / "0-logreg" / "MODEL_CARD.md").read_text()
+    assert "CC-BY-4.0" in card and "apache-2.0" in card
+
+    store = Store(config.store)
+    manifest = store.manifest(store.resolve("banking77"))
+    assert manifest["parent"] == "banking77-source@v1"
+    assert manifest["teacher"]["provider"] == "zero-shot" and len(manifest["teacher"]["prompt_hash"]) == 16
+    assert manifest["licence"]["spdx"] == "CC-BY-4.0" and manifest["terms"]["profile"] == "apache-2.0"
+
+    cli = CliRunner()
+    trained = cli.invoke(app, ["train", str(write_config()), "--dataset", "banking77@v1",
+                               "--out", str(tmp_path / "t")])
+    assert trained.exit_code == 0, trained.output
+    evaluated = cli.invoke(app, ["evaluate", str(write_config()), "--dataset", "banking77",
+                                 "--run", str(tmp_path / "t")])
+    assert evaluated.exit_code == 0, evaluated.output
+    again = json.loads((tmp_path / "t" / "report.json").read_text())
+    assert again["students"][0]["agreement"] == pytest.approx(student["agreement"])
+    assert again["labeling"]["teacher_calls"] == 0
+
+    label = cli.invoke(app, ["label", str(write_config({"data.limit": 400}))])
+    assert label.exit_code == 0 and label.stdout.strip() == "banking77@v1"
+    assert "0 teacher calls, 400 cache hits" in label.stderr
