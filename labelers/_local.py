@@ -144,6 +144,7 @@ class TransformersTeacher(_LocalTeacher):
         self.label_batch = label_batch
         self._model: Any = None
         self._tokenizer: Any = None
+        self._shared: tuple[list[int], Any] | None = None
 
     def _load(self) -> None:
         if self._model is not None:
@@ -167,31 +168,58 @@ class TransformersTeacher(_LocalTeacher):
         self._load()
         return [self._score_one(text) for text in texts]
 
+    def _prompt_ids(self, text: str) -> list[int]:
+        tok = self._tokenizer
+        prompt = tok.apply_chat_template(
+            build_messages(self.task, text), tokenize=False, add_generation_prompt=True
+        )
+        return list(tok(prompt, add_special_tokens=False).input_ids)
+
+    def _shared_prefix(self) -> tuple[list[int], Any]:
+        """The tokens every prompt starts with (system prompt and label list) and their cache,
+        computed once per teacher."""
+        if self._shared is None:
+            import torch
+
+            a, b = self._prompt_ids("a"), self._prompt_ids("zz qq")
+            n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+            shared = a[: max(n - 1, 0)]  # one token short: a merge at the boundary must not matter
+            cache = None
+            if shared:
+                with torch.inference_mode():
+                    cache = self._model(torch.tensor([shared]), use_cache=True).past_key_values
+            self._shared = (shared, cache)
+        return self._shared
+
     def _score_one(self, text: str) -> list[float]:
         import torch
 
         tok, model = self._tokenizer, self._model
-        prompt = tok.apply_chat_template(
-            build_messages(self.task, text), tokenize=False, add_generation_prompt=True
-        )
-        prefix = torch.tensor([tok(prompt, add_special_tokens=False).input_ids])
+        ids = self._prompt_ids(text)
+        shared, shared_cache = self._shared_prefix()
         scores: list[float] = []
         with torch.inference_mode():
-            out = model(prefix, use_cache=True)
+            if shared and ids[: len(shared)] == shared and len(ids) > len(shared):
+                cache = copy.deepcopy(shared_cache)
+                out = model(torch.tensor([ids[len(shared) :]]), past_key_values=cache, use_cache=True)
+            else:
+                out = model(torch.tensor([ids]), use_cache=True)
             first = out.logits[0, -1].log_softmax(-1)
             # the prompt is computed once; every label continues from its cached keys and values
             for start in range(0, len(self._label_ids), self.label_batch):
                 chunk = self._label_ids[start : start + self.label_batch]
-                width = max(len(ids) for ids in chunk)
+                width = max(len(x) for x in chunk)
                 pad = tok.pad_token_id if tok.pad_token_id is not None else 0
                 # right padding is harmless: causal attention never looks ahead at it
-                batch = torch.tensor([ids + [pad] * (width - len(ids)) for ids in chunk])
+                batch = torch.tensor([x + [pad] * (width - len(x)) for x in chunk])
                 cache = copy.deepcopy(out.past_key_values)
                 cache.batch_repeat_interleave(len(chunk))
                 logits = model(batch, past_key_values=cache, use_cache=True).logits.log_softmax(-1)
-                for row, ids in enumerate(chunk):
-                    total = first[ids[0]].item()
-                    total += sum(logits[row, t - 1, ids[t]].item() for t in range(1, len(ids)))
+                for row, label_ids in enumerate(chunk):
+                    total = first[label_ids[0]].item()
+                    total += sum(
+                        logits[row, t - 1, label_ids[t]].item() for t in range(1, len(label_ids))
+                    )
                     scores.append(total)
         return _softmax(scores)
 
