@@ -11,12 +11,13 @@ import email.utils
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 
+from labelers._limits import RateLimiter, exhausted_for
 from labelers._parse import TokenStep, label_distribution, match_label
 from labelers._prompt import build_messages
 from labelers._types import Answer, ClassifyTask, LabelerError, ResponseCache, Usage
@@ -70,6 +71,11 @@ class OpenAITeacher:
     api_key : the key, read by the caller from the environment; sent only as a bearer header.
     concurrency : requests in flight at most.
     rpm : requests started per minute at most (evenly spaced), or None for no cap.
+    tpm : tokens per minute at most (estimated before each call, corrected by the usage returned).
+    budget_usd : a hard cap on what this client may spend; a request whose estimated cost would
+        pass it is not sent and its record fails with ``budget exhausted``.
+    answer_retries : how many times an off-label or empty answer is asked again (a follow-up
+        turn that repeats the label list); each ask is its own cached, paid request.
     timeout_s : per-request timeout.
     max_retries : retries after the first try for 429, 5xx, timeouts and dropped connections.
     price : dollars per million tokens, for the cost of each call.
@@ -87,6 +93,9 @@ class OpenAITeacher:
         api_key: str | None = None,
         concurrency: int = 32,
         rpm: float | None = None,
+        tpm: float | None = None,
+        budget_usd: float | None = None,
+        answer_retries: int = 1,
         timeout_s: float = 60.0,
         max_retries: int = 6,
         price: Price | None = None,
@@ -109,7 +118,12 @@ class OpenAITeacher:
         self.base_url = base_url.rstrip("/")
         self.concurrency = concurrency
         self.rpm = rpm
-        self._next_start = 0.0
+        self.tpm = tpm
+        self.limiter = RateLimiter(rpm, tpm)
+        self.budget_usd = budget_usd
+        self.budget_exhausted = False
+        self._reserved_usd = 0.0
+        self.answer_retries = answer_retries
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.price = price or Price()
@@ -187,54 +201,88 @@ class OpenAITeacher:
 
     async def _label_one(self, client: httpx.AsyncClient, record_id: str, text: str) -> Answer:
         body = self.build_request(text)
+        spent = Usage()
+        attempts = 0
+        for round_ in range(self.answer_retries + 1):
+            response, tries, cached, error = await self._fetch(client, body)
+            attempts += tries
+            if response is None:
+                return Answer(record_id, None, error=error, usage=spent, attempts=attempts)
+            answer = self.parse_response(record_id, response, cached=cached)
+            spent = Usage(
+                spent.input_tokens + answer.usage.input_tokens,
+                spent.output_tokens + answer.usage.output_tokens,
+                spent.cost_usd + answer.usage.cost_usd,
+            )
+            if answer.ok or round_ == self.answer_retries:
+                return replace(answer, usage=spent, attempts=attempts)
+            body = self.follow_up(body, answer.raw or "")
+        raise AssertionError("unreachable")
+
+    def follow_up(self, body: dict[str, Any], raw: str) -> dict[str, Any]:
+        """The request that asks again after an answer that named no label."""
+        reminder = "That is not one of the labels. Answer with exactly one of: " + ", ".join(
+            self.task.labels
+        )
+        messages = [
+            *body["messages"],
+            {"role": "assistant", "content": raw},
+            {"role": "user", "content": reminder},
+        ]
+        return {**body, "messages": messages}
+
+    async def _fetch(
+        self, client: httpx.AsyncClient, body: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, int, bool, str | None]:
+        """(response, tries, from cache, failure reason): the cache first, then the endpoint."""
         key = {"base_url": self.base_url, "body": body}
         cached = self.cache.get(key) if self.cache is not None else None
         if cached is not None:
             self.stats.cache_hits += 1
-            return self.parse_response(record_id, cached, cached=True)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                response = await self._post(client, body)
-            except _Transient as exc:
-                if attempt > self.max_retries:
-                    return Answer(record_id, None, error=exc.reason, attempts=attempt)
-                self.stats.retries += 1
-                await asyncio.sleep(self._backoff(attempt, exc.retry_after))
-                continue
-            usage = response.get("usage") or {}
-            input_tokens = int(usage.get("prompt_tokens") or 0)
-            output_tokens = int(usage.get("completion_tokens") or 0)
-            cost = self.price.cost(input_tokens, output_tokens)
-            self.stats.teacher_calls += 1
-            self.stats.input_tokens += input_tokens
-            self.stats.output_tokens += output_tokens
-            self.stats.cost_usd += cost
-            # stored before it is used: a crash after this line never pays for it again
-            if self.cache is not None:
-                self.cache.put(
-                    key,
-                    response,
-                    input_tokens=input_tokens,
-                    output_tokens=output_tokens,
-                    cost_usd=cost,
-                )
-            answer = self.parse_response(record_id, response)
-            return Answer(**{**answer.__dict__, "attempts": attempt})
-
-    async def _pace(self) -> None:
-        """Space request starts 60/rpm seconds apart (one event loop, so no lock is needed)."""
-        if not self.rpm:
-            return
-        now = time.monotonic()
-        start = max(now, self._next_start)
-        self._next_start = start + 60.0 / self.rpm
-        if start > now:
-            await asyncio.sleep(start - now)
+            return cached, 0, True, None
+        tokens = estimate_tokens(body["messages"]) + int(body.get("max_tokens") or 0)
+        reserve = self.price.cost(estimate_tokens(body["messages"]), int(body.get("max_tokens") or 0))
+        if self.budget_usd is not None:
+            if self.stats.cost_usd + self._reserved_usd + reserve > self.budget_usd:
+                self.budget_exhausted = True
+                return None, 0, False, "budget exhausted"
+            self._reserved_usd += reserve
+        try:
+            attempt = 0
+            while True:
+                attempt += 1
+                await self.limiter.acquire(tokens)
+                try:
+                    response = await self._post(client, body)
+                except _Transient as exc:
+                    self.limiter.settle(tokens, 0)  # nothing was used
+                    if exc.retry_after is not None and exc.reason == "HTTP 429":
+                        self.limiter.pause(min(exc.retry_after, self.backoff_max_s * 4))
+                    if attempt > self.max_retries:
+                        return None, attempt, False, exc.reason
+                    self.stats.retries += 1
+                    await asyncio.sleep(self._backoff(attempt, exc.retry_after))
+                    continue
+                break
+        finally:
+            self._reserved_usd -= reserve if self.budget_usd is not None else 0.0
+        usage = response.get("usage") or {}
+        input_tokens = int(usage.get("prompt_tokens") or 0)
+        output_tokens = int(usage.get("completion_tokens") or 0)
+        self.limiter.settle(tokens, input_tokens + output_tokens if usage else tokens)
+        cost = self.price.cost(input_tokens, output_tokens)
+        self.stats.teacher_calls += 1
+        self.stats.input_tokens += input_tokens
+        self.stats.output_tokens += output_tokens
+        self.stats.cost_usd += cost
+        # stored before it is used: a crash after this line never pays for it again
+        if self.cache is not None:
+            self.cache.put(
+                key, response, input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost
+            )
+        return response, attempt, False, None
 
     async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
-        await self._pace()
         try:
             response = await client.post("/chat/completions", json=body)
         except httpx.TimeoutException:
@@ -242,6 +290,9 @@ class OpenAITeacher:
         except httpx.TransportError as exc:
             raise _Transient(f"connection error: {type(exc).__name__}") from None
         status = response.status_code
+        exhausted = exhausted_for(response.headers)
+        if exhausted:
+            self.limiter.pause(exhausted)
         if status in _FATAL_STATUS:
             raise LabelerError(
                 f"teacher endpoint {self.endpoint_host} {_FATAL_STATUS[status]} (HTTP {status})"
@@ -285,6 +336,11 @@ class OpenAITeacher:
             return Answer(record_id, label, one_hot, None, raw=raw, usage=spent, cached=cached)
         probs, coverage = dist
         return Answer(record_id, label, tuple(probs), coverage, raw=raw, usage=spent, cached=cached)
+
+
+def estimate_tokens(messages: list[dict[str, str]]) -> int:
+    """A model-agnostic token estimate: 4 characters a token, plus 4 per message for the framing."""
+    return sum(len(m.get("content") or "") // 4 + 4 for m in messages)
 
 
 def _token_steps(logprobs: Any) -> list[TokenStep]:

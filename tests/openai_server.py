@@ -94,6 +94,7 @@ class FakeOpenAI:
         self.faults_sent: Counter[str] = Counter()
         self.auth_headers: list[str] = []
         self.starts: list[float] = []
+        self.first_429_at: float | None = None
         self._httpd: ThreadingHTTPServer | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -232,6 +233,9 @@ def _handler_for(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 with server._lock:
                     server.faults_sent[fault] += 1
             if fault == "429":
+                with server._lock:
+                    if server.first_429_at is None:
+                        server.first_429_at = time.monotonic()
                 self._send(
                     429,
                     b'{"error": {"message": "rate limited"}}',
