@@ -191,6 +191,30 @@ def estimate(config: ConfigArg, set_: SetOpt = None) -> None:
         typer.echo(f"{key:>22}: {value}")
 
 
+@app.command()
+def spend(
+    store: Annotated[str, typer.Option(help="the store folder")] = ".understudy",
+    name: Annotated[str | None, typer.Option(help="only this config name")] = None,
+) -> None:
+    """The spend ledger: every paid teacher call, summed by config name and model."""
+    import storage
+
+    path = Path(store) / "cache.sqlite"
+    if not path.exists():
+        typer.echo(f"no teacher calls recorded in {store}")
+        return
+    with storage.ResponseCache(path) as cache:
+        rows = cache.spend(name)
+    total = 0.0
+    for row in rows:
+        total += row["cost_usd"]
+        typer.echo(
+            f"{row['tag'] or '-':<24} {row['model'] or '-':<24} {row['calls']:>8} calls "
+            f"{row['input_tokens']:>12} in {row['output_tokens']:>10} out  ${row['cost_usd']:.4f}"
+        )
+    typer.echo(f"total: ${total:.4f}")
+
+
 @datasets_app.command("list")
 def datasets_list(
     store: Annotated[str, typer.Option(help="the store folder")] = ".understudy",

@@ -92,9 +92,12 @@ class TeacherConfig(_Model):
     api_key_env: str | None = "OPENAI_API_KEY"
     concurrency: int = Field(default=32, ge=1, le=1024)
     rpm: float | None = Field(default=None, gt=0)
+    tpm: float | None = Field(default=None, gt=0)
+    budget_usd: float | None = Field(default=None, ge=0)
+    answer_retries: int = Field(default=1, ge=0, le=10)
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=6, ge=0, le=50)
-    price: PriceConfig | None = None
+    price: PriceConfig | Literal["unknown"] | None = None
     terms: str | TermsConfig | None = None
     temperature: float | None = Field(default=None, ge=0)
     top_logprobs: int = Field(default=20, ge=0, le=20)
@@ -116,6 +119,12 @@ class TeacherConfig(_Model):
             if self.provider == "openai":
                 raise ValueError("teacher.model is required for provider 'openai'")
             self.model = _DEFAULT_MODEL[self.provider]
+        if self.provider == "openai" and self.price is None:
+            raise ValueError(
+                "teacher.price is required for provider 'openai': "
+                "{input_per_1m: USD, output_per_1m: USD} (0 for a free endpoint), "
+                "or 'unknown' to run without cost tracking or budget"
+            )
         if self.terms is None:
             self.terms = _DEFAULT_TERMS[self.provider]
         if isinstance(self.terms, str) and self.terms not in TERMS_PROFILES:
@@ -124,6 +133,9 @@ class TeacherConfig(_Model):
                 f"unknown terms profile {self.terms!r} (known: {known}, or an inline mapping)"
             )
         return self
+
+    def known_price(self) -> PriceConfig | None:
+        return self.price if isinstance(self.price, PriceConfig) else None
 
     def resolved_terms(self) -> TermsConfig:
         return TERMS_PROFILES[self.terms] if isinstance(self.terms, str) else self.terms  # type: ignore[return-value]

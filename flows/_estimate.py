@@ -62,7 +62,7 @@ def estimate(config: Config) -> dict[str, Any]:
         inputs += sum(count(m["content"]) + _TOKENS_PER_MESSAGE for m in body["messages"])
     to_pay = table.num_rows - cached
     outputs = to_pay * (max(count(label) for label in task.labels) + 1)
-    price = t.price
+    price = t.known_price()
     cost = (
         "unknown (set teacher.price)"
         if price is None

@@ -115,7 +115,7 @@ def label_dataset(config: Config) -> tuple[storage.DatasetRef, dict[str, Any]]:
     p.build_teacher(config, None)  # a missing key or bad URL fails before anything is written
     source = ingest(config, store)
     with p.open_cache(config) as cache:
-        teacher = p.build_teacher(config, cache)
+        teacher = p.build_teacher(config, cache, p.budget_left(config, cache))
         table = store.load(source)
         progress = _Progress(table.num_rows, teacher)
         start = time.perf_counter()
@@ -128,6 +128,14 @@ def label_dataset(config: Config) -> tuple[storage.DatasetRef, dict[str, Any]]:
             progress.close()
         labeling = p.summarise(answers, teacher.stats, time.perf_counter() - start)
         ref = commit_version(config, store, source, answers, teacher)
+        if getattr(teacher, "budget_exhausted", False):
+            left = sum(a.error == "budget exhausted" for a in answers)
+            print(
+                f"understudy: budget reached: ${cache.spent(config.name):.4f} of "
+                f"${config.teacher.budget_usd} spent; {left} records left to label. "
+                "Raise teacher.budget_usd and re-run the same command to continue.",
+                file=sys.stderr,
+            )
     return ref, {"report": labeling.report(), "failures": labeling.failures}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -53,10 +54,26 @@ def licence_of(config: Config) -> storage.Licence:
 
 
 def open_cache(config: Config) -> storage.ResponseCache:
-    return storage.ResponseCache(Path(config.store) / "cache.sqlite")
+    return storage.ResponseCache(Path(config.store) / "cache.sqlite", tag=config.name)
 
 
-def build_teacher(config: Config, cache: labelers.ResponseCache | None) -> Any:
+def budget_left(config: Config, cache: storage.ResponseCache) -> float | None:
+    """What `teacher.budget_usd` still allows, after everything this config's name has spent."""
+    t = config.teacher
+    if t.budget_usd is None:
+        return None
+    if t.known_price() is None:
+        print(
+            "understudy: warning: teacher.price is unknown, so teacher.budget_usd is not enforced",
+            file=sys.stderr,
+        )
+        return None
+    return max(0.0, t.budget_usd - cache.spent(config.name))
+
+
+def build_teacher(
+    config: Config, cache: labelers.ResponseCache | None, budget_left: float | None = None
+) -> Any:
     """The configured teacher; the API key comes from the environment and goes nowhere else."""
     t, task = config.teacher, task_of(config)
     assert t.model is not None
@@ -72,7 +89,8 @@ def build_teacher(config: Config, cache: labelers.ResponseCache | None) -> Any:
             raise SetupError(
                 f"environment variable {t.api_key_env} (teacher.api_key_env) is not set"
             )
-    price = labelers.Price(t.price.input_per_1m, t.price.output_per_1m) if t.price else None
+    known = t.known_price()
+    price = labelers.Price(known.input_per_1m, known.output_per_1m) if known else None
     return labelers.OpenAITeacher(
         task,
         model=t.model,
@@ -80,6 +98,9 @@ def build_teacher(config: Config, cache: labelers.ResponseCache | None) -> Any:
         api_key=key,
         concurrency=t.concurrency,
         rpm=t.rpm,
+        tpm=t.tpm,
+        budget_usd=budget_left,
+        answer_retries=t.answer_retries,
         timeout_s=t.timeout_s,
         max_retries=t.max_retries,
         price=price,

@@ -23,7 +23,16 @@ CREATE TABLE IF NOT EXISTS responses (
     output_tokens INTEGER NOT NULL,
     cost_usd REAL NOT NULL,
     created_at REAL NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS ledger (
+    created_at REAL NOT NULL,
+    tag TEXT,
+    model TEXT,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    key TEXT NOT NULL
+);
 """
 
 
@@ -39,20 +48,25 @@ def request_key(request: dict[str, Any]) -> str:
 class ResponseCache:
     """A durable map from request to response, with what each response cost.
 
+    Every answer that used tokens is also a row of the spend ledger, tagged with `tag` (the
+    config's name), so `spend()` can say what each dataset cost and a budget can span runs.
+
     Parameters
     ----------
     path : the SQLite file; its folder is created when missing.
+    tag : what ledger rows written through this object are filed under.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, tag: str | None = None) -> None:
         self.path = Path(path)
+        self.tag = tag
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.execute(_SCHEMA)
+        self._db.executescript(_SCHEMA)
 
     def get(self, request: dict[str, Any]) -> dict[str, Any] | None:
         with self._lock:
@@ -70,19 +84,28 @@ class ResponseCache:
         output_tokens: int = 0,
         cost_usd: float = 0.0,
     ) -> None:
-        with self._lock:
+        key, now = request_key(request), time.time()
+        body = request.get("body", request)
+        model = body.get("model") if isinstance(body, dict) else None
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
-                    request_key(request),
+                    key,
                     canonical_json(request),
                     canonical_json(response),
                     input_tokens,
                     output_tokens,
                     cost_usd,
-                    time.time(),
+                    now,
                 ),
             )
+            if input_tokens or output_tokens or cost_usd:
+                self._db.execute(
+                    "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (now, self.tag, model, input_tokens, output_tokens, cost_usd, key),
+                )
 
     def totals(self) -> dict[str, float]:
         """Entries and what they cost in all."""
@@ -92,6 +115,32 @@ class ResponseCache:
                 " COALESCE(SUM(cost_usd), 0) FROM responses"
             ).fetchone()
         return {"entries": n, "input_tokens": inp, "output_tokens": out, "cost_usd": cost}
+
+    def spend(self, tag: str | None = None) -> list[dict[str, Any]]:
+        """The ledger summed by tag and model (only `tag`'s rows when given)."""
+        query = (
+            "SELECT tag, model, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_usd),"
+            " MIN(created_at), MAX(created_at) FROM ledger"
+            + (" WHERE tag = ?" if tag is not None else "")
+            + " GROUP BY tag, model ORDER BY tag, model"
+        )
+        with self._lock:
+            rows = self._db.execute(query, (tag,) if tag is not None else ()).fetchall()
+        names = (
+            "tag",
+            "model",
+            "calls",
+            "input_tokens",
+            "output_tokens",
+            "cost_usd",
+            "first",
+            "last",
+        )
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def spent(self, tag: str) -> float:
+        """Dollars the ledger holds for `tag`."""
+        return float(sum(row["cost_usd"] for row in self.spend(tag)))
 
     def __len__(self) -> int:
         return int(self.totals()["entries"])

@@ -24,7 +24,12 @@ def test_distill_then_train_and_evaluate_a_stored_version(write_config, tmp_path
     report = json.loads(report_path.read_text())
     assert report["dataset"] == {"name": "banking77", "version": "v1", "rows": 400}
     lab = report["labeling"]
-    assert (lab["records"], lab["labeled"], lab["failed"], lab["teacher_calls"]) == (400, 400, 0, 400)
+    assert (lab["records"], lab["labeled"], lab["failed"], lab["teacher_calls"]) == (
+        400,
+        400,
+        0,
+        400,
+    )
     # zero-shot MiniLM on banking77 is far better than chance (1/77)
     assert report["teacher"]["accuracy_vs_gold"] > 0.4
     (student,) = report["students"]
@@ -37,15 +42,24 @@ def test_distill_then_train_and_evaluate_a_stored_version(write_config, tmp_path
     store = Store(config.store)
     manifest = store.manifest(store.resolve("banking77"))
     assert manifest["parent"] == "banking77-source@v1"
-    assert manifest["teacher"]["provider"] == "zero-shot" and len(manifest["teacher"]["prompt_hash"]) == 16
-    assert manifest["licence"]["spdx"] == "CC-BY-4.0" and manifest["terms"]["profile"] == "apache-2.0"
+    assert (
+        manifest["teacher"]["provider"] == "zero-shot"
+        and len(manifest["teacher"]["prompt_hash"]) == 16
+    )
+    assert (
+        manifest["licence"]["spdx"] == "CC-BY-4.0" and manifest["terms"]["profile"] == "apache-2.0"
+    )
 
     cli = CliRunner()
-    trained = cli.invoke(app, ["train", str(write_config()), "--dataset", "banking77@v1",
-                               "--out", str(tmp_path / "t")])
+    trained = cli.invoke(
+        app,
+        ["train", str(write_config()), "--dataset", "banking77@v1", "--out", str(tmp_path / "t")],
+    )
     assert trained.exit_code == 0, trained.output
-    evaluated = cli.invoke(app, ["evaluate", str(write_config()), "--dataset", "banking77",
-                                 "--run", str(tmp_path / "t")])
+    evaluated = cli.invoke(
+        app,
+        ["evaluate", str(write_config()), "--dataset", "banking77", "--run", str(tmp_path / "t")],
+    )
     assert evaluated.exit_code == 0, evaluated.output
     again = json.loads((tmp_path / "t" / "report.json").read_text())
     assert again["students"][0]["agreement"] == pytest.approx(student["agreement"])
@@ -54,3 +68,41 @@ def test_distill_then_train_and_evaluate_a_stored_version(write_config, tmp_path
     label = cli.invoke(app, ["label", str(write_config({"data.limit": 400}))])
     assert label.exit_code == 0 and label.stdout.strip() == "banking77@v1"
     assert "0 teacher calls, 400 cache hits" in label.stderr
+
+
+def test_budget_stops_cleanly_and_a_higher_budget_continues(write_config, fake_openai, monkeypatch):
+    server, url = fake_openai()
+    monkeypatch.setenv("UNDERSTUDY_TEST_KEY", "sk-test")
+    changes = {
+        "teacher.provider": "openai",
+        "teacher.model": "fake",
+        "teacher.base_url": url,
+        "teacher.api_key_env": "UNDERSTUDY_TEST_KEY",
+        "teacher.price": {"input_per_1m": 50.0, "output_per_1m": 50.0},
+        "teacher.budget_usd": 0.5,
+        "data.limit": 120,
+        "teacher.concurrency": 4,
+    }
+    cli = CliRunner()
+    first = cli.invoke(app, ["label", str(write_config(changes))])
+    assert first.exit_code == 0, first.output
+    assert (
+        "budget reached" in first.stderr and "re-run the same command to continue" in first.stderr
+    )
+    store = Store(load_config(write_config(changes)).store)
+    v1 = store.load(store.resolve("banking77@v1")).to_pylist()
+    stopped = [r for r in v1 if r["error"] == "budget exhausted"]
+    paid = sum(server.billed.values())
+    assert stopped and len(stopped) + paid == 120
+    spend = cli.invoke(app, ["spend", "--store", str(store.root)])
+    spent = float(spend.stdout.strip().splitlines()[-1].removeprefix("total: $"))
+    assert 0 < spent <= 0.5
+
+    second = cli.invoke(app, ["label", str(write_config({**changes, "teacher.budget_usd": 100.0}))])
+    assert second.exit_code == 0 and second.stdout.strip() == "banking77@v2", second.output
+    v2 = store.load(store.resolve("banking77@v2")).to_pylist()
+    assert all(r["label"] for r in v2) and max(server.billed.values()) == 1
+    assert sum(server.billed.values()) == 120
+    assert [r["probs"] for r in v2 if r["id"] not in {s["id"] for s in stopped}] == [
+        r["probs"] for r in v1 if r["error"] is None
+    ]

@@ -121,7 +121,9 @@ def test_budget_stops_before_it_is_exceeded(tmp_path):
     server = FakeOpenAI()
     price = Price(1000.0, 1000.0)  # about 0.1 USD a request here
     with server as url:
-        t = teacher(url, price=price, budget_usd=1.0, concurrency=4, cache=ResponseCache(tmp_path / "c"))
+        t = teacher(
+            url, price=price, budget_usd=1.0, concurrency=4, cache=ResponseCache(tmp_path / "c")
+        )
         answers = t.label(TEXTS)
     assert t.budget_exhausted and 0 < t.stats.teacher_calls < len(TEXTS)
     assert t.stats.cost_usd <= 1.0

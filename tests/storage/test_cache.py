@@ -1,5 +1,7 @@
 import multiprocessing
 
+import pytest
+
 from storage import ResponseCache, request_key
 
 
@@ -37,3 +39,33 @@ def test_an_answer_survives_a_crash_right_after_it_was_stored(tmp_path):
     process.start()
     process.join(30)
     assert ResponseCache(path).get({"q": "paid"}) == {"answer": "kept"}
+
+
+def test_paid_answers_are_in_the_spend_ledger_by_tag_and_model(tmp_path):
+    a = ResponseCache(tmp_path / "c.sqlite", tag="intents")
+    a.put(
+        {"base_url": "u", "body": {"model": "m1", "q": 1}},
+        {},
+        input_tokens=100,
+        output_tokens=5,
+        cost_usd=0.01,
+    )
+    a.put(
+        {"base_url": "u", "body": {"model": "m1", "q": 2}},
+        {},
+        input_tokens=50,
+        output_tokens=5,
+        cost_usd=0.02,
+    )
+    a.put(
+        {"provider": "zero-shot", "model": "e"}, {"probs": [1.0]}
+    )  # local and free: not a paid call
+    b = ResponseCache(tmp_path / "c.sqlite", tag="spam")
+    b.put({"body": {"model": "m2"}}, {}, input_tokens=1, output_tokens=1, cost_usd=0.5)
+    rows = a.spend()
+    assert [(r["tag"], r["model"], r["calls"], r["input_tokens"]) for r in rows] == [
+        ("intents", "m1", 2, 150),
+        ("spam", "m2", 1, 1),
+    ]
+    assert a.spent("intents") == pytest.approx(0.03) and a.spent("spam") == pytest.approx(0.5)
+    assert a.spent("other") == 0.0
