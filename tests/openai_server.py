@@ -12,6 +12,8 @@ import hashlib
 import json
 import math
 import random
+import select
+import socket
 import threading
 import time
 from collections import Counter
@@ -91,6 +93,7 @@ class FakeOpenAI:
         self._lock = threading.Lock()
         self.requests = 0
         self.billed: Counter[str] = Counter()
+        self.billed_at: dict[str, list[float]] = {}
         self.faults_sent: Counter[str] = Counter()
         self.auth_headers: list[str] = []
         self.starts: list[float] = []
@@ -214,6 +217,15 @@ def _handler_for(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(payload)
 
+        def _client_gone(self) -> bool:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if not readable:
+                return False
+            try:
+                return self.connection.recv(1, socket.MSG_PEEK) == b""
+            except OSError:
+                return True
+
         def do_POST(self) -> None:  # noqa: N802
             length = int(self.headers.get("Content-Length", 0))
             body = json.loads(self.rfile.read(length))
@@ -250,15 +262,24 @@ def _handler_for(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
             elif fault == "malformed":
                 self._send(200, b'{"id": "chatcmpl-fake", "choices": [{"mess')
+            elif self._client_gone():
+                # the client died while the answer was being "generated": not delivered, not billed
+                self.close_connection = True
             else:
                 payload = json.dumps(
                     server.completion(body, off_label=fault == "off_label")
                 ).encode()
+                started = time.monotonic()
+                try:
+                    self._send(200, payload)
+                    self.wfile.flush()
+                except OSError:
+                    return  # the client is gone: not delivered, not billed
                 with server._lock:
                     server.billed[key_of(body)] += 1
+                    server.billed_at.setdefault(key_of(body), []).append(started)
                     if fault == "off_label":
                         server.faults_sent["off_label"] += 1
-                self._send(200, payload)
 
     return Handler
 
