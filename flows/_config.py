@@ -193,7 +193,11 @@ def _apply_override(raw: dict[str, Any], assignment: str) -> None:
 
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "config"
+    # union members show up in the location ("price.PriceConfig"): the user's key is what is left
+    keys = [
+        str(p) for p in first["loc"] if not (isinstance(p, str) and (p[:1].isupper() or "[" in p))
+    ]
+    where = ".".join(keys) or "config"
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{where}'"
     if first["type"] == "missing":

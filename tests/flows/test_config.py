@@ -1,0 +1,66 @@
+import pytest
+
+from flows import ConfigError, load_config
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"teacher.budget_usd": -1}, "config key 'teacher.budget_usd'"),
+        ({"teacher.rpm": 0}, "config key 'teacher.rpm'"),
+        ({"teacher.tpm": -5}, "config key 'teacher.tpm'"),
+        (
+            {"teacher.provider": "openai", "teacher.model": "m", "teacher.price": None},
+            "teacher.price is required for provider 'openai'",
+        ),
+        ({"teacher.price": "free"}, "config key 'teacher.price'"),
+        ({"teacher.terms": "mystery"}, "unknown terms profile 'mystery'"),
+        ({"task.labels": ["a", "b", "a"]}, "duplicate labels: ['a']"),
+        ({"students": [{"kind": "bert"}]}, "config key 'students.0"),
+    ],
+)
+def test_bad_values_name_the_key(write_config, changes, message):
+    with pytest.raises(
+        ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
+    ):
+        load_config(write_config(changes))
+
+
+def test_unknown_price_is_allowed_and_disables_cost(write_config):
+    config = load_config(
+        write_config(
+            {"teacher.provider": "openai", "teacher.model": "m", "teacher.price": "unknown"}
+        )
+    )
+    assert config.teacher.known_price() is None
+
+
+def test_overrides_parse_yaml_values(write_config):
+    config = load_config(
+        write_config(),
+        ["teacher.rpm=120", "data.limit=5", "teacher.api_key_env=null", "students.0.soft=false"],
+    )
+    assert (config.teacher.rpm, config.data.limit, config.teacher.api_key_env) == (120, 5, None)
+    assert config.students[0].soft is False
+    with pytest.raises(ConfigError, match="--set expects KEY=VALUE"):
+        load_config(write_config(), ["teacher.rpm"])
+
+
+def test_defaults_per_provider(write_config, delete):
+    config = load_config(write_config({"teacher.model": delete, "teacher.terms": delete}))
+    assert (config.teacher.model, config.teacher.resolved_terms().profile) == (
+        "all-minilm-l6-v2",
+        "apache-2.0",
+    )
+    local = load_config(write_config({"teacher.provider": "transformers", "teacher.model": delete}))
+    assert local.teacher.model == "smollm2"
+    paid = load_config(
+        write_config(
+            {
+                "teacher.provider": "openai",
+                "teacher.model": "gpt-4o-mini",
+                "teacher.terms": "openai",
+            }
+        )
+    )
+    assert paid.teacher.resolved_terms().restrictions == ["no-competing-models"]
