@@ -39,6 +39,10 @@ class TaskConfig(_Model):
     labels: list[str]
     instructions: str = "Classify the text."
     descriptions: dict[str, str] = Field(default_factory=dict)
+    system_prompt: str = ""
+    examples: str | None = (
+        None  # a JSONL/CSV/Parquet file of labeled few-shot examples (text, label)
+    )
 
     @field_validator("labels")
     @classmethod
@@ -95,6 +99,7 @@ class TeacherConfig(_Model):
     tpm: float | None = Field(default=None, gt=0)
     budget_usd: float | None = Field(default=None, ge=0)
     answer_retries: int = Field(default=1, ge=0, le=10)
+    response_format: Literal["text", "json_schema", "auto"] = "text"
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=6, ge=0, le=50)
     price: PriceConfig | Literal["unknown"] | None = None

@@ -22,7 +22,7 @@ import pyarrow as pa
 import labelers
 import storage
 import students
-from flows._config import Config, LogRegStudent, StudentConfig
+from flows._config import Config, DataConfig, LogRegStudent, StudentConfig
 from flows._ingest import read_records
 
 LABELED_SCHEMA = pa.schema(
@@ -45,7 +45,17 @@ class SetupError(Exception):
 
 def task_of(config: Config) -> labelers.ClassifyTask:
     t = config.task
-    return labelers.ClassifyTask(tuple(t.labels), t.instructions, dict(t.descriptions))
+    examples: tuple[tuple[str, str], ...] = ()
+    if t.examples:
+        shots = read_records(
+            DataConfig(path=t.examples, id_field=None, gold_field="label"), t.labels
+        )
+        examples = tuple(
+            zip(shots.column("text").to_pylist(), shots.column("gold").to_pylist(), strict=True)
+        )
+    return labelers.ClassifyTask(
+        tuple(t.labels), t.instructions, dict(t.descriptions), examples, t.system_prompt
+    )
 
 
 def licence_of(config: Config) -> storage.Licence:
@@ -101,6 +111,7 @@ def build_teacher(
         tpm=t.tpm,
         budget_usd=budget_left,
         answer_retries=t.answer_retries,
+        response_format=t.response_format,
         timeout_s=t.timeout_s,
         max_retries=t.max_retries,
         price=price,

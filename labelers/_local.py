@@ -182,7 +182,10 @@ class TransformersTeacher(_LocalTeacher):
             import torch
 
             a, b = self._prompt_ids("a"), self._prompt_ids("zz qq")
-            n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+            n = next(
+                (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                min(len(a), len(b)),
+            )
             shared = a[: max(n - 1, 0)]  # one token short: a merge at the boundary must not matter
             cache = None
             if shared:
@@ -201,7 +204,9 @@ class TransformersTeacher(_LocalTeacher):
         with torch.inference_mode():
             if shared and ids[: len(shared)] == shared and len(ids) > len(shared):
                 cache = copy.deepcopy(shared_cache)
-                out = model(torch.tensor([ids[len(shared) :]]), past_key_values=cache, use_cache=True)
+                out = model(
+                    torch.tensor([ids[len(shared) :]]), past_key_values=cache, use_cache=True
+                )
             else:
                 out = model(torch.tensor([ids]), use_cache=True)
             first = out.logits[0, -1].log_softmax(-1)

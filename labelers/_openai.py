@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -22,6 +24,8 @@ from labelers._parse import TokenStep, label_distribution, match_label
 from labelers._prompt import build_messages
 from labelers._types import Answer, ClassifyTask, LabelerError, ResponseCache, Usage
 
+_UNSUPPORTED = "response_format not supported"
+_JSON_LABEL = re.compile(r'"label"\s*:\s*"')
 _RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 _FATAL_STATUS = {
     401: "rejected the API key",
@@ -74,6 +78,9 @@ class OpenAITeacher:
     tpm : tokens per minute at most (estimated before each call, corrected by the usage returned).
     budget_usd : a hard cap on what this client may spend; a request whose estimated cost would
         pass it is not sent and its record fails with ``budget exhausted``.
+    response_format : ``text`` (the label as plain text), ``json_schema`` (a JSON object whose
+        ``label`` is an enum of the labels, for endpoints with structured outputs) or ``auto``
+        (json_schema, falling back to text for the rest of the run if the endpoint refuses it).
     answer_retries : how many times an off-label or empty answer is asked again (a follow-up
         turn that repeats the label list); each ask is its own cached, paid request.
     timeout_s : per-request timeout.
@@ -96,6 +103,7 @@ class OpenAITeacher:
         tpm: float | None = None,
         budget_usd: float | None = None,
         answer_retries: int = 1,
+        response_format: str = "text",
         timeout_s: float = 60.0,
         max_retries: int = 6,
         price: Price | None = None,
@@ -124,6 +132,12 @@ class OpenAITeacher:
         self.budget_exhausted = False
         self._reserved_usd = 0.0
         self.answer_retries = answer_retries
+        if response_format not in ("text", "json_schema", "auto"):
+            raise LabelerError(
+                f"unknown response_format {response_format!r}: text, json_schema or auto"
+            )
+        self.response_format = response_format
+        self._json = response_format != "text"
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.price = price or Price()
@@ -162,6 +176,21 @@ class OpenAITeacher:
         if self.top_logprobs > 0:
             body["logprobs"] = True
             body["top_logprobs"] = self.top_logprobs
+        if self._json:
+            body["max_tokens"] += 16  # the JSON around the label
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "label",
+                    "strict": True,
+                    "schema": {
+                        "type": "object",
+                        "properties": {"label": {"type": "string", "enum": list(self.task.labels)}},
+                        "required": ["label"],
+                        "additionalProperties": False,
+                    },
+                },
+            }
         return body
 
     def label(
@@ -206,6 +235,18 @@ class OpenAITeacher:
         for round_ in range(self.answer_retries + 1):
             response, tries, cached, error = await self._fetch(client, body)
             attempts += tries
+            if error == _UNSUPPORTED and self.response_format == "json_schema":
+                raise LabelerError(
+                    f"teacher endpoint {self.endpoint_host} does not support response_format "
+                    "json_schema: set teacher.response_format to text or auto"
+                )
+            if error == _UNSUPPORTED and self.response_format == "auto":
+                self._json = (
+                    False  # this endpoint has no structured outputs: plain text from now on
+                )
+                body = self.build_request(text)
+                response, tries, cached, error = await self._fetch(client, body)
+                attempts += tries
             if response is None:
                 return Answer(record_id, None, error=error, usage=spent, attempts=attempts)
             answer = self.parse_response(record_id, response, cached=cached)
@@ -241,7 +282,9 @@ class OpenAITeacher:
             self.stats.cache_hits += 1
             return cached, 0, True, None
         tokens = estimate_tokens(body["messages"]) + int(body.get("max_tokens") or 0)
-        reserve = self.price.cost(estimate_tokens(body["messages"]), int(body.get("max_tokens") or 0))
+        reserve = self.price.cost(
+            estimate_tokens(body["messages"]), int(body.get("max_tokens") or 0)
+        )
         if self.budget_usd is not None:
             if self.stats.cost_usd + self._reserved_usd + reserve > self.budget_usd:
                 self.budget_exhausted = True
@@ -256,6 +299,8 @@ class OpenAITeacher:
                     response = await self._post(client, body)
                 except _Transient as exc:
                     self.limiter.settle(tokens, 0)  # nothing was used
+                    if exc.reason == _UNSUPPORTED:
+                        return None, attempt, False, exc.reason
                     if exc.retry_after is not None and exc.reason == "HTTP 429":
                         self.limiter.pause(min(exc.retry_after, self.backoff_max_s * 4))
                     if attempt > self.max_retries:
@@ -299,6 +344,8 @@ class OpenAITeacher:
             )
         if status in _RETRYABLE_STATUS:
             raise _Transient(f"HTTP {status}", retry_after=_retry_after(response.headers))
+        if status == 400 and "response_format" in body and "response_format" in response.text:
+            raise _Transient(_UNSUPPORTED)
         if status >= 400:
             raise _Transient(f"HTTP {status}: {response.text[:200]}")
         try:
@@ -325,17 +372,45 @@ class OpenAITeacher:
         spent = Usage(input_tokens, output_tokens, self.price.cost(input_tokens, output_tokens))
         choice = response["choices"][0]
         raw = (choice.get("message") or {}).get("content") or ""
-        label = match_label(raw, self.task.labels)
+        steps = _token_steps(choice.get("logprobs"))
+        said = raw
+        if raw.lstrip().startswith("{"):
+            said, steps = _from_json(raw, steps)
+        label = match_label(said, self.task.labels)
         if label is None:
             reason = "empty answer" if not raw.strip() else "off-label answer"
             return Answer(record_id, None, raw=raw, error=reason, usage=spent, cached=cached)
-        steps = _token_steps(choice.get("logprobs"))
         dist = label_distribution(steps, self.task.labels) if steps else None
         if dist is None:
             one_hot = tuple(1.0 if lab == label else 0.0 for lab in self.task.labels)
             return Answer(record_id, label, one_hot, None, raw=raw, usage=spent, cached=cached)
         probs, coverage = dist
         return Answer(record_id, label, tuple(probs), coverage, raw=raw, usage=spent, cached=cached)
+
+
+def _from_json(raw: str, steps: list[TokenStep]) -> tuple[str, list[TokenStep]]:
+    """The label inside a structured answer {"label": "..."} and the token steps from where it
+    starts (the first one trimmed of the JSON before it)."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return raw, steps
+    if not isinstance(value, dict) or not isinstance(value.get("label"), str):
+        return raw, steps
+    text = ""
+    for i, step in enumerate(steps):
+        match = _JSON_LABEL.search(text + step.token)
+        if match:
+            cut = match.end() - len(text)
+            head = step.token[:cut]
+            first = TokenStep(
+                step.token[cut:],
+                step.logprob,
+                tuple((t[cut:], lp) for t, lp in step.top if t[:cut] == head),
+            )
+            return value["label"], ([first] if first.token else []) + list(steps[i + 1 :])
+        text += step.token
+    return value["label"], []
 
 
 def estimate_tokens(messages: list[dict[str, str]]) -> int:

@@ -14,7 +14,8 @@ PROMPT_VERSION = "classify-v1"
 
 
 def system_prompt(task: ClassifyTask) -> str:
-    lines = [
+    lines = [task.system.strip(), ""] if task.system.strip() else []
+    lines += [
         task.instructions.strip(),
         "",
         "Answer with exactly one of these labels and nothing else:",
@@ -26,13 +27,18 @@ def system_prompt(task: ClassifyTask) -> str:
 
 
 def build_messages(task: ClassifyTask, text: str) -> list[dict[str, str]]:
+    shots = []
+    for example, label in task.examples:
+        shots += [{"role": "user", "content": example}, {"role": "assistant", "content": label}]
     return [
         {"role": "system", "content": system_prompt(task)},
+        *shots,
         {"role": "user", "content": text},
     ]
 
 
 def prompt_hash(task: ClassifyTask) -> str:
     """A short hash of everything in the prompt except the record's text."""
-    body = f"{PROMPT_VERSION}\n{system_prompt(task)}"
+    shots = "".join(f"\n{text}\t{label}" for text, label in task.examples)
+    body = f"{PROMPT_VERSION}\n{system_prompt(task)}{shots}"
     return hashlib.sha256(body.encode()).hexdigest()[:16]

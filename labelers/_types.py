@@ -22,11 +22,15 @@ class ClassifyTask:
     labels : the label set, in the order probability vectors follow.
     instructions : one or two sentences saying what to classify and how.
     descriptions : optional label -> description, shown to the teacher (and used by zero-shot).
+    examples : few-shot (text, label) pairs, shown as earlier turns of the conversation.
+    system : a system prompt placed before the instructions (e.g. a persona or policy).
     """
 
     labels: tuple[str, ...]
     instructions: str = "Classify the text."
     descriptions: dict[str, str] = field(default_factory=dict)
+    examples: tuple[tuple[str, str], ...] = ()
+    system: str = ""
 
     def __post_init__(self) -> None:
         if len(self.labels) < 2:
@@ -35,6 +39,9 @@ class ClassifyTask:
             )
         if len(set(self.labels)) != len(self.labels):
             raise LabelerError("the label set has duplicates")
+        off = [label for _, label in self.examples if label not in self.labels]
+        if off:
+            raise LabelerError(f"few-shot example label {off[0]!r} is not in the label set")
         unknown = set(self.descriptions) - set(self.labels)
         if unknown:
             raise LabelerError(f"descriptions given for unknown labels: {sorted(unknown)}")

@@ -75,6 +75,7 @@ class FakeOpenAI:
         hang_s: float = 3.0,
         retry_after: str = "1",
         outside_mass: float = 0.0,
+        structured: bool = True,
         on_request: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         unknown = set(faults or {}) - set(FAULTS)
@@ -88,6 +89,7 @@ class FakeOpenAI:
         self.hang_s = hang_s
         self.retry_after = retry_after
         self.outside_mass = outside_mass
+        self.structured = structured
         self.on_request = on_request
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -140,8 +142,29 @@ class FakeOpenAI:
         total = sum(dist.values()) / (1.0 - self.outside_mass)
         dist = {k: v / total for k, v in dist.items()}
         answer = max(dist, key=dist.__getitem__)
+        as_json = (body.get("response_format") or {}).get("type") == "json_schema"
         if off_label:
             content, logprobs = "I am not sure, maybe something about cards?", None
+        elif as_json:
+            content = json.dumps({"label": answer})
+            logprobs = None
+            if self.logprobs and body.get("logprobs"):
+                framing = [
+                    {
+                        "token": t,
+                        "logprob": 0.0,
+                        "bytes": None,
+                        "top_logprobs": [{"token": t, "logprob": 0.0, "bytes": None}],
+                    }
+                    for t in ('{"', "label", '":', ' "')
+                ]
+                close = {
+                    "token": '"}',
+                    "logprob": 0.0,
+                    "bytes": None,
+                    "top_logprobs": [{"token": '"}', "logprob": 0.0, "bytes": None}],
+                }
+                logprobs = [*framing, *self._logprobs(answer, dist, leading_space=False), close]
         else:
             content = (" " if self.leading_space else "") + answer
             logprobs = (
@@ -168,9 +191,12 @@ class FakeOpenAI:
             },
         }
 
-    def _logprobs(self, answer: str, dist: dict[str, float]) -> list[dict[str, Any]]:
+    def _logprobs(
+        self, answer: str, dist: dict[str, float], leading_space: bool | None = None
+    ) -> list[dict[str, Any]]:
         """Exact next-token distributions along the answer's path in the label-token trie."""
-        paths = {label: chunks(label, self.leading_space) for label in dist}
+        space = self.leading_space if leading_space is None else leading_space
+        paths = {label: chunks(label, space) for label in dist}
         chosen = paths[answer]
         out = []
         for k, token in enumerate(chosen):
@@ -235,6 +261,9 @@ def _handler_for(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 server.auth_headers.append(self.headers.get("Authorization", ""))
             if server.on_request:
                 server.on_request(body)
+            if body.get("response_format") and not server.structured:
+                self._send(400, b'{"error": {"message": "response_format is not supported"}}')
+                return
             if not self.path.endswith("/chat/completions"):
                 self._send(404, b'{"error": {"message": "not found"}}')
                 return

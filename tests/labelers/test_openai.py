@@ -200,3 +200,24 @@ def test_timeouts_become_failures_with_reason():
         answers = teacher(url, timeout_s=0.2, max_retries=1).label(TEXTS[:2])
     assert [a.error for a in answers] == ["timeout", "timeout"]
     assert time.perf_counter() - start < 3
+
+
+def test_structured_answers_give_the_same_distribution_as_text():
+    server = FakeOpenAI(FakeTeacher(accuracy=1.0))
+    with server as url:
+        text = teacher(url).label(TEXTS[:6])
+        structured = teacher(url, response_format="json_schema").label(TEXTS[:6])
+    assert all(a.raw.startswith('{"label"') for a in structured)
+    for a, b in zip(text, structured, strict=True):
+        assert b.label == a.label
+        assert b.probs == pytest.approx(a.probs) and b.coverage == pytest.approx(a.coverage)
+
+
+def test_auto_falls_back_to_text_where_structured_outputs_are_refused():
+    server = FakeOpenAI(structured=False)
+    with server as url:
+        t = teacher(url, response_format="auto")
+        answers = t.label(TEXTS[:4])
+        assert all(a.ok for a in answers) and not t._json
+        with pytest.raises(LabelerError, match="does not support response_format"):
+            teacher(url, response_format="json_schema").label(TEXTS[:1])
