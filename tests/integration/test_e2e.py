@@ -53,6 +53,7 @@ def test_run_through_a_faulty_endpoint_then_rerun_for_free(tmp_path, fake_openai
             "teacher.concurrency": 16,
             "teacher.max_retries": 8,
             "teacher.shard_size": 100,
+            "teacher.answer_retries": 0,  # off-label answers stay failures here (re-asks: unit tests)
         }
     )
     out = tmp_path / "run1"
