@@ -94,8 +94,8 @@ def _print_results(report_path: Path) -> None:
     console.print(
         f"[bold]{report['name']}[/]  dataset {report['dataset']['name']}@{report['dataset']['version']}"
         f" ({report['dataset']['rows']} rows)\n"
-        f"labeling: {lab['labeled']} labeled, {lab['failed']} failed, {lab['teacher_calls']} teacher calls,"
-        f" {lab['cache_hits']} cache hits, {lab['retries']} retries, ${lab['cost_usd']:.4f}, {lab['wall_s']:.1f} s\n"
+        f"labeling: {lab['labeled']} labeled, {lab['failed']} failed; {lab['teacher_calls']} teacher"
+        f" calls, {lab['cache_hits']} cache hits, {lab['retries']} retries\n"
         f"teacher accuracy vs gold (held-out): "
         + (f"{100 * teacher_acc:.1f}%" if teacher_acc is not None else "n/a")
     )
@@ -113,10 +113,14 @@ def _print_results(report_path: Path) -> None:
             f"{s['size_bytes'] / 1e6:.2f}",
         )
     console.print(table)
-    per_1k = 1000 * lab["cost_usd"] / lab["teacher_calls"] if lab["teacher_calls"] else 0.0
-    console.print(
-        f"teacher cost: ${per_1k:.4f} per 1k records paid in this run (students run locally: $0)"
-    )
+    if lab["teacher_calls"]:
+        per_1k = 1000 / lab["teacher_calls"]
+        console.print(
+            f"teacher: ${lab['cost_usd'] * per_1k:.4f}, {lab['wall_s'] * per_1k:.1f} s per 1k records"
+            " (students: $0, ms/1k above)"
+        )
+    else:
+        console.print("teacher: every answer came from the cache, nothing was paid in this run")
     typer.echo(str(report_path))
 
 
