@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -57,6 +56,13 @@ def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Run fn; user errors become one line on stderr and exit 2."""
     try:
         return fn(*args, **kwargs)
+    except KeyboardInterrupt:
+        typer.echo(
+            "understudy: interrupted. Every answer received so far is in the cache: "
+            "run the same command again to finish without paying for them twice.",
+            err=True,
+        )
+        raise typer.Exit(130) from None
     except _user_errors() as exc:
         if _state["debug"]:
             raise
@@ -267,12 +273,4 @@ def datasets_verify(
 
 
 def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        typer.echo(
-            "understudy: interrupted; answers already paid for are in the cache, "
-            "re-run the same command to finish",
-            err=True,
-        )
-        sys.exit(130)
+    app()

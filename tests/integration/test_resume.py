@@ -81,3 +81,34 @@ def test_sigkill_at_random_points_then_resume(tmp_path, fake_openai, write_confi
         assert any(kill - 0.05 <= first_sent <= kill for kill in kills), (key, first_sent, kills)
     assert len(server.billed) == RECORDS
     assert dataset(tmp_path / "killed", "v1") == dataset(tmp_path / "clean", "v1")
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, fake_openai, write_config):
+    server, url = fake_openai(latency_s=0.2)
+    config = write_config(
+        {
+            "teacher.provider": "openai",
+            "teacher.model": "fake",
+            "teacher.base_url": url,
+            "teacher.api_key_env": "UNDERSTUDY_TEST_KEY",
+            "teacher.concurrency": 4,
+            "data.limit": 100,
+        }
+    )
+    process = start_label(config, tmp_path / "p")
+    deadline = time.monotonic() + 120
+    while server.requests < 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert (
+        err.strip().splitlines()[-1].startswith("understudy: interrupted.")
+        and "run the same command" in err
+    )
+    paid = sum(server.billed.values())
+    final = start_label(config, tmp_path / "q")
+    out, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err
+    assert sum(server.billed.values()) == 100 and max(server.billed.values()) == 1 and paid < 100
