@@ -8,6 +8,8 @@ Used by the tests and by bench/.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import math
@@ -33,11 +35,19 @@ def chunks(label: str, leading_space: bool) -> list[str]:
 
 
 def labels_from_prompt(system: str) -> list[str]:
-    return [line[2:].split(": ", 1)[0] for line in system.splitlines() if line.startswith("- ")]
+    """The labels listed in an understudy system prompt; a prompt without any (another tool's)
+    is answered as a sentiment question."""
+    labels = [line[2:].split(": ", 1)[0] for line in system.splitlines() if line.startswith("- ")]
+    return labels or ["negative", "positive"]
 
 
 def key_of(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512  # read by listen() in the constructor: a class attribute, not later
 
 
 class FakeTeacher:
@@ -105,9 +115,7 @@ class FakeOpenAI:
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> str:
         handler = _handler_for(self)
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
-        self._httpd.request_queue_size = 256
+        self._httpd = _Server(("127.0.0.1", 0), handler)
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
@@ -230,6 +238,7 @@ class FakeOpenAI:
 def _handler_for(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are separate writes
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -313,15 +322,81 @@ def _handler_for(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def asgi_app(server: FakeOpenAI) -> Any:
+    """The same answers as an asyncio (ASGI) app, for load: no per-connection threads. Faults are
+    not injected here; the threaded server above is the one the tests use for those."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        chunks_in = []
+        while True:
+            message = await receive()
+            chunks_in.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = json.loads(b"".join(chunks_in))
+        server.requests += 1
+        server.starts.append(time.monotonic())
+        if server.latency_s:
+            await asyncio.sleep(server.latency_s)
+        payload = json.dumps(server.completion(body, off_label=False)).encode()
+        server.billed[key_of(body)] += 1
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    return app
+
+
 def main() -> None:
     """Run the server in the foreground: python -m tests.openai_server [--latency 0.2]."""
     import argparse
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--stats", help="write request start times here (JSON) on SIGTERM")
+    parser.add_argument(
+        "--asgi", action="store_true", help="serve with uvicorn (asyncio) instead of threads"
+    )
     args = parser.parse_args()
     server = FakeOpenAI(latency_s=args.latency)
-    print(server.start(), flush=True)
+    if args.asgi:
+        import uvicorn
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = uvicorn.Config(
+            asgi_app(server), host="127.0.0.1", port=port, log_level="error", backlog=2048
+        )
+        print(f"http://127.0.0.1:{port}/v1", flush=True)
+    else:
+        print(server.start(), flush=True)
+
+    def dump(*_: object) -> None:
+        if args.stats:
+            with open(args.stats, "w") as f:
+                json.dump(
+                    {
+                        "starts": server.starts,
+                        "requests": server.requests,
+                        "billed": sum(server.billed.values()),
+                    },
+                    f,
+                )
+        raise KeyboardInterrupt
+
+    import signal
+
+    signal.signal(signal.SIGTERM, dump)
+    if args.asgi:
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.Server(config).run()
+        return
     try:
         while True:
             time.sleep(3600)

@@ -1,0 +1,186 @@
+"""Teacher-client throughput against the local OpenAI-compatible server (200 ms per call).
+
+Measures records/s against the theoretical min(concurrency / latency, rpm / 60), the server's
+observed peak rpm under an rpm cap, and the client's CPU time per record; optionally the same
+workload through distilabel (installed in its own virtualenv, see bench/README.md).
+
+python bench/throughput.py [--records 5000] [--concurrency 64] [--latency 0.2] [--peer /tmp/peer/bin/python]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from labelers import ClassifyTask, OpenAITeacher, Price  # noqa: E402
+from storage import ResponseCache  # noqa: E402
+
+LABELS = ("negative", "positive")
+
+
+def start_server(latency: float, stats: Path) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.openai_server",
+            "--asgi",
+            "--latency",
+            str(latency),
+            "--stats",
+            str(stats),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    return process, process.stdout.readline().strip()
+
+
+def stop_server(process: subprocess.Popen, stats: Path) -> dict:
+    process.terminate()
+    process.wait(30)
+    return json.loads(stats.read_text())
+
+
+def peak_rpm(starts: list[float], window: float = 60.0) -> float:
+    """Most request starts in any `window` seconds, scaled to a minute."""
+    starts = sorted(starts)
+    best, j = 0, 0
+    for i, t in enumerate(starts):
+        while starts[j] < t - window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best * 60.0 / window
+
+
+def texts(n: int) -> list[tuple[str, str]]:
+    return [
+        (f"r{i}", f"review number {i}: the film was {'great' if i % 2 else 'dull'}")
+        for i in range(n)
+    ]
+
+
+def run_understudy(records: int, concurrency: int, latency: float, rpm: float | None) -> dict:
+    work = Path(tempfile.mkdtemp())
+    process, url = start_server(latency, work / "stats.json")
+    task = ClassifyTask(LABELS, "Classify the sentiment of the review.")
+    teacher = OpenAITeacher(
+        task,
+        model="fake",
+        base_url=url,
+        concurrency=concurrency,
+        rpm=rpm,
+        price=Price(0.15, 0.6),
+        cache=ResponseCache(work / "cache.sqlite"),
+    )
+    cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    answers = teacher.label(texts(records))
+    wall = time.perf_counter() - wall0
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    stats = stop_server(process, work / "stats.json")
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    assert sum(a.ok for a in answers) == records
+    ideal = min(concurrency / latency, rpm / 60 if rpm else float("inf"))
+    return {
+        "tool": "understudy",
+        "records": records,
+        "concurrency": concurrency,
+        "rpm_cap": rpm,
+        "wall_s": round(wall, 2),
+        "records_per_s": round(records / wall, 1),
+        "ideal_per_s": round(ideal, 1),
+        "of_ideal": round(records / wall / ideal, 3),
+        "peak_rpm_60s": round(peak_rpm(stats["starts"])),
+        "cpu_ms_per_record": round(1000 * cpu / records, 3),
+        "requests": stats["requests"],
+    }
+
+
+PEER = """
+import sys, time, json
+from distilabel.pipeline import Pipeline
+from distilabel.steps import LoadDataFromDicts
+from distilabel.steps.tasks import TextGeneration
+from distilabel.models import OpenAILLM
+url, n, conc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rows = [{"instruction": f"review number {i}: the film was {'great' if i % 2 else 'dull'}"} for i in range(n)]
+with Pipeline(name="bench", cache_dir=sys.argv[4]) as pipeline:
+    load = LoadDataFromDicts(data=rows, batch_size=n)
+    gen = TextGeneration(llm=OpenAILLM(model="fake", base_url=url, api_key="sk-bench",
+                         generation_kwargs={"max_new_tokens": 8}), input_batch_size=conc)
+    load >> gen
+start = time.perf_counter()
+distiset = pipeline.run(use_cache=False)
+print(json.dumps({"wall_s": time.perf_counter() - start, "rows": len(distiset["default"]["train"])}))
+"""
+
+
+def run_peer(python: str, records: int, concurrency: int, latency: float) -> dict:
+    work = Path(tempfile.mkdtemp())
+    process, url = start_server(latency, work / "stats.json")
+    out = subprocess.run(
+        [python, "-c", PEER, url, str(records), str(concurrency), str(work / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        env={**os.environ, "OPENAI_API_KEY": "x"},
+    )
+    stats = stop_server(process, work / "stats.json")
+    if out.returncode != 0:
+        return {"tool": "distilabel", "error": out.stderr[-800:]}
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    ideal = concurrency / latency
+    return {
+        "tool": "distilabel",
+        "records": result["rows"],
+        "concurrency": concurrency,
+        "wall_s": round(result["wall_s"], 2),
+        "records_per_s": round(result["rows"] / result["wall_s"], 1),
+        "ideal_per_s": ideal,
+        "of_ideal": round(result["rows"] / result["wall_s"] / ideal, 3),
+        "peak_rpm_60s": round(peak_rpm(stats["starts"])),
+        "requests": stats["requests"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--latency", type=float, default=0.2)
+    parser.add_argument(
+        "--rpm",
+        type=float,
+        default=6000.0,
+        help="the cap for the capped run, which lasts 75 s (0: skip it)",
+    )
+    parser.add_argument("--peer", help="a python with distilabel installed")
+    args = parser.parse_args()
+    results = [
+        run_understudy(args.records, args.concurrency, args.latency, None),
+        *(
+            [run_understudy(int(args.rpm * 1.25), args.concurrency, args.latency, args.rpm)]
+            if args.rpm
+            else []
+        ),
+    ]
+    if args.peer:
+        results.append(run_peer(args.peer, args.records, args.concurrency, args.latency))
+    for r in results:
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
