@@ -14,21 +14,6 @@ from flows._config import Config
 from flows._ingest import read_records
 from flows._pipeline import build_teacher, task_of
 
-_CHARS_PER_TOKEN = 4
-_TOKENS_PER_MESSAGE = 4
-
-
-def _counter(model: str) -> tuple[Any, str]:
-    try:
-        import tiktoken
-
-        encoding = tiktoken.encoding_for_model(model)
-        return (lambda text: len(encoding.encode(text))), f"tiktoken {encoding.name}"
-    except Exception:  # unknown model, or the encoding cannot be fetched offline
-        return (
-            lambda text: max(1, len(text) // _CHARS_PER_TOKEN)
-        ), "heuristic: 4 characters per token"
-
 
 def estimate(config: Config) -> dict[str, Any]:
     table = read_records(config.data, config.task.labels)
@@ -40,7 +25,7 @@ def estimate(config: Config) -> dict[str, Any]:
             "records": table.num_rows,
             "cost_usd": "0 (runs on this machine)",
         }
-    count, method = _counter(t.model)
+    count, method = labelers.token_counter(t.model)
     task = task_of(config)
     cache = (
         storage.ResponseCache(f"{config.store}/cache.sqlite")
@@ -59,7 +44,7 @@ def estimate(config: Config) -> dict[str, Any]:
         ):
             cached += 1
             continue
-        inputs += sum(count(m["content"]) + _TOKENS_PER_MESSAGE for m in body["messages"])
+        inputs += labelers.count_message_tokens(body["messages"], t.model)
     to_pay = table.num_rows - cached
     outputs = to_pay * (max(count(label) for label in task.labels) + 1)
     price = t.known_price()

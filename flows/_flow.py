@@ -94,11 +94,13 @@ class _Progress:
             )
 
     def shard_done(self) -> None:
-        if self.bar is None:
+        if self.bar is None:  # a log, not a terminal: one key=value line per shard
             elapsed = time.perf_counter() - self.start
+            rate = self.done / max(elapsed, 1e-9)
             print(
-                f"labeling: {self.done}/{self.total} records, {elapsed:.1f} s, "
-                f"${self.teacher.stats.cost_usd:.4f}",
+                f"labeling records={self.done}/{self.total} elapsed_s={elapsed:.1f} "
+                f"rate_per_s={rate:.1f} cost_usd={self.teacher.stats.cost_usd:.4f} "
+                f"eta_s={(self.total - self.done) / max(rate, 1e-9):.0f}",
                 file=sys.stderr,
                 flush=True,
             )

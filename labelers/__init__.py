@@ -7,6 +7,7 @@ from labelers._local import TransformersTeacher, ZeroShotTeacher
 from labelers._openai import LabelStats, OpenAITeacher, Price
 from labelers._parse import TokenStep, canonical, label_distribution, match_label
 from labelers._prompt import build_messages, prompt_hash, system_prompt
+from labelers._tokens import count_message_tokens, token_counter
 from labelers._types import Answer, ClassifyTask, LabelerError, ResponseCache, Usage
 
 __all__ = [
@@ -23,8 +24,10 @@ __all__ = [
     "ZeroShotTeacher",
     "build_messages",
     "canonical",
+    "count_message_tokens",
     "label_distribution",
     "match_label",
     "prompt_hash",
     "system_prompt",
+    "token_counter",
 ]

@@ -23,6 +23,7 @@ import httpx
 from labelers._limits import RateLimiter, exhausted_for
 from labelers._parse import TokenStep, label_distribution, match_label
 from labelers._prompt import build_messages
+from labelers._tokens import count_message_tokens
 from labelers._types import Answer, ClassifyTask, LabelerError, ResponseCache, Usage
 
 _UNSUPPORTED = "response_format not supported"
@@ -293,10 +294,9 @@ class OpenAITeacher:
         if cached is not None:
             self.stats.cache_hits += 1
             return cached, 0, True, None
-        tokens = estimate_tokens(body["messages"]) + int(body.get("max_tokens") or 0)
-        reserve = self.price.cost(
-            estimate_tokens(body["messages"]), int(body.get("max_tokens") or 0)
-        )
+        prompt_tokens = count_message_tokens(body["messages"], self.model)
+        tokens = prompt_tokens + int(body.get("max_tokens") or 0)
+        reserve = self.price.cost(prompt_tokens, int(body.get("max_tokens") or 0))
         if self.budget_usd is not None:
             if self.stats.cost_usd + self._reserved_usd + reserve > self.budget_usd:
                 self.budget_exhausted = True
@@ -423,11 +423,6 @@ def _from_json(raw: str, steps: list[TokenStep]) -> tuple[str, list[TokenStep]]:
             return value["label"], ([first] if first.token else []) + list(steps[i + 1 :])
         text += step.token
     return value["label"], []
-
-
-def estimate_tokens(messages: list[dict[str, str]]) -> int:
-    """A model-agnostic token estimate: 4 characters a token, plus 4 per message for the framing."""
-    return sum(len(m.get("content") or "") // 4 + 4 for m in messages)
 
 
 def _token_steps(logprobs: Any) -> list[TokenStep]:
