@@ -138,7 +138,7 @@ def label_dataset(config: Config) -> tuple[storage.DatasetRef, dict[str, Any]]:
                 "Raise teacher.budget_usd and re-run the same command to continue.",
                 file=sys.stderr,
             )
-    return ref, {"report": labeling.report(), "failures": labeling.failures}
+    return ref, labeling
 
 
 def _run_dir(config: Config, out: str | None) -> Path:
@@ -150,15 +150,7 @@ def _run_dir(config: Config, out: str | None) -> Path:
 @flow(name="train")
 def train(config: Config, dataset: str, out: str | None = None) -> Path:
     """Train every configured student on a labeled version; returns the run folder."""
-    store = storage.Store(config.store)
-    ref = store.resolve(dataset)
-    manifest = store.manifest(ref)
-    split = p.split_dataset(
-        store.load(ref),
-        manifest["task"]["labels"],
-        config.evaluate.test_fraction,
-        config.evaluate.seed,
-    )
+    ref, manifest, split = p.load_split(config, storage.Store(config.store), dataset)
     folder = _run_dir(config, out)
     trained = []
     for i, spec in enumerate(config.students):
@@ -177,17 +169,9 @@ def train(config: Config, dataset: str, out: str | None = None) -> Path:
 @flow(name="evaluate")
 def evaluate_run(config: Config, folder: str, labeling: dict[str, Any] | None = None) -> Path:
     """Measure the students in a run folder against the teacher; writes report.json and report.md."""
-    store = storage.Store(config.store)
     run = Path(folder)
     trained = json.loads((run / "train.json").read_text())
-    ref = store.resolve(trained["dataset"])
-    manifest = store.manifest(ref)
-    split = p.split_dataset(
-        store.load(ref),
-        manifest["task"]["labels"],
-        config.evaluate.test_fraction,
-        config.evaluate.seed,
-    )
+    ref, manifest, split = p.load_split(config, storage.Store(config.store), trained["dataset"])
     results = []
     for entry in trained["students"]:
         spec = p.student_spec(entry["spec"])

@@ -12,7 +12,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,47 +153,35 @@ def label_shard(
     return list(teacher.label(records, on_answer))
 
 
-@dataclass
-class Labeling:
-    """What labeling did in this run (the report's `labeling` section)."""
-
-    records: int = 0
-    labeled: int = 0
-    failed: int = 0
-    failures: dict[str, int] = field(default_factory=dict)
-    teacher_calls: int = 0
-    cache_hits: int = 0
-    retries: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    wall_s: float = 0.0
-
-    def report(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        out.pop("failures")
-        out["cost_usd"] = round(self.cost_usd, 6)
-        out["wall_s"] = round(self.wall_s, 3)
-        return out
-
-
 def summarise(
     answers: Sequence[labelers.Answer], stats: labelers.LabelStats, wall_s: float
-) -> Labeling:
+) -> dict[str, Any]:
+    """The report's `labeling` section (what this run did and paid) and failures by reason."""
     failures = Counter(a.error for a in answers if a.error)
-    return Labeling(
-        records=len(answers),
-        labeled=sum(a.ok for a in answers),
-        failed=sum(failures.values()),
-        failures=dict(failures),
-        teacher_calls=stats.teacher_calls,
-        cache_hits=stats.cache_hits,
-        retries=stats.retries,
-        input_tokens=stats.input_tokens,
-        output_tokens=stats.output_tokens,
-        cost_usd=stats.cost_usd,
-        wall_s=wall_s,
+    report = {
+        "records": len(answers),
+        "labeled": sum(a.ok for a in answers),
+        "failed": sum(failures.values()),
+        **asdict(stats),
+        "wall_s": round(wall_s, 3),
+    }
+    report["cost_usd"] = round(stats.cost_usd, 6)
+    return {"report": report, "failures": dict(failures)}
+
+
+def load_split(
+    config: Config, store: storage.Store, spec: str
+) -> tuple[storage.DatasetRef, dict[str, Any], Split]:
+    """A labeled version, its manifest and its train/test split as the config asks."""
+    ref = store.resolve(spec)
+    manifest = store.manifest(ref)
+    split = split_dataset(
+        store.load(ref),
+        manifest["task"]["labels"],
+        config.evaluate.test_fraction,
+        config.evaluate.seed,
     )
+    return ref, manifest, split
 
 
 def commit_labels(
