@@ -132,15 +132,16 @@ def test_budget_stops_before_it_is_exceeded(tmp_path):
 
 
 def test_a_429_pauses_the_whole_client():
-    server = FakeOpenAI(faults={"429": 0.5}, retry_after="0.4", seed=1)
+    server = FakeOpenAI(faults={"429": 0.5}, retry_after="1.0", seed=1)
     with server as url:
         t = teacher(url, concurrency=8)
         answers = t.label(TEXTS[:16])
     assert all(a.ok for a in answers) and t.limiter.pauses > 0
-    # after the first 429, no other request started within the pause it announced
+    # after the first 429, no request started within the pause it announced (the first 0.2 s
+    # leave room for requests that were already on their way)
     first = server.first_429_at
     assert first is not None
-    assert not [s for s in server.starts if first + 0.05 < s < first + 0.35]
+    assert not [s for s in server.starts if first + 0.2 < s < first + 0.9]
 
 
 def test_tpm_cap_limits_tokens_per_minute():
