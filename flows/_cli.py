@@ -245,13 +245,50 @@ def datasets_list(
 def datasets_show(
     spec: Annotated[str, typer.Argument(help="NAME[@VERSION]")],
     store: Annotated[str, typer.Option(help="the store folder")] = ".understudy",
+    failures: Annotated[int, typer.Option(help="also list up to N failed records")] = 0,
 ) -> None:
-    """A version's manifest."""
+    """A version's manifest (failures by reason included); --failures N lists failed records with
+    the teacher's raw answer."""
     import storage
 
     s = storage.Store(store)
     ref = _guard(s.resolve, spec)
     typer.echo(json.dumps(_guard(s.manifest, ref), indent=2))
+    if failures > 0:
+        table = _guard(s.load, ref)
+        if "error" not in table.column_names:
+            return
+        failed = [r for r in table.select(["id", "error", "raw"]).to_pylist() if r["error"]]
+        typer.echo(f"{len(failed)} failed records" + (f", first {failures}:" if failed else ""))
+        for row in failed[:failures]:
+            raw = (row["raw"] or "").replace("\n", " ")[:120]
+            typer.echo(f"{row['id']}\t{row['error']}\t{raw}")
+
+
+@datasets_app.command("diff")
+def datasets_diff(
+    a: Annotated[str, typer.Argument(help="NAME@VERSION")],
+    b: Annotated[str, typer.Argument(help="NAME@VERSION")],
+    store: Annotated[str, typer.Option(help="the store folder")] = ".understudy",
+) -> None:
+    """Records added, removed and relabeled between two versions."""
+    import storage
+
+    s = storage.Store(store)
+    left, right = (_guard(s.load, _guard(s.resolve, spec)) for spec in (a, b))
+    labels = [
+        t.column("label").to_pylist() if "label" in t.column_names else [None] * t.num_rows
+        for t in (left, right)
+    ]
+    old = dict(zip(left.column("id").to_pylist(), labels[0], strict=True))
+    new = dict(zip(right.column("id").to_pylist(), labels[1], strict=True))
+    changed = sorted(i for i in old.keys() & new.keys() if old[i] != new[i])
+    typer.echo(
+        f"{a} -> {b}: {len(new.keys() - old.keys())} added, {len(old.keys() - new.keys())} removed, "
+        f"{len(changed)} relabeled, {len(old.keys() & new.keys()) - len(changed)} unchanged"
+    )
+    for record_id in changed[:20]:
+        typer.echo(f"{record_id}\t{old[record_id]} -> {new[record_id]}")
 
 
 @datasets_app.command("verify")

@@ -147,3 +147,25 @@ def test_estimate_counts_tokens_and_cost_without_a_key(write_config):
     assert float(fields["cost_usd (max)"]) == pytest.approx(
         round((inputs * 0.15 + outputs * 0.6) / 1e6, 4)
     )
+
+
+def test_show_failures_and_diff(tmp_path):
+    store = Store(tmp_path / "s")
+    rows = {
+        "id": ["a", "b", "c"],
+        "text": ["x", "y", "z"],
+        "label": ["pos", None, "neg"],
+        "error": [None, "off-label answer", None],
+        "raw": ["pos", "I think\nmaybe", "neg"],
+    }
+    first = store.commit("d", pa.table(rows), licence=Licence("MIT"))
+    rows2 = {**rows, "id": ["a", "b", "d"], "label": ["neg", "pos", "neg"], "error": [None] * 3}
+    second = store.commit("d", pa.table(rows2), licence=Licence("MIT"))
+    code, _, out = run_cli(
+        "datasets", "show", str(first), "--store", str(store.root), "--failures", "5"
+    )
+    assert code == 0 and "1 failed records" in out and "b\toff-label answer\tI think maybe" in out
+    code, _, out = run_cli("datasets", "diff", str(first), str(second), "--store", str(store.root))
+    assert code == 0
+    assert out.splitlines()[0] == "d@v1 -> d@v2: 1 added, 1 removed, 2 relabeled, 0 unchanged"
+    assert "a\tpos -> neg" in out and "b\tNone -> pos" in out
