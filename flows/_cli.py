@@ -119,6 +119,12 @@ def _print_results(report_path: Path) -> None:
             f"{s['size_bytes'] / 1e6:.2f}",
         )
     console.print(table)
+    for s in report["students"]:
+        if s.get("f1_micro_vs_teacher") is not None:
+            console.print(
+                f"{s['kind']}: F1 vs teacher micro {s['f1_micro_vs_teacher']:.3f}, "
+                f"macro {s['f1_macro_vs_teacher']:.3f} (multi-label; agree = same label set)"
+            )
     if lab["teacher_calls"]:
         per_1k = 1000 / lab["teacher_calls"]
         console.print(

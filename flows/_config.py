@@ -37,6 +37,7 @@ class DataConfig(_Model):
 class TaskConfig(_Model):
     kind: Literal["classify"] = "classify"
     labels: list[str]
+    multi_label: bool = False
     instructions: str = "Classify the text."
     descriptions: dict[str, str] = Field(default_factory=dict)
     system_prompt: str = ""
@@ -169,6 +170,17 @@ class Config(_Model):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     students: list[StudentConfig] = Field(default_factory=lambda: [LogRegStudent(kind="logreg")])
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="after")
+    def _multi_label(self) -> Config:
+        if self.task.multi_label and self.teacher.provider == "zero-shot":
+            raise ValueError(
+                "task.multi_label needs a teacher that can answer yes/no questions "
+                "(provider openai or transformers), not zero-shot"
+            )
+        if self.task.multi_label and self.task.examples:
+            raise ValueError("task.examples is not supported with task.multi_label yet")
+        return self
 
 
 def _apply_override(raw: dict[str, Any], assignment: str) -> None:

@@ -83,8 +83,11 @@ def _optional_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def read_records(data: DataConfig, labels: list[str] | None = None) -> pa.Table:
-    """The source records as a table of (id, text, gold), validated."""
+def read_records(
+    data: DataConfig, labels: list[str] | None = None, *, multi_label: bool = False
+) -> pa.Table:
+    """The source records as a table of (id, text, gold), validated; a multi-label gold value
+    is its labels joined by '|'."""
     path = Path(data.path)
     table = _read_table(path)
     if table.num_rows == 0:
@@ -115,7 +118,10 @@ def read_records(data: DataConfig, labels: list[str] | None = None) -> pa.Table:
             f"{path}: duplicate id {dupes[0]!r}{more} in {data.id_field or 'content hash'}"
         )
     if labels is not None:
-        unknown = sorted({g for g in gold if g is not None}.difference(labels))
+        given = {g for g in gold if g is not None}
+        if multi_label:
+            given = {part for g in given for part in g.split("|") if part}
+        unknown = sorted(given.difference(labels))
         if unknown:
             raise InputError(
                 f"{path}: gold label {unknown[0]!r} ({data.gold_field}) is not in task.labels"

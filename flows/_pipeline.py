@@ -85,7 +85,23 @@ def build_teacher(
     config: Config, cache: labelers.ResponseCache | None, budget_left: float | None = None
 ) -> Any:
     """The configured teacher; the API key comes from the environment and goes nowhere else."""
-    t, task = config.teacher, task_of(config)
+    task = task_of(config)
+    if config.task.multi_label:
+        teacher = labelers.MultiLabelTeacher(
+            task, lambda question: _single_teacher(config, question, cache, budget_left)
+        )
+        teacher.budget_usd = budget_left
+        return teacher
+    return _single_teacher(config, task, cache, budget_left)
+
+
+def _single_teacher(
+    config: Config,
+    task: labelers.ClassifyTask,
+    cache: labelers.ResponseCache | None,
+    budget_left: float | None,
+) -> Any:
+    t = config.teacher
     assert t.model is not None
     if t.provider == "transformers":
         return labelers.TransformersTeacher(task, model=t.model, cache=cache)
@@ -125,13 +141,13 @@ def preflight(config: Config) -> None:
     """Fail fast on bad input, before Prefect starts or anything is written: the data file and its
     columns, the API key variable, the teacher's URL, the store."""
     storage.Store(config.store)
-    read_records(config.data, config.task.labels)
+    read_records(config.data, config.task.labels, multi_label=config.task.multi_label)
     build_teacher(config, None)
 
 
 def ingest(config: Config, store: storage.Store) -> storage.DatasetRef:
     """Read the records and commit them as the source dataset `NAME-source`."""
-    table = read_records(config.data, config.task.labels)
+    table = read_records(config.data, config.task.labels, multi_label=config.task.multi_label)
     return store.commit(
         f"{config.name}-source",
         table,
@@ -180,6 +196,7 @@ def load_split(
         manifest["task"]["labels"],
         config.evaluate.test_fraction,
         config.evaluate.seed,
+        bool(manifest["task"].get("multi_label")),
     )
     return ref, manifest, split
 
@@ -216,6 +233,7 @@ def commit_labels(
             "kind": "classify",
             "labels": list(task.labels),
             "instructions": task.instructions,
+            "multi_label": config.task.multi_label,
         },
         "teacher": {**teacher.describe(), "prompt_hash": labelers.prompt_hash(task)},
         "terms": terms.model_dump(),
@@ -261,9 +279,12 @@ class Split:
     test_text: list[str]
     test_proba: np.ndarray
     test_gold: list[str | None]
+    multi_label: bool = False
 
 
-def split_dataset(table: pa.Table, labels: list[str], fraction: float, seed: int) -> Split:
+def split_dataset(
+    table: pa.Table, labels: list[str], fraction: float, seed: int, multi_label: bool = False
+) -> Split:
     rows = table.filter(pa.compute.is_valid(table.column("label")))
     if rows.num_rows < 2:
         raise SetupError(f"only {rows.num_rows} record(s) were labeled: nothing to train on")
@@ -276,13 +297,20 @@ def split_dataset(table: pa.Table, labels: list[str], fraction: float, seed: int
             f"{rows.num_rows} labeled records are too few for a {fraction:.0%} test split"
         )
     return Split(
-        labels, list(text[~test]), proba[~test], list(text[test]), proba[test], list(gold[test])
+        labels,
+        list(text[~test]),
+        proba[~test],
+        list(text[test]),
+        proba[test],
+        list(gold[test]),
+        multi_label,
     )
 
 
-def make_student(spec: StudentConfig) -> Any:
+def make_student(spec: StudentConfig, multi_label: bool = False) -> Any:
     if isinstance(spec, LogRegStudent):
-        return students.TfidfLogReg(C=spec.C, max_features=spec.max_features)
+        kind = students.TfidfLogRegMultiLabel if multi_label else students.TfidfLogReg
+        return kind(C=spec.C, max_features=spec.max_features)
     raise SetupError(f"unknown student kind {spec.kind!r}")
 
 
@@ -298,10 +326,13 @@ def load_student(spec: StudentConfig, path: Path) -> Any:
 
 def train_student(spec: StudentConfig, split: Split) -> tuple[Any, float]:
     """Fit one student on the teacher's labels; returns it and the training seconds."""
-    student = make_student(spec)
+    student = make_student(spec, split.multi_label)
     start = time.perf_counter()
     if spec.soft:
         student.fit_soft(split.train_text, split.train_proba, split.labels)
+    elif split.multi_label:
+        hard = (split.train_proba >= 0.5).astype(float)
+        student.fit_soft(split.train_text, hard, split.labels)
     else:
         student.fit(split.train_text, np.asarray(split.labels)[split.train_proba.argmax(axis=1)])
     return student, time.perf_counter() - start
@@ -310,6 +341,8 @@ def train_student(spec: StudentConfig, split: Split) -> tuple[Any, float]:
 def student_columns(student: Any, labels: list[str], texts: list[str]) -> np.ndarray:
     """predict_proba with columns in the task's label order (hard-label students may lack some)."""
     raw = student.predict_proba(texts)
+    if isinstance(student, students.TfidfLogRegMultiLabel):
+        return raw  # one column per label, in the task's order
     out = np.zeros((len(texts), len(labels)))
     index = {c: i for i, c in enumerate(student.classes_)}
     for j, label in enumerate(labels):
@@ -322,7 +355,8 @@ def evaluate_student(
     spec: StudentConfig, student: Any, split: Split, train_s: float, size_bytes: int
 ) -> dict[str, Any]:
     proba = student_columns(student, split.labels, split.test_text)
-    scores = students.closeness(split.test_proba, proba, split.labels, split.test_gold)
+    measure = students.multilabel_closeness if split.multi_label else students.closeness
+    scores = measure(split.test_proba, proba, split.labels, split.test_gold)
     return {
         "kind": spec.kind,
         **{k: (None if v is None else round(v, 6)) for k, v in scores.items()},
@@ -338,4 +372,17 @@ def teacher_accuracy(split: Split) -> float | None:
     ]
     if not known:
         return None
+    if split.multi_label:
+        chosen = [
+            "|".join(lab for lab, q in zip(split.labels, p, strict=True) if q >= 0.5)
+            for _, p in known
+        ]
+        return float(
+            np.mean(
+                [
+                    set(c.split("|")) - {""} == set(g.split("|")) - {""}
+                    for c, (g, _) in zip(chosen, known, strict=True)
+                ]
+            )
+        )
     return float(np.mean([split.labels[int(np.argmax(p))] == g for g, p in known]))

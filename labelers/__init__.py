@@ -4,6 +4,7 @@ Any OpenAI-compatible endpoint, a local causal LM, or a zero-shot sentence embed
 """
 
 from labelers._local import TransformersTeacher, ZeroShotTeacher
+from labelers._multi import MultiLabelTeacher, binary_task
 from labelers._openai import LabelStats, OpenAITeacher, Price
 from labelers._parse import TokenStep, canonical, label_distribution, match_label
 from labelers._prompt import build_messages, prompt_hash, system_prompt
@@ -15,6 +16,7 @@ __all__ = [
     "ClassifyTask",
     "LabelStats",
     "LabelerError",
+    "MultiLabelTeacher",
     "OpenAITeacher",
     "Price",
     "ResponseCache",
@@ -22,6 +24,7 @@ __all__ = [
     "TransformersTeacher",
     "Usage",
     "ZeroShotTeacher",
+    "binary_task",
     "build_messages",
     "canonical",
     "count_message_tokens",

@@ -3,20 +3,23 @@
 Students follow the scikit-learn estimator contract (fit / predict_proba / classes_) plus save/load.
 """
 
-from students._logreg import TfidfLogReg
+from students._logreg import TfidfLogReg, TfidfLogRegMultiLabel
 from students._metrics import (
     agreement,
     closeness,
     expected_calibration_error,
     kl_divergence,
+    multilabel_closeness,
     predict_ms_per_1k,
 )
 
 __all__ = [
     "TfidfLogReg",
+    "TfidfLogRegMultiLabel",
     "agreement",
     "closeness",
     "expected_calibration_error",
     "kl_divergence",
+    "multilabel_closeness",
     "predict_ms_per_1k",
 ]

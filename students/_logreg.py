@@ -10,6 +10,7 @@ from typing import Any
 
 import joblib
 import numpy as np
+import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -113,7 +114,7 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> TfidfLogReg:
+    def load(cls, path: str | Path) -> Any:
         model = joblib.load(path)
         if not isinstance(model, cls):
             raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
@@ -124,3 +125,56 @@ def _texts(X: Any) -> list[str]:
     if isinstance(X, str):
         raise ValueError("X must be a sequence of texts, not a single string")
     return [str(x) for x in X]
+
+
+class TfidfLogRegMultiLabel(TfidfLogReg):
+    """One-vs-rest TF-IDF logistic regressions over shared features, for multi-label tasks.
+
+    `fit_soft(X, proba, classes)` takes an independent probability per label (each row of
+    `proba` need not sum to 1): each label's model sees every text twice, as "applies" weighted
+    by p and as "does not" weighted by 1 - p. `predict_proba` returns P(applies) per label,
+    columns following `classes_`. Parameters as for `TfidfLogReg`.
+    """
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> TfidfLogRegMultiLabel:
+        """Fit on texts `X` and a 0/1 indicator matrix `y` (n_texts x n_labels)."""
+        y = np.asarray(y, dtype=float)
+        return self.fit_soft(X, y, np.arange(y.shape[1]))
+
+    def fit_soft(self, X: Any, proba: Any, classes: Any) -> TfidfLogRegMultiLabel:
+        texts = _texts(X)
+        proba = np.clip(np.asarray(proba, dtype=float), 0.0, 1.0)
+        if proba.shape != (len(texts), len(classes)):
+            raise ValueError(
+                f"proba has shape {proba.shape}, expected ({len(texts)}, {len(classes)})"
+            )
+        self.vectoriser_ = self._vectoriser().fit(texts)
+        features = self.vectoriser_.transform(texts)
+        doubled = sp.vstack([features, features])
+        self.models_ = []
+        for j in range(len(classes)):
+            target = np.r_[np.ones(len(texts)), np.zeros(len(texts))]
+            weight = np.r_[proba[:, j], 1.0 - proba[:, j]]
+            keep = weight >= self.min_weight
+            if len(set(target[keep])) < 2:  # the teacher never (or always) chose this label
+                self.models_.append(float(target[keep][0]) if keep.any() else 0.0)
+                continue
+            model = LogisticRegression(C=self.C, max_iter=self.max_iter)
+            self.models_.append(model.fit(doubled[keep], target[keep], sample_weight=weight[keep]))
+        self.model_ = self.models_
+        self.classes_ = np.asarray(classes)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "models_")
+        features = self.vectoriser_.transform(_texts(X))
+        columns = [
+            np.full(features.shape[0], m)
+            if isinstance(m, float)
+            else m.predict_proba(features)[:, 1]
+            for m in self.models_
+        ]
+        return np.column_stack(columns)
+
+    def predict(self, X: Any) -> np.ndarray:
+        return (self.predict_proba(X) >= 0.5).astype(int)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score
+from sklearn.metrics import accuracy_score, f1_score
 
 _EPS = 1e-12
 
@@ -77,4 +77,45 @@ def closeness(
         "kl_teacher_student": kl_divergence(teacher_proba, student_proba),
         "ece": expected_calibration_error(student_proba, teacher_idx),
         "accuracy_vs_gold": accuracy,
+    }
+
+
+def multilabel_closeness(
+    teacher_proba: np.ndarray,
+    student_proba: np.ndarray,
+    classes: Sequence[str],
+    gold: Sequence[str | None] | None = None,
+    threshold: float = 0.5,
+) -> dict[str, float | None]:
+    """For independent per-label probabilities: exact-set agreement, mean binary KL and ECE over
+    every (record, label) cell, micro/macro F1 against the teacher's decisions, and exact-set
+    accuracy against gold label sets ('a|b') where gold exists."""
+    p = np.clip(np.asarray(teacher_proba, dtype=float), 0.0, 1.0)
+    q = np.clip(np.asarray(student_proba, dtype=float), _EPS, 1.0 - _EPS)
+    teacher_sets, student_sets = p >= threshold, q >= threshold
+    kl = p * (np.log(np.clip(p, _EPS, 1.0)) - np.log(q)) + (1 - p) * (
+        np.log(np.clip(1 - p, _EPS, 1.0)) - np.log(1 - q)
+    )
+    cells = np.column_stack([1 - q.ravel(), q.ravel()])
+    accuracy = None
+    if gold is not None:
+        known = [i for i, g in enumerate(gold) if g is not None]
+        if known:
+            index = {c: j for j, c in enumerate(classes)}
+            truth = np.zeros((len(known), len(classes)), dtype=bool)
+            for row, i in enumerate(known):
+                for part in filter(None, str(gold[i]).split("|")):
+                    truth[row, index[part]] = True
+            accuracy = float(np.mean((student_sets[known] == truth).all(axis=1)))
+    return {
+        "agreement": float(np.mean((teacher_sets == student_sets).all(axis=1))),
+        "kl_teacher_student": float(kl.sum(axis=1).mean()),
+        "ece": expected_calibration_error(cells, teacher_sets.ravel().astype(int)),
+        "accuracy_vs_gold": accuracy,
+        "f1_micro_vs_teacher": float(
+            f1_score(teacher_sets, student_sets, average="micro", zero_division=0)
+        ),
+        "f1_macro_vs_teacher": float(
+            f1_score(teacher_sets, student_sets, average="macro", zero_division=0)
+        ),
     }

@@ -146,7 +146,9 @@ class FakeOpenAI:
     def completion(self, body: dict[str, Any], off_label: bool) -> dict[str, Any]:
         system, text = body["messages"][0]["content"], body["messages"][-1]["content"]
         labels = labels_from_prompt(system)
-        dist = self.teacher.distribution(text, labels)
+        # a yes/no question is about one label of many: decided per question, not per text
+        about = text if labels != ["no", "yes"] else f"{system}\n{text}"
+        dist = self.teacher.distribution(about, labels)
         total = sum(dist.values()) / (1.0 - self.outside_mass)
         dist = {k: v / total for k, v in dist.items()}
         answer = max(dist, key=dist.__getitem__)

@@ -17,6 +17,7 @@ from flows import ConfigError, load_config
         ({"teacher.terms": "mystery"}, "unknown terms profile 'mystery'"),
         ({"task.labels": ["a", "b", "a"]}, "duplicate labels: ['a']"),
         ({"students": [{"kind": "bert"}]}, "config key 'students.0"),
+        ({"task.multi_label": True}, "task.multi_label needs a teacher that can answer yes/no"),
     ],
 )
 def test_bad_values_name_the_key(write_config, changes, message):

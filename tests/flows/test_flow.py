@@ -106,3 +106,40 @@ def test_budget_stops_cleanly_and_a_higher_budget_continues(write_config, fake_o
     assert [r["probs"] for r in v2 if r["id"] not in {s["id"] for s in stopped}] == [
         r["probs"] for r in v1 if r["error"] is None
     ]
+
+
+def test_multi_label_asks_one_yes_no_question_per_label(
+    write_config, fake_openai, monkeypatch, tmp_path
+):
+    server, url = fake_openai()
+    monkeypatch.setenv("UNDERSTUDY_TEST_KEY", "sk-test")
+    labels = ["card_arrival", "card_linking", "exchange_rate"]
+    config = load_config(
+        write_config(
+            {
+                "teacher.provider": "openai",
+                "teacher.model": "fake",
+                "teacher.base_url": url,
+                "teacher.api_key_env": "UNDERSTUDY_TEST_KEY",
+                "task.labels": labels,
+                "task.multi_label": True,
+                "data.gold_field": None,
+                "data.limit": 80,
+            }
+        )
+    )
+    report = json.loads(distill(config, str(tmp_path / "run")).read_text())
+    assert report["labeling"]["teacher_calls"] == 240 == len(server.billed)  # 80 records x 3 labels
+    assert max(server.billed.values()) == 1
+    rows = Store(config.store).load(Store(config.store).resolve("banking77")).to_pylist()
+    for row in rows:
+        assert len(row["probs"]) == 3 and all(0 <= p <= 1 for p in row["probs"])
+        chosen = {lab for lab, p in zip(labels, row["probs"], strict=True) if p >= 0.5}
+        assert set(filter(None, row["label"].split("|"))) == chosen
+    assert len({row["label"] for row in rows}) > 2  # the label sets differ between records
+    (student,) = report["students"]
+    assert 0 <= student["f1_micro_vs_teacher"] <= 1 and 0 <= student["f1_macro_vs_teacher"] <= 1
+    assert student["kl_teacher_student"] > 0
+    manifest = Store(config.store).manifest(Store(config.store).resolve("banking77"))
+    assert manifest["task"]["multi_label"] is True
+    assert manifest["teacher"]["multi_label"] == "one yes/no question per label"

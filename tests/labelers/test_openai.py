@@ -13,10 +13,10 @@ TASK = ClassifyTask(LABELS, "Classify the banking message.")
 TEXTS = [(f"r{i}", f"message number {i} about my account") for i in range(40)]
 
 
-def teacher(url: str, **kwargs) -> OpenAITeacher:
+def teacher(url: str, task_: ClassifyTask = TASK, **kwargs) -> OpenAITeacher:
     kwargs.setdefault("backoff_s", 0.01)
     kwargs.setdefault("timeout_s", 2.0)
-    return OpenAITeacher(TASK, model="fake", base_url=url, api_key=SENTINEL_KEY, **kwargs)
+    return OpenAITeacher(task_, model="fake", base_url=url, api_key=SENTINEL_KEY, **kwargs)
 
 
 def test_distribution_matches_the_servers_and_records_usage():
@@ -222,3 +222,24 @@ def test_auto_falls_back_to_text_where_structured_outputs_are_refused():
         assert all(a.ok for a in answers) and not t._json
         with pytest.raises(LabelerError, match="does not support response_format"):
             teacher(url, response_format="json_schema").label(TEXTS[:1])
+
+
+def test_multi_label_teacher_combines_yes_no_answers():
+    from labelers import MultiLabelTeacher, binary_task
+
+    question = binary_task(TASK, "pin_blocked")
+    assert question.labels == ("no", "yes") and '"pin_blocked"' in question.instructions
+    server = FakeOpenAI(faults={"off_label": 0.2}, seed=2)
+    with server as url:
+        multi = MultiLabelTeacher(TASK, lambda task: teacher(url, task_=task, answer_retries=0))
+        answers = multi.label(TEXTS[:10])
+    assert multi.stats.teacher_calls == len(server.billed) == 10 * len(LABELS)
+    for a in answers:
+        if a.ok:
+            assert len(a.probs) == len(LABELS)
+            assert set(filter(None, a.label.split("|"))) == {
+                lab for lab, p in zip(LABELS, a.probs, strict=True) if p >= 0.5
+            }
+        else:
+            assert a.error.split(": ")[1] == "off-label answer" and a.raw
+    assert any(not a.ok for a in answers) and any(a.ok for a in answers)

@@ -52,3 +52,15 @@ def test_save_and_load_round_trip(tmp_path):
     path = model.save(tmp_path / "m" / "model.joblib")
     loaded = TfidfLogReg.load(path)
     assert np.allclose(loaded.predict_proba(TEXTS), model.predict_proba(TEXTS))
+
+
+def test_multilabel_student_learns_each_label_on_its_own(tmp_path):
+    from students import TfidfLogRegMultiLabel
+
+    texts = ["card lost and pin blocked", "card lost", "pin blocked", "hello there"] * 5
+    proba = np.array([[0.95, 0.9], [0.9, 0.05], [0.05, 0.9], [0.05, 0.05]] * 5)
+    model = TfidfLogRegMultiLabel().fit_soft(texts, proba, ["lost", "pin"])
+    assert list(model.classes_) == ["lost", "pin"]
+    assert (model.predict(texts[:4]) == np.array([[1, 1], [1, 0], [0, 1], [0, 0]])).all()
+    loaded = TfidfLogRegMultiLabel.load(model.save(tmp_path / "m.joblib"))
+    assert np.allclose(loaded.predict_proba(texts), model.predict_proba(texts))

@@ -30,3 +30,16 @@ def test_closeness_uses_gold_only_where_known():
     assert out["accuracy_vs_gold"] == pytest.approx(0.5)
     assert closeness(teacher, student, ["a", "b"], gold=[None] * 3)["accuracy_vs_gold"] is None
     assert agreement(["a", "b"], ["a", "a"]) == 0.5
+
+
+def test_multilabel_closeness_values():
+    from students import multilabel_closeness
+
+    teacher = np.array([[0.9, 0.8], [0.9, 0.1], [0.2, 0.3]])
+    student = np.array([[0.8, 0.4], [0.7, 0.2], [0.1, 0.6]])
+    out = multilabel_closeness(teacher, student, ["a", "b"], gold=["a|b", "a", None])
+    assert out["agreement"] == pytest.approx(1 / 3)  # only the second record has the same set
+    # teacher sets {a,b},{a},{}; student {a},{a},{b}: tp=2, fp=1, fn=1
+    assert out["f1_micro_vs_teacher"] == pytest.approx(2 / 3)
+    assert out["accuracy_vs_gold"] == pytest.approx(0.5)
+    assert out["kl_teacher_student"] > 0
