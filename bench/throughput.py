@@ -55,11 +55,11 @@ def stop_server(process: subprocess.Popen, stats: Path) -> dict:
 
 
 def peak_rpm(starts: list[float], window: float = 60.0) -> float:
-    """Most request starts in any `window` seconds, scaled to a minute."""
+    """Most request starts in any half-open `window` of seconds [t, t + window), per minute."""
     starts = sorted(starts)
     best, j = 0, 0
     for i, t in enumerate(starts):
-        while starts[j] < t - window:
+        while starts[j] <= t - window:
             j += 1
         best = max(best, i - j + 1)
     return best * 60.0 / window

@@ -65,3 +65,21 @@ def test_defaults_per_provider(write_config, delete):
         )
     )
     assert paid.teacher.resolved_terms().restrictions == ["no-competing-models"]
+
+
+def test_a_budget_with_an_unknown_price_is_not_enforced_and_says_so(write_config, tmp_path, capsys):
+    from flows._pipeline import budget_left
+    from storage import ResponseCache
+
+    config = load_config(
+        write_config(
+            {
+                "teacher.provider": "openai",
+                "teacher.model": "m",
+                "teacher.price": "unknown",
+                "teacher.budget_usd": 5,
+            }
+        )
+    )
+    assert budget_left(config, ResponseCache(tmp_path / "c.sqlite", tag=config.name)) is None
+    assert "teacher.budget_usd is not enforced" in capsys.readouterr().err
