@@ -56,18 +56,13 @@ def test_run_through_a_faulty_endpoint_then_rerun_for_free(tmp_path, fake_openai
             "teacher.answer_retries": 0,  # off-label answers stay failures here (re-asks: unit tests)
         }
     )
+
+    def run_into(folder: Path) -> subprocess.CompletedProcess:
+        overrides = ["--set", f"teacher.base_url={url}", "--set", f"data.limit={RECORDS}"]
+        return understudy("run", str(config), *overrides, "--out", str(folder), home=tmp_path)
+
     out = tmp_path / "run1"
-    first = understudy(
-        "run",
-        str(config),
-        "--set",
-        f"teacher.base_url={url}",
-        "--set",
-        f"data.limit={RECORDS}",
-        "--out",
-        str(out),
-        home=tmp_path,
-    )
+    first = run_into(out)
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip().splitlines()[-1] == str(out / "report.json")
     report = json.loads((out / "report.json").read_text())
@@ -102,17 +97,7 @@ def test_run_through_a_faulty_endpoint_then_rerun_for_free(tmp_path, fake_openai
     )
 
     calls = server.requests
-    second = understudy(
-        "run",
-        str(config),
-        "--set",
-        f"teacher.base_url={url}",
-        "--set",
-        f"data.limit={RECORDS}",
-        "--out",
-        str(tmp_path / "run2"),
-        home=tmp_path,
-    )
+    second = run_into(tmp_path / "run2")
     assert second.returncode == 0, second.stderr
     again = json.loads((tmp_path / "run2" / "report.json").read_text())
     assert server.requests == calls
