@@ -112,4 +112,6 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, fake_openai, writ
     final = start_label(config, tmp_path / "q")
     out, err = final.communicate(timeout=300)
     assert final.returncode == 0, err
-    assert sum(server.billed.values()) == 100 and max(server.billed.values()) == 1 and paid < 100
+    # as with a kill, only the answers in flight at the interrupt (at most `concurrency`) are paid again
+    twice = [key for key, n in server.billed.items() if n > 1]
+    assert len(server.billed) == 100 and len(twice) <= 4 and paid < 100
