@@ -6,17 +6,18 @@ four characters a token; answers already in the cache cost nothing.
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
 from typing import Any
 
 import labelers
-import storage
 from flows._config import Config
 from flows._ingest import read_records
-from flows._pipeline import build_teacher, task_of
+from flows._pipeline import build_teacher, open_cache
 
 
 def estimate(config: Config) -> dict[str, Any]:
-    table = read_records(config.data, config.task.labels)
+    table = read_records(config.data, config.task.labels, multi_label=config.task.multi_label)
     t = config.teacher
     assert t.model is not None
     if t.provider != "openai":
@@ -26,27 +27,25 @@ def estimate(config: Config) -> dict[str, Any]:
             "cost_usd": "0 (runs on this machine)",
         }
     count, method = labelers.token_counter(t.model)
-    task = task_of(config)
-    cache = (
-        storage.ResponseCache(f"{config.store}/cache.sqlite")
-        if storage.Store(config.store).root.exists()
-        else None
-    )
-    teacher: labelers.OpenAITeacher = (
-        build_teacher(config, None) if t.api_key_env is None else _keyless(config)
-    )
-    cached = inputs = 0
-    for text in table.column("text").to_pylist():
-        body = teacher.build_request(text)
-        if (
-            cache is not None
-            and cache.get({"base_url": teacher.base_url, "body": body}) is not None
-        ):
-            cached += 1
-            continue
-        inputs += labelers.count_message_tokens(body["messages"], t.model)
-    to_pay = table.num_rows - cached
-    outputs = to_pay * (max(count(label) for label in task.labels) + 1)
+    teacher = _keyless(config)
+    # a multi-label teacher asks one yes/no question per label: each is a request
+    asked: list[labelers.OpenAITeacher] = getattr(teacher, "teachers", [teacher])
+    texts = table.column("text").to_pylist()
+    cached = inputs = outputs = 0
+    has_cache = (Path(config.store) / "cache.sqlite").exists()  # estimating creates nothing
+    with contextlib.ExitStack() as stack:
+        cache = stack.enter_context(open_cache(config)) if has_cache else None
+        for question in asked:
+            answer_tokens = max(count(label) for label in question.task.labels) + 1
+            for text in texts:
+                body = question.build_request(text)
+                if cache is not None and cache.get(question.cache_key(body)) is not None:
+                    cached += 1
+                    continue
+                inputs += labelers.count_message_tokens(body["messages"], t.model)
+                outputs += answer_tokens
+    requests = len(texts) * len(asked)
+    to_pay = requests - cached
     price = t.known_price()
     cost = (
         "unknown (set teacher.price)"
@@ -54,8 +53,9 @@ def estimate(config: Config) -> dict[str, Any]:
         else round((inputs * price.input_per_1m + outputs * price.output_per_1m) / 1e6, 4)
     )
     return {
-        "teacher": f"openai {t.model} at {teacher.endpoint_host}",
+        "teacher": f"openai {t.model} at {asked[0].endpoint_host}",
         "records": table.num_rows,
+        "requests": requests,
         "already cached": cached,
         "to label": to_pay,
         "input tokens": inputs,
@@ -68,7 +68,7 @@ def estimate(config: Config) -> dict[str, Any]:
     }
 
 
-def _keyless(config: Config) -> labelers.OpenAITeacher:
+def _keyless(config: Config) -> Any:
     # estimating pays nothing, so it needs no key
     return build_teacher(
         config.model_copy(

@@ -273,6 +273,10 @@ class OpenAITeacher:
             body = self.follow_up(body, answer.raw or "")
         raise AssertionError("unreachable")
 
+    def cache_key(self, body: dict[str, Any]) -> dict[str, Any]:
+        """What the response cache files a request under: the endpoint and the full body."""
+        return {"base_url": self.base_url, "body": body}
+
     def follow_up(self, body: dict[str, Any], raw: str) -> dict[str, Any]:
         """The request that asks again after an answer that named no label."""
         reminder = "That is not one of the labels. Answer with exactly one of: " + ", ".join(
@@ -289,7 +293,7 @@ class OpenAITeacher:
         self, client: httpx.AsyncClient, body: dict[str, Any]
     ) -> tuple[dict[str, Any] | None, int, bool, str | None]:
         """(response, tries, from cache, failure reason): the cache first, then the endpoint."""
-        key = {"base_url": self.base_url, "body": body}
+        key = self.cache_key(body)
         cached = self.cache.get(key) if self.cache is not None else None
         if cached is not None:
             self.stats.cache_hits += 1

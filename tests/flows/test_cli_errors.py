@@ -169,3 +169,19 @@ def test_show_failures_and_diff(tmp_path):
     assert code == 0
     assert out.splitlines()[0] == "d@v1 -> d@v2: 1 added, 1 removed, 2 relabeled, 0 unchanged"
     assert "a\tpos -> neg" in out and "b\tNone -> pos" in out
+
+
+def test_estimate_counts_one_request_per_label_for_multi_label(write_config):
+    config = write_config(
+        {
+            **OPENAI,
+            "data.limit": 10,
+            "data.gold_field": None,
+            "task.multi_label": True,
+            "task.labels": ["card_arrival", "card_linking", "exchange_rate"],
+        }
+    )
+    code, err, out = run_cli("estimate", str(config))
+    assert code == 0, err
+    fields = dict(line.split(": ", 1) for line in (x.strip() for x in out.splitlines()))
+    assert (fields["records"], fields["requests"], fields["to label"]) == ("10", "30", "30")
