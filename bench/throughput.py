@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from labelers import ClassifyTask, OpenAITeacher, Price  # noqa: E402
-from storage import ResponseCache  # noqa: E402
+from stillroom.labelers import ClassifyTask, OpenAITeacher, Price  # noqa: E402
+from stillroom.storage import ResponseCache  # noqa: E402
 
 LABELS = ("negative", "positive")
 
@@ -72,7 +72,7 @@ def texts(n: int) -> list[tuple[str, str]]:
     ]
 
 
-def run_understudy(records: int, concurrency: int, latency: float, rpm: float | None) -> dict:
+def run_stillroom(records: int, concurrency: int, latency: float, rpm: float | None) -> dict:
     work = Path(tempfile.mkdtemp())
     process, url = start_server(latency, work / "stats.json")
     task = ClassifyTask(LABELS, "Classify the sentiment of the review.")
@@ -94,7 +94,7 @@ def run_understudy(records: int, concurrency: int, latency: float, rpm: float | 
     assert sum(a.ok for a in answers) == records
     ideal = min(concurrency / latency, rpm / 60 if rpm else float("inf"))
     return {
-        "tool": "understudy",
+        "tool": "stillroom",
         "records": records,
         "concurrency": concurrency,
         "rpm_cap": rpm,
@@ -169,9 +169,9 @@ def main() -> None:
     parser.add_argument("--peer", help="a python with distilabel installed")
     args = parser.parse_args()
     results = [
-        run_understudy(args.records, args.concurrency, args.latency, None),
+        run_stillroom(args.records, args.concurrency, args.latency, None),
         *(
-            [run_understudy(int(args.rpm * 1.25), args.concurrency, args.latency, args.rpm)]
+            [run_stillroom(int(args.rpm * 1.25), args.concurrency, args.latency, args.rpm)]
             if args.rpm
             else []
         ),

@@ -1,5 +1,5 @@
-"""`python -m flows` is the `understudy` command."""
+"""`python -m stillroom.flows` is the `stillroom` command."""
 
-from flows._cli import main
+from ._cli import main
 
 main()

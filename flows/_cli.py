@@ -1,4 +1,4 @@
-"""The `understudy` command line: run, label, train, evaluate, estimate, datasets.
+"""The `stillroom` command line: run, label, train, evaluate, estimate, datasets.
 
 Bad input becomes one line on stderr and exit code 2; `--debug` keeps the traceback.
 """
@@ -38,17 +38,17 @@ SetOpt = Annotated[
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    import labelers
-    import storage
-    from flows._config import ConfigError
-    from flows._ingest import InputError
-    from flows._pipeline import SetupError
+    from stillroom import labelers
+    from stillroom import storage
+    from ._config import ConfigError
+    from ._ingest import InputError
+    from ._pipeline import SetupError
 
     return (ConfigError, InputError, SetupError, labelers.LabelerError, storage.StoreError)
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"understudy: error: {message}", err=True)
+    typer.echo(f"stillroom: error: {message}", err=True)
     raise typer.Exit(2)
 
 
@@ -58,7 +58,7 @@ def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except KeyboardInterrupt:
         typer.echo(
-            "understudy: interrupted. Every answer received so far is in the cache: "
+            "stillroom: interrupted. Every answer received so far is in the cache: "
             "run the same command again to finish without paying for them twice.",
             err=True,
         )
@@ -70,8 +70,8 @@ def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _config(path: Path, overrides: list[str] | None, check_data: bool = True) -> Any:
-    from flows._config import load_config
-    from flows._pipeline import preflight
+    from ._config import load_config
+    from ._pipeline import preflight
 
     config = _guard(load_config, path, overrides or [])
     if check_data:
@@ -144,7 +144,7 @@ def run(
 ) -> None:
     """Ingest -> label -> commit -> train -> evaluate; prints the results and report.json's path."""
     cfg = _config(config, set_)
-    from flows._flow import distill
+    from ._flow import distill
 
     report_path = _guard(distill, cfg, str(out) if out else None)
     _print_results(Path(report_path))
@@ -154,7 +154,7 @@ def run(
 def label(config: ConfigArg, set_: SetOpt = None) -> None:
     """Ingest + label + commit; prints NAME@VERSION."""
     cfg = _config(config, set_)
-    from flows._flow import label_dataset
+    from ._flow import label_dataset
 
     ref, labeling = _guard(label_dataset, cfg)
     rep = labeling["report"]
@@ -175,7 +175,7 @@ def train(
 ) -> None:
     """Train the configured students on a labeled version; prints the run folder."""
     cfg = _config(config, set_, check_data=False)
-    from flows._flow import train as train_flow
+    from ._flow import train as train_flow
 
     typer.echo(str(_guard(train_flow, cfg, dataset, str(out) if out else None)))
 
@@ -189,8 +189,8 @@ def evaluate(
 ) -> None:
     """Measure trained students against the teacher (training them first when --run is not given)."""
     cfg = _config(config, set_, check_data=False)
-    from flows._flow import evaluate_run
-    from flows._flow import train as train_flow
+    from ._flow import evaluate_run
+    from ._flow import train as train_flow
 
     folder = run_dir or _guard(train_flow, cfg, dataset, None)
     _print_results(Path(_guard(evaluate_run, cfg, str(folder))))
@@ -200,7 +200,7 @@ def evaluate(
 def estimate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Records, tokens and cost the teacher would be paid for, before paying anything."""
     cfg = _config(config, set_, check_data=False)
-    from flows._estimate import estimate as do_estimate
+    from ._estimate import estimate as do_estimate
 
     result = _guard(do_estimate, cfg)
     for key, value in result.items():
@@ -209,11 +209,11 @@ def estimate(config: ConfigArg, set_: SetOpt = None) -> None:
 
 @app.command()
 def spend(
-    store: Annotated[str, typer.Option(help="the store folder")] = ".understudy",
+    store: Annotated[str, typer.Option(help="the store folder")] = ".stillroom",
     name: Annotated[str | None, typer.Option(help="only this config name")] = None,
 ) -> None:
     """The spend ledger: every paid teacher call, summed by config name and model."""
-    import storage
+    from stillroom import storage
 
     path = Path(store) / "cache.sqlite"
     if not path.exists():
@@ -233,10 +233,10 @@ def spend(
 
 @datasets_app.command("list")
 def datasets_list(
-    store: Annotated[str, typer.Option(help="the store folder")] = ".understudy",
+    store: Annotated[str, typer.Option(help="the store folder")] = ".stillroom",
 ) -> None:
     """Every dataset version in the store."""
-    import storage
+    from stillroom import storage
 
     rows = _guard(storage.Store(store).list)
     if not rows:
@@ -250,12 +250,12 @@ def datasets_list(
 @datasets_app.command("show")
 def datasets_show(
     spec: Annotated[str, typer.Argument(help="NAME[@VERSION]")],
-    store: Annotated[str, typer.Option(help="the store folder")] = ".understudy",
+    store: Annotated[str, typer.Option(help="the store folder")] = ".stillroom",
     failures: Annotated[int, typer.Option(help="also list up to N failed records")] = 0,
 ) -> None:
     """A version's manifest (failures by reason included); --failures N lists failed records with
     the teacher's raw answer."""
-    import storage
+    from stillroom import storage
 
     s = storage.Store(store)
     ref = _guard(s.resolve, spec)
@@ -275,10 +275,10 @@ def datasets_show(
 def datasets_diff(
     a: Annotated[str, typer.Argument(help="NAME@VERSION")],
     b: Annotated[str, typer.Argument(help="NAME@VERSION")],
-    store: Annotated[str, typer.Option(help="the store folder")] = ".understudy",
+    store: Annotated[str, typer.Option(help="the store folder")] = ".stillroom",
 ) -> None:
     """Records added, removed and relabeled between two versions."""
-    import storage
+    from stillroom import storage
 
     s = storage.Store(store)
     left, right = (_guard(s.load, _guard(s.resolve, spec)) for spec in (a, b))
@@ -300,10 +300,10 @@ def datasets_diff(
 @datasets_app.command("verify")
 def datasets_verify(
     spec: Annotated[str, typer.Argument(help="NAME[@VERSION]")],
-    store: Annotated[str, typer.Option(help="the store folder")] = ".understudy",
+    store: Annotated[str, typer.Option(help="the store folder")] = ".stillroom",
 ) -> None:
     """Re-hash a version's files against its manifest; exit 1 when anything was changed."""
-    import storage
+    from stillroom import storage
 
     s = storage.Store(store)
     result = _guard(s.verify, _guard(s.resolve, spec))

@@ -164,7 +164,7 @@ class EvaluateConfig(_Model):
 
 class Config(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
-    store: str = ".understudy"
+    store: str = ".stillroom"
     data: DataConfig
     task: TaskConfig
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)

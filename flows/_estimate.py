@@ -10,10 +10,10 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-import labelers
-from flows._config import Config
-from flows._ingest import read_records
-from flows._pipeline import build_teacher, open_cache
+from stillroom import labelers
+from ._config import Config
+from ._ingest import read_records
+from ._pipeline import build_teacher, open_cache
 
 
 def estimate(config: Config) -> dict[str, Any]:

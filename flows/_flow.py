@@ -14,11 +14,11 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-import labelers
-import storage
-from flows import _pipeline as p
-from flows._config import Config
-from flows._report import save_student, write_report
+from stillroom import labelers
+from stillroom import storage
+from . import _pipeline as p
+from ._config import Config
+from ._report import save_student, write_report
 
 
 @task(name="ingest", cache_policy=NO_CACHE, persist_result=False)
@@ -133,7 +133,7 @@ def label_dataset(config: Config) -> tuple[storage.DatasetRef, dict[str, Any]]:
         if getattr(teacher, "budget_exhausted", False):
             left = sum(a.error == "budget exhausted" for a in answers)
             print(
-                f"understudy: budget reached: ${cache.spent(config.name):.4f} of "
+                f"stillroom: budget reached: ${cache.spent(config.name):.4f} of "
                 f"${config.teacher.budget_usd} spent; {left} records left to label. "
                 "Raise teacher.budget_usd and re-run the same command to continue.",
                 file=sys.stderr,

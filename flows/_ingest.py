@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from flows._config import DataConfig
+from ._config import DataConfig
 
 SOURCE_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("gold", pa.string())])
 

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-import labelers
-import storage
-import students
-from flows._config import Config, DataConfig, LogRegStudent, StudentConfig
-from flows._ingest import read_records
+from stillroom import labelers
+from stillroom import storage
+from stillroom import students
+from ._config import Config, DataConfig, LogRegStudent, StudentConfig
+from ._ingest import read_records
 
 LABELED_SCHEMA = pa.schema(
     [
@@ -74,7 +74,7 @@ def budget_left(config: Config, cache: storage.ResponseCache) -> float | None:
         return None
     if t.known_price() is None:
         print(
-            "understudy: warning: teacher.price is unknown, so teacher.budget_usd is not enforced",
+            "stillroom: warning: teacher.price is unknown, so teacher.budget_usd is not enforced",
             file=sys.stderr,
         )
         return None

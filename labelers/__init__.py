@@ -3,13 +3,13 @@
 Any OpenAI-compatible endpoint, a local causal LM, or a zero-shot sentence embedder.
 """
 
-from labelers._local import TransformersTeacher, ZeroShotTeacher
-from labelers._multi import MultiLabelTeacher, binary_task
-from labelers._openai import LabelStats, OpenAITeacher, Price
-from labelers._parse import TokenStep, canonical, label_distribution, match_label
-from labelers._prompt import build_messages, prompt_hash, system_prompt
-from labelers._tokens import count_message_tokens, token_counter
-from labelers._types import Answer, ClassifyTask, LabelerError, ResponseCache, Usage
+from ._local import TransformersTeacher, ZeroShotTeacher
+from ._multi import MultiLabelTeacher, binary_task
+from ._openai import LabelStats, OpenAITeacher, Price
+from ._parse import TokenStep, canonical, label_distribution, match_label
+from ._prompt import build_messages, prompt_hash, system_prompt
+from ._tokens import count_message_tokens, token_counter
+from ._types import Answer, ClassifyTask, LabelerError, ResponseCache, Usage
 
 __all__ = [
     "Answer",

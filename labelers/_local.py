@@ -13,13 +13,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from labelers._openai import LabelStats
-from labelers._prompt import build_messages, prompt_hash
-from labelers._types import Answer, ClassifyTask, LabelerError, ResponseCache
+from ._openai import LabelStats
+from ._prompt import build_messages, prompt_hash
+from ._types import Answer, ClassifyTask, LabelerError, ResponseCache
 
 DEFAULT_CAUSAL = "smollm2"
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
-_INSTALL_HINT = "pip install 'understudy[local]' (torch==2.13.0 first)"
+_INSTALL_HINT = "pip install 'stillroom[local]' (torch==2.13.0 first)"
 
 
 def _softmax(scores: Sequence[float]) -> list[float]:

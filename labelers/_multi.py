@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from labelers._openai import LabelStats
-from labelers._types import Answer, ClassifyTask, LabelerError
+from ._openai import LabelStats
+from ._types import Answer, ClassifyTask, LabelerError
 
 YES_NO = ("no", "yes")
 

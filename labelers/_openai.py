@@ -20,11 +20,11 @@ from urllib.parse import urlparse
 
 import httpx
 
-from labelers._limits import RateLimiter, exhausted_for
-from labelers._parse import TokenStep, label_distribution, match_label
-from labelers._prompt import build_messages
-from labelers._tokens import count_message_tokens
-from labelers._types import Answer, ClassifyTask, LabelerError, ResponseCache, Usage
+from ._limits import RateLimiter, exhausted_for
+from ._parse import TokenStep, label_distribution, match_label
+from ._prompt import build_messages
+from ._tokens import count_message_tokens
+from ._types import Answer, ClassifyTask, LabelerError, ResponseCache, Usage
 
 _UNSUPPORTED = "response_format not supported"
 _JSON_LABEL = re.compile(r'"label"\s*:\s*"')

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-from labelers._types import ClassifyTask
+from ._types import ClassifyTask
 
 PROMPT_VERSION = "classify-v1"
 

@@ -1,5 +1,5 @@
 """Counting tokens before a call: tiktoken where it knows the model and has its encoding, else a
-stated heuristic (4 characters a token). Used for tpm limits, budgets and `understudy estimate`.
+stated heuristic (4 characters a token). Used for tpm limits, budgets and `stillroom estimate`.
 """
 
 from __future__ import annotations

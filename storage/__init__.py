@@ -3,9 +3,9 @@
 Everything is plain files in a store folder: Parquet, JSON manifests, dataset cards, SQLite.
 """
 
-from storage._cache import ResponseCache, canonical_json, request_key
-from storage._card import render_card
-from storage._store import DatasetRef, Licence, Store, StoreError, VerifyResult, sha256_file
+from ._cache import ResponseCache, canonical_json, request_key
+from ._card import render_card
+from ._store import DatasetRef, Licence, Store, StoreError, VerifyResult, sha256_file
 
 __all__ = [
     "DatasetRef",

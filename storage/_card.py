@@ -26,7 +26,7 @@ def render_card(manifest: dict[str, Any]) -> str:
         "license": str(licence.get("spdx", "NOASSERTION")).lower(),
         "size_categories": [_size_category(int(manifest.get("rows", 0)))],
         "task_categories": ["text-classification"],
-        "tags": ["understudy", "distillation"] + (["llm-labelled"] if teacher else []),
+        "tags": ["stillroom", "distillation"] + (["llm-labelled"] if teacher else []),
     }
     lines = [
         "---",

@@ -3,8 +3,8 @@
 Students follow the scikit-learn estimator contract (fit / predict_proba / classes_) plus save/load.
 """
 
-from students._logreg import TfidfLogReg, TfidfLogRegMultiLabel
-from students._metrics import (
+from ._logreg import TfidfLogReg, TfidfLogRegMultiLabel
+from ._metrics import (
     agreement,
     closeness,
     expected_calibration_error,

@@ -35,7 +35,7 @@ def chunks(label: str, leading_space: bool) -> list[str]:
 
 
 def labels_from_prompt(system: str) -> list[str]:
-    """The labels listed in an understudy system prompt; a prompt without any (another tool's)
+    """The labels listed in an stillroom system prompt; a prompt without any (another tool's)
     is answered as a sentiment question."""
     labels = [line[2:].split(": ", 1)[0] for line in system.splitlines() if line.startswith("- ")]
     return labels or ["negative", "positive"]

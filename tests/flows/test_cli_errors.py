@@ -7,15 +7,15 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from flows._cli import app
-from storage import Licence, Store
+from stillroom.flows._cli import app
+from stillroom.storage import Licence, Store
 from tests.conftest import SENTINEL_KEY
 
 OPENAI = {
     "teacher.provider": "openai",
     "teacher.model": "m",
     "teacher.base_url": "http://127.0.0.1:9/v1",
-    "teacher.api_key_env": "UNDERSTUDY_TEST_KEY",
+    "teacher.api_key_env": "STILLROOM_TEST_KEY",
 }
 
 
@@ -60,7 +60,7 @@ CASES = {
     ),
     "missing API key": (
         OPENAI,
-        "environment variable UNDERSTUDY_TEST_KEY (teacher.api_key_env) is not set",
+        "environment variable STILLROOM_TEST_KEY (teacher.api_key_env) is not set",
     ),
     "negative limit": ({"data.limit": -3}, "config key 'data.limit'"),
     "unknown provider": ({"teacher.provider": "magic"}, "config key 'teacher.provider'"),
@@ -101,7 +101,7 @@ def test_bad_files(tmp_path, write_config, seeded_store):
 def test_config_file_problems(tmp_path):
     assert run_cli("run", str(tmp_path / "none.yaml"))[:2] == (
         2,
-        f"understudy: error: config file not found: {tmp_path / 'none.yaml'}",
+        f"stillroom: error: config file not found: {tmp_path / 'none.yaml'}",
     )
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
@@ -118,7 +118,7 @@ def test_bad_set_override(write_config):
 
 def test_the_key_is_never_printed(write_config):
     config = write_config({**OPENAI, "teacher.base_url": "not-a-url"})
-    code, err, out = run_cli("run", str(config), env={"UNDERSTUDY_TEST_KEY": SENTINEL_KEY})
+    code, err, out = run_cli("run", str(config), env={"STILLROOM_TEST_KEY": SENTINEL_KEY})
     assert code == 2 and SENTINEL_KEY not in err + out
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from flows import ConfigError, load_config
+from stillroom.flows import ConfigError, load_config
 
 
 @pytest.mark.parametrize(
@@ -68,8 +68,8 @@ def test_defaults_per_provider(write_config, delete):
 
 
 def test_a_budget_with_an_unknown_price_is_not_enforced_and_says_so(write_config, tmp_path, capsys):
-    from flows._pipeline import budget_left
-    from storage import ResponseCache
+    from stillroom.flows._pipeline import budget_left
+    from stillroom.storage import ResponseCache
 
     config = load_config(
         write_config(

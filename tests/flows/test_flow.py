@@ -6,10 +6,10 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
-from flows import load_config
-from flows._cli import app
-from flows._flow import distill
-from storage import Store
+from stillroom.flows import load_config
+from stillroom.flows._cli import app
+from stillroom.flows._flow import distill
+from stillroom.storage import Store
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -72,12 +72,12 @@ def test_distill_then_train_and_evaluate_a_stored_version(write_config, tmp_path
 
 def test_budget_stops_cleanly_and_a_higher_budget_continues(write_config, fake_openai, monkeypatch):
     server, url = fake_openai()
-    monkeypatch.setenv("UNDERSTUDY_TEST_KEY", "sk-test")
+    monkeypatch.setenv("STILLROOM_TEST_KEY", "sk-test")
     changes = {
         "teacher.provider": "openai",
         "teacher.model": "fake",
         "teacher.base_url": url,
-        "teacher.api_key_env": "UNDERSTUDY_TEST_KEY",
+        "teacher.api_key_env": "STILLROOM_TEST_KEY",
         "teacher.price": {"input_per_1m": 50.0, "output_per_1m": 50.0},
         "teacher.budget_usd": 0.5,
         "data.limit": 120,
@@ -112,7 +112,7 @@ def test_multi_label_asks_one_yes_no_question_per_label(
     write_config, fake_openai, monkeypatch, tmp_path
 ):
     server, url = fake_openai()
-    monkeypatch.setenv("UNDERSTUDY_TEST_KEY", "sk-test")
+    monkeypatch.setenv("STILLROOM_TEST_KEY", "sk-test")
     labels = ["card_arrival", "card_linking", "exchange_rate"]
     config = load_config(
         write_config(
@@ -120,7 +120,7 @@ def test_multi_label_asks_one_yes_no_question_per_label(
                 "teacher.provider": "openai",
                 "teacher.model": "fake",
                 "teacher.base_url": url,
-                "teacher.api_key_env": "UNDERSTUDY_TEST_KEY",
+                "teacher.api_key_env": "STILLROOM_TEST_KEY",
                 "task.labels": labels,
                 "task.multi_label": True,
                 "data.gold_field": None,

@@ -1,4 +1,4 @@
-"""`understudy run` end to end, in a subprocess, against the local OpenAI-compatible server with
+"""`stillroom run` end to end, in a subprocess, against the local OpenAI-compatible server with
 about 10% injected faults; then the same command again, which must not pay for anything."""
 
 import json
@@ -24,15 +24,15 @@ FAULTS = {
 }
 
 
-def understudy(*args: str, home: Path) -> subprocess.CompletedProcess:
+def stillroom(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
-        "UNDERSTUDY_TEST_KEY": SENTINEL_KEY,
+        "STILLROOM_TEST_KEY": SENTINEL_KEY,
         "PREFECT_HOME": str(home / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     return subprocess.run(
-        [sys.executable, "-m", "flows", *args],
+        [sys.executable, "-m", "stillroom", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -48,7 +48,7 @@ def test_run_through_a_faulty_endpoint_then_rerun_for_free(tmp_path, fake_openai
         {
             "teacher.provider": "openai",
             "teacher.model": "fake-teacher",
-            "teacher.api_key_env": "UNDERSTUDY_TEST_KEY",
+            "teacher.api_key_env": "STILLROOM_TEST_KEY",
             "teacher.timeout_s": 1.0,
             "teacher.concurrency": 16,
             "teacher.max_retries": 8,
@@ -59,7 +59,7 @@ def test_run_through_a_faulty_endpoint_then_rerun_for_free(tmp_path, fake_openai
 
     def run_into(folder: Path) -> subprocess.CompletedProcess:
         overrides = ["--set", f"teacher.base_url={url}", "--set", f"data.limit={RECORDS}"]
-        return understudy("run", str(config), *overrides, "--out", str(folder), home=tmp_path)
+        return stillroom("run", str(config), *overrides, "--out", str(folder), home=tmp_path)
 
     out = tmp_path / "run1"
     first = run_into(out)
@@ -104,7 +104,7 @@ def test_run_through_a_faulty_endpoint_then_rerun_for_free(tmp_path, fake_openai
     assert again["labeling"]["teacher_calls"] == 0 and again["labeling"]["cache_hits"] == RECORDS
     assert again["dataset"] == report["dataset"]  # same content: the same immutable version
 
-    verify = understudy(
+    verify = stillroom(
         "datasets", "verify", f"{name}@{version}", "--store", str(store), home=tmp_path
     )
     assert verify.returncode == 0, verify.stderr

@@ -1,4 +1,4 @@
-"""Kill `understudy label` with SIGKILL at random points, run it again: the job finishes, no
+"""Kill `stillroom label` with SIGKILL at random points, run it again: the job finishes, no
 request is paid twice, and the dataset is the same as an uninterrupted run's."""
 
 import os
@@ -17,9 +17,9 @@ RECORDS = 200
 
 
 def start_label(config, home):
-    env = {**os.environ, "UNDERSTUDY_TEST_KEY": "sk-test", "PREFECT_HOME": str(home)}
+    env = {**os.environ, "STILLROOM_TEST_KEY": "sk-test", "PREFECT_HOME": str(home)}
     return subprocess.Popen(
-        [sys.executable, "-m", "flows", "label", str(config)],
+        [sys.executable, "-m", "stillroom", "label", str(config)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -39,7 +39,7 @@ def test_sigkill_at_random_points_then_resume(tmp_path, fake_openai, write_confi
     changes = {
         "teacher.provider": "openai",
         "teacher.model": "fake",
-        "teacher.api_key_env": "UNDERSTUDY_TEST_KEY",
+        "teacher.api_key_env": "STILLROOM_TEST_KEY",
         "teacher.concurrency": 8,
         "data.limit": RECORDS,
     }
@@ -92,7 +92,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, fake_openai, writ
             "teacher.provider": "openai",
             "teacher.model": "fake",
             "teacher.base_url": url,
-            "teacher.api_key_env": "UNDERSTUDY_TEST_KEY",
+            "teacher.api_key_env": "STILLROOM_TEST_KEY",
             "teacher.concurrency": 4,
             "data.limit": 100,
         }
@@ -105,7 +105,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, fake_openai, writ
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130
     assert (
-        err.strip().splitlines()[-1].startswith("understudy: interrupted.")
+        err.strip().splitlines()[-1].startswith("stillroom: interrupted.")
         and "run the same command" in err
     )
     paid = sum(server.billed.values())

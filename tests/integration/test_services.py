@@ -58,7 +58,7 @@ def postgres():
     pg = _pg_bin()
     if pg is None or os.geteuid() != 0 or shutil.which("runuser") is None:
         pytest.skip("needs Debian's PostgreSQL and root (to run it as the postgres user)")
-    folder = Path(tempfile.mkdtemp(prefix="understudy-pg-", dir="/tmp"))
+    folder = Path(tempfile.mkdtemp(prefix="stillroom-pg-", dir="/tmp"))
     shutil.chown(folder, "postgres")
     port = free_port()
     as_pg = ["runuser", "-u", "postgres", "--"]
@@ -158,7 +158,7 @@ def test_a_labeling_flow_runs_against_prefect_on_postgres(prefect_server, write_
         "PREFECT_HOME": str(tmp_path / "client"),
     }
     result = subprocess.run(
-        [sys.executable, "-m", "flows", "label", str(config)],
+        [sys.executable, "-m", "stillroom", "label", str(config)],
         cwd=ROOT,
         env=env,
         capture_output=True,

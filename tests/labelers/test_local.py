@@ -8,14 +8,14 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from labelers import (  # noqa: E402
+from stillroom.labelers import (  # noqa: E402
     ClassifyTask,
     LabelerError,
     TransformersTeacher,
     ZeroShotTeacher,
     build_messages,
 )
-from storage import ResponseCache  # noqa: E402
+from stillroom.storage import ResponseCache  # noqa: E402
 
 WORDS = [
     "system",

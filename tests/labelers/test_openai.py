@@ -3,8 +3,8 @@ import time
 import httpx
 import pytest
 
-from labelers import ClassifyTask, LabelerError, OpenAITeacher, Price
-from storage import ResponseCache
+from stillroom.labelers import ClassifyTask, LabelerError, OpenAITeacher, Price
+from stillroom.storage import ResponseCache
 from tests.conftest import SENTINEL_KEY
 from tests.openai_server import FakeOpenAI, FakeTeacher
 
@@ -217,7 +217,7 @@ def test_auto_falls_back_to_text_where_structured_outputs_are_refused():
 
 
 def test_multi_label_teacher_combines_yes_no_answers():
-    from labelers import MultiLabelTeacher, binary_task
+    from stillroom.labelers import MultiLabelTeacher, binary_task
 
     question = binary_task(TASK, "pin_blocked")
     assert question.labels == ("no", "yes") and '"pin_blocked"' in question.instructions

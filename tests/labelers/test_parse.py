@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from labelers import TokenStep, canonical, label_distribution, match_label
+from stillroom.labelers import TokenStep, canonical, label_distribution, match_label
 
 LABELS = ["card_arrival", "card_linking", "exchange_rate"]
 

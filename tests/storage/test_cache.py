@@ -2,7 +2,7 @@ import multiprocessing
 
 import pytest
 
-from storage import ResponseCache, request_key
+from stillroom.storage import ResponseCache, request_key
 
 
 def test_key_is_canonical():

@@ -4,7 +4,7 @@ import threading
 import pyarrow as pa
 import pytest
 
-from storage import DatasetRef, Licence, Store, StoreError
+from stillroom.storage import DatasetRef, Licence, Store, StoreError
 
 LICENCE = Licence("CC-BY-4.0", "Attribution 4.0 International", "https://example.org/data")
 

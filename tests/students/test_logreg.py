@@ -4,7 +4,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import cross_val_score
 
-from students import TfidfLogReg
+from stillroom.students import TfidfLogReg
 
 TEXTS = [
     "great film, loved it",
@@ -55,7 +55,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_multilabel_student_learns_each_label_on_its_own(tmp_path):
-    from students import TfidfLogRegMultiLabel
+    from stillroom.students import TfidfLogRegMultiLabel
 
     texts = ["card lost and pin blocked", "card lost", "pin blocked", "hello there"] * 5
     proba = np.array([[0.95, 0.9], [0.9, 0.05], [0.05, 0.9], [0.05, 0.05]] * 5)

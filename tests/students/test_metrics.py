@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from students import agreement, closeness, expected_calibration_error, kl_divergence
+from stillroom.students import agreement, closeness, expected_calibration_error, kl_divergence
 
 
 def test_kl_is_zero_for_equal_and_known_value_otherwise():
@@ -33,7 +33,7 @@ def test_closeness_uses_gold_only_where_known():
 
 
 def test_multilabel_closeness_values():
-    from students import multilabel_closeness
+    from stillroom.students import multilabel_closeness
 
     teacher = np.array([[0.9, 0.8], [0.9, 0.1], [0.2, 0.3]])
     student = np.array([[0.8, 0.4], [0.7, 0.2], [0.1, 0.6]])

@@ -1,0 +1,17 @@
+"""stillroom: distil a teacher LLM into small, cheap students, with versioned datasets and honest
+measurements. Installed as the `stillroom` package itself; the four parts live beside it.
+
+- `stillroom.labelers`: teacher clients (any OpenAI-compatible API, local models)
+- `stillroom.storage`: versioned datasets with licence and terms, the response cache
+- `stillroom.students`: students and the metrics that compare them with the teacher
+- `stillroom.flows`: the config, the Prefect flows and the `stillroom` command line
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("stillroom")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = ["__version__"]

@@ -1,0 +1,5 @@
+"""`python -m stillroom` is the `stillroom` command."""
+
+from stillroom.flows._cli import main
+
+main()
