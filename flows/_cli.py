@@ -1,172 +1,233 @@
-"""The `stillroom` command line: run, label, train, evaluate, estimate, datasets.
+"""The `stillroom` command line: run, label, train, evaluate, estimate, spend, datasets.
 
-Bad input becomes one line on stderr and exit code 2; `--debug` keeps the traceback.
+Every failure is one line on stderr: exit 2 for bad input (config, data, store), 1 for anything
+else, 130 for Ctrl-C; `--debug` (or STILLROOM_DEBUG=1) shows the traceback and Prefect's logs.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ParamSpec, TypeVar
 
+import click
 import typer
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# the CLI reports errors itself, in one line; --debug shows Prefect's logs and tracebacks
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from . import _engine
+from ._config import DEFAULT_STORE
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="Distil a teacher LLM into small, cheap students.",
 )
-datasets_app = typer.Typer(no_args_is_help=True, help="List, show and verify dataset versions.")
+datasets_app = typer.Typer(no_args_is_help=True, help="List, show, diff and verify dataset versions.")
 app.add_typer(datasets_app, name="datasets")
-
-_state = {"debug": False}
 
 ConfigArg = Annotated[Path, typer.Argument(help="the YAML config")]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="override a key: --set teacher.model=M")
 ]
+StoreOpt = Annotated[str, typer.Option(help="the store folder")]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from stillroom import labelers
-    from stillroom import storage
+class _Options:
+    debug = False
+
+
+def _debug() -> bool:
+    return _Options.debug or os.environ.get("STILLROOM_DEBUG", "") not in ("", "0")
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from stillroom import labelers, storage
+
     from ._config import ConfigError
     from ._ingest import InputError
-    from ._pipeline import SetupError
+    from ._teacher import SetupError
 
     return (ConfigError, InputError, SetupError, labelers.LabelerError, storage.StoreError)
 
 
-def _fail(message: str) -> None:
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _fail(message: str, code: int) -> typer.Exit:
     typer.echo(f"stillroom: error: {message}", err=True)
-    raise typer.Exit(2)
+    return typer.Exit(code)
 
 
-def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run fn; user errors become one line on stderr and exit 2."""
-    try:
-        return fn(*args, **kwargs)
-    except KeyboardInterrupt:
-        typer.echo(
-            "stillroom: interrupted. Every answer received so far is in the cache: "
-            "run the same command again to finish without paying for them twice.",
-            err=True,
-        )
-        raise typer.Exit(130) from None
-    except _user_errors() as exc:
-        if _state["debug"]:
+def handled(command: Callable[P, R]) -> Callable[P, R]:
+    """Run a command; whatever escapes it becomes one line on stderr and an exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, click.ClickException, click.exceptions.Abort):
             raise
-        _fail(str(exc))
+        except KeyboardInterrupt:
+            typer.echo(
+                "stillroom: interrupted. Every answer received so far is in the cache: "
+                "run the same command again to finish without paying for them twice.",
+                err=True,
+            )
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if _debug():
+                raise
+            if isinstance(exc, _user_errors()):
+                raise _fail(_one_line(exc), 2) from None
+            if isinstance(exc, _engine.EngineError):
+                raise _fail(_one_line(exc), 1) from None
+            raise _fail(
+                f"{type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)", 1
+            ) from None
+
+    return wrapper
 
 
-def _config(path: Path, overrides: list[str] | None, check_data: bool = True) -> Any:
-    from ._config import load_config
-    from ._pipeline import preflight
+class _OneLine(logging.Handler):
+    """The `stillroom` logger's warnings, as the CLI's own lines on stderr."""
 
-    config = _guard(load_config, path, overrides or [])
-    if check_data:
-        _guard(preflight, config)
-    return config
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(f"stillroom: {record.levelname.lower()}: {record.getMessage()}", err=True)
 
 
 @app.callback()
 def _main(
     debug: Annotated[
-        bool, typer.Option("--debug", help="show tracebacks and Prefect logs")
+        bool, typer.Option("--debug", help="show tracebacks and Prefect's logs")
     ] = False,
 ) -> None:
-    _state["debug"] = debug
-    if debug:
-        os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
+    _Options.debug = debug
+    _engine.configure(debug=_debug())
+    log = logging.getLogger("stillroom")
+    if not any(isinstance(h, _OneLine) for h in log.handlers):
+        handler = _OneLine(logging.WARNING)
+        log.addHandler(handler)
 
 
-def _print_results(report_path: Path) -> None:
+def _load(path: Path, overrides: list[str] | None) -> Any:
+    from ._config import load_config
+
+    return load_config(path, overrides or [])
+
+
+def _with_engine(prepare: Callable[[], None], flow: Callable[[], R]) -> tuple[R, dict[str, float]]:
+    """Start Prefect's server, run `prepare` (the teacher's model load) while it boots, then
+    `flow`; returns its result and the seconds each part took."""
+    engine = _engine.Engine.start()
+    start = time.perf_counter()
+    prepare()
+    timings = {"model_load": time.perf_counter() - start, "engine_start": engine.ready()}
+    with engine.connected():
+        return flow(), timings
+
+
+def _show_report(report_path: Path) -> None:
     from rich.console import Console
-    from rich.table import Table
+    from rich.markdown import Markdown
 
-    report = json.loads(report_path.read_text())
-    lab, console = report["labeling"], Console()
-    teacher_acc = report["teacher"]["accuracy_vs_gold"]
-    console.print(
-        f"[bold]{report['name']}[/]  dataset {report['dataset']['name']}@{report['dataset']['version']}"
-        f" ({report['dataset']['rows']} rows)\n"
-        f"labeling: {lab['labeled']} labeled, {lab['failed']} failed; {lab['teacher_calls']} teacher"
-        f" calls, {lab['cache_hits']} cache hits, {lab['retries']} retries\n"
-        f"teacher accuracy vs gold (held-out): "
-        + (f"{100 * teacher_acc:.1f}%" if teacher_acc is not None else "n/a")
-    )
-    table = Table("student", "agree", "acc/gold", "KL", "ECE", "train s", "ms/1k", "MB")
-    for s in report["students"]:
-        pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-        table.add_row(
-            s["kind"],
-            pct(s["agreement"]),
-            pct(s["accuracy_vs_gold"]),
-            f"{s['kl_teacher_student']:.3f}",
-            f"{s['ece']:.3f}",
-            f"{s['train_s']:.2f}",
-            f"{s['predict_ms_per_1k']:.1f}",
-            f"{s['size_bytes'] / 1e6:.2f}",
-        )
-    console.print(table)
-    for s in report["students"]:
-        if s.get("f1_micro_vs_teacher") is not None:
-            console.print(
-                f"{s['kind']}: F1 vs teacher micro {s['f1_micro_vs_teacher']:.3f}, "
-                f"macro {s['f1_macro_vs_teacher']:.3f} (multi-label; agree = same label set)"
-            )
-    if lab["teacher_calls"]:
-        per_1k = 1000 / lab["teacher_calls"]
-        console.print(
-            f"teacher: ${lab['cost_usd'] * per_1k:.4f}, {lab['wall_s'] * per_1k:.1f} s per 1k records"
-            " (students: $0, ms/1k above)"
-        )
-    else:
-        console.print("teacher: every answer came from the cache, nothing was paid in this run")
+    Console(soft_wrap=False).print(Markdown((report_path.parent / "report.md").read_text()))
     typer.echo(str(report_path))
 
 
+def _budget_note(cfg: Any, failures: dict[str, int]) -> None:
+    left = failures.get("budget exhausted", 0)
+    if not left:
+        return
+    from stillroom import storage
+
+    with storage.ResponseCache(Path(cfg.store) / "cache.sqlite") as cache:
+        spent = cache.spent(cfg.name)
+    typer.echo(
+        f"stillroom: budget reached: ${spent:.4f} of ${cfg.teacher.budget_usd} spent; {left} "
+        "records left to label. Raise teacher.budget_usd and re-run the same command to continue.",
+        err=True,
+    )
+
+
 @app.command()
+@handled
 def run(
     config: ConfigArg,
     set_: SetOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="run folder")] = None,
 ) -> None:
     """Ingest -> label -> commit -> train -> evaluate; prints the results and report.json's path."""
-    cfg = _config(config, set_)
-    from ._flow import distill
+    from ._teacher import preflight
 
-    report_path = _guard(distill, cfg, str(out) if out else None)
-    _print_results(Path(report_path))
+    started = time.perf_counter()
+    cfg = _load(config, set_)
+    teacher = preflight(cfg)
+
+    def flow() -> Path:
+        from ._flow import distill
+
+        return distill(cfg, str(out) if out else None)
+
+    report_path, timings = _with_engine(teacher.prepare, flow)
+    report = json.loads(report_path.read_text())
+    _budget_note(cfg, _failures(cfg, report))
+    _show_report(report_path)
+    parts = {**timings, **report.get("timings_s", {})}
+    typer.echo(
+        f"stillroom: {time.perf_counter() - started:.1f} s in all: Prefect server start "
+        f"{parts['engine_start']:.1f} s with the teacher's model load ({parts['model_load']:.1f} s) "
+        f"alongside, labeling {parts['labeling']:.1f} s, training {parts['training']:.1f} s, "
+        f"evaluation {parts['evaluation']:.1f} s",
+        err=True,
+    )
+
+
+def _failures(cfg: Any, report: dict[str, Any]) -> dict[str, int]:
+    from stillroom import storage
+
+    store = storage.Store(cfg.store)
+    ref = store.resolve(f"{report['dataset']['name']}@{report['dataset']['version']}")
+    return dict(store.manifest(ref).get("labeling", {}).get("failures", {}))
 
 
 @app.command()
+@handled
 def label(config: ConfigArg, set_: SetOpt = None) -> None:
     """Ingest + label + commit; prints NAME@VERSION."""
-    cfg = _config(config, set_)
-    from ._flow import label_dataset
+    from ._teacher import preflight
 
-    ref, labeling = _guard(label_dataset, cfg)
-    rep = labeling["report"]
+    cfg = _load(config, set_)
+    teacher = preflight(cfg)
+
+    def flow() -> Any:
+        from ._flow import label_dataset
+
+        return label_dataset(cfg)
+
+    (ref, summary), _ = _with_engine(teacher.prepare, flow)
+    _budget_note(cfg, summary.failures)
+    run = summary.run
     typer.echo(
-        f"{rep['labeled']} labeled, {rep['failed']} failed, {rep['teacher_calls']} teacher calls, "
-        f"{rep['cache_hits']} cache hits, ${rep['cost_usd']:.4f}",
+        f"{summary.labeled} labeled, {summary.failed} failed, {run.teacher_calls} teacher calls, "
+        f"{run.cache_hits} cache hits, ${run.cost_usd:.4f}",
         err=True,
     )
     typer.echo(str(ref))
 
 
 @app.command()
+@handled
 def train(
     config: ConfigArg,
     dataset: Annotated[str, typer.Option("--dataset", help="NAME[@VERSION]")],
@@ -174,13 +235,19 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", help="run folder")] = None,
 ) -> None:
     """Train the configured students on a labeled version; prints the run folder."""
-    cfg = _config(config, set_, check_data=False)
-    from ._flow import train as train_flow
+    cfg = _load(config, set_)
 
-    typer.echo(str(_guard(train_flow, cfg, dataset, str(out) if out else None)))
+    def flow() -> Path:
+        from ._flow import train as train_flow
+
+        return train_flow(cfg, dataset, str(out) if out else None)
+
+    folder, _ = _with_engine(lambda: None, flow)
+    typer.echo(str(folder))
 
 
 @app.command()
+@handled
 def evaluate(
     config: ConfigArg,
     dataset: Annotated[str, typer.Option("--dataset", help="NAME[@VERSION]")],
@@ -188,28 +255,33 @@ def evaluate(
     run_dir: Annotated[Path | None, typer.Option("--run", help="a folder made by `train`")] = None,
 ) -> None:
     """Measure trained students against the teacher (training them first when --run is not given)."""
-    cfg = _config(config, set_, check_data=False)
-    from ._flow import evaluate_run
-    from ._flow import train as train_flow
+    cfg = _load(config, set_)
 
-    folder = run_dir or _guard(train_flow, cfg, dataset, None)
-    _print_results(Path(_guard(evaluate_run, cfg, str(folder))))
+    def flow() -> Path:
+        from ._flow import evaluate_run
+        from ._flow import train as train_flow
+
+        folder = run_dir or train_flow(cfg, dataset, None)
+        return evaluate_run(cfg, str(folder))
+
+    report_path, _ = _with_engine(lambda: None, flow)
+    _show_report(report_path)
 
 
 @app.command()
+@handled
 def estimate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Records, tokens and cost the teacher would be paid for, before paying anything."""
-    cfg = _config(config, set_, check_data=False)
     from ._estimate import estimate as do_estimate
 
-    result = _guard(do_estimate, cfg)
-    for key, value in result.items():
+    for key, value in do_estimate(_load(config, set_)).items():
         typer.echo(f"{key:>22}: {value}")
 
 
 @app.command()
+@handled
 def spend(
-    store: Annotated[str, typer.Option(help="the store folder")] = ".stillroom",
+    store: StoreOpt = DEFAULT_STORE,
     name: Annotated[str | None, typer.Option(help="only this config name")] = None,
 ) -> None:
     """The spend ledger: every paid teacher call, summed by config name and model."""
@@ -232,13 +304,14 @@ def spend(
 
 
 @datasets_app.command("list")
+@handled
 def datasets_list(
-    store: Annotated[str, typer.Option(help="the store folder")] = ".stillroom",
+    store: StoreOpt = DEFAULT_STORE,
 ) -> None:
     """Every dataset version in the store."""
     from stillroom import storage
 
-    rows = _guard(storage.Store(store).list)
+    rows = storage.Store(store).list()
     if not rows:
         typer.echo(f"no datasets in {store}")
     for row in rows:
@@ -248,9 +321,10 @@ def datasets_list(
 
 
 @datasets_app.command("show")
+@handled
 def datasets_show(
     spec: Annotated[str, typer.Argument(help="NAME[@VERSION]")],
-    store: Annotated[str, typer.Option(help="the store folder")] = ".stillroom",
+    store: StoreOpt = DEFAULT_STORE,
     failures: Annotated[int, typer.Option(help="also list up to N failed records")] = 0,
 ) -> None:
     """A version's manifest (failures by reason included); --failures N lists failed records with
@@ -258,10 +332,10 @@ def datasets_show(
     from stillroom import storage
 
     s = storage.Store(store)
-    ref = _guard(s.resolve, spec)
-    typer.echo(json.dumps(_guard(s.manifest, ref), indent=2))
+    ref = s.resolve(spec)
+    typer.echo(json.dumps(s.manifest(ref), indent=2))
     if failures > 0:
-        table = _guard(s.load, ref)
+        table = s.load(ref)
         if "error" not in table.column_names:
             return
         failed = [r for r in table.select(["id", "error", "raw"]).to_pylist() if r["error"]]
@@ -272,16 +346,17 @@ def datasets_show(
 
 
 @datasets_app.command("diff")
+@handled
 def datasets_diff(
     a: Annotated[str, typer.Argument(help="NAME@VERSION")],
     b: Annotated[str, typer.Argument(help="NAME@VERSION")],
-    store: Annotated[str, typer.Option(help="the store folder")] = ".stillroom",
+    store: StoreOpt = DEFAULT_STORE,
 ) -> None:
     """Records added, removed and relabeled between two versions."""
     from stillroom import storage
 
     s = storage.Store(store)
-    left, right = (_guard(s.load, _guard(s.resolve, spec)) for spec in (a, b))
+    left, right = (s.load(s.resolve(spec)) for spec in (a, b))
     labels = [
         t.column("label").to_pylist() if "label" in t.column_names else [None] * t.num_rows
         for t in (left, right)
@@ -298,15 +373,16 @@ def datasets_diff(
 
 
 @datasets_app.command("verify")
+@handled
 def datasets_verify(
     spec: Annotated[str, typer.Argument(help="NAME[@VERSION]")],
-    store: Annotated[str, typer.Option(help="the store folder")] = ".stillroom",
+    store: StoreOpt = DEFAULT_STORE,
 ) -> None:
     """Re-hash a version's files against its manifest; exit 1 when anything was changed."""
     from stillroom import storage
 
     s = storage.Store(store)
-    result = _guard(s.verify, _guard(s.resolve, spec))
+    result = s.verify(s.resolve(spec))
     if result.ok:
         typer.echo(f"{result.ref}: ok")
         return

@@ -13,6 +13,12 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from stillroom import labelers
+
+
+_CLIENT = labelers.OpenAIOptions()
+DEFAULT_STORE = ".stillroom"
+
 
 class ConfigError(Exception):
     """The configuration file or an override is wrong."""
@@ -93,20 +99,22 @@ _DEFAULT_MODEL = {"transformers": "smollm2", "zero-shot": "all-minilm-l6-v2"}
 class TeacherConfig(_Model):
     provider: Literal["openai", "transformers", "zero-shot"] = "zero-shot"
     model: str | None = None
-    base_url: str = "https://api.openai.com/v1"
+    # the client's defaults come from labelers.OpenAIOptions: written once, there
+    base_url: str = _CLIENT.base_url
     api_key_env: str | None = "OPENAI_API_KEY"
-    concurrency: int = Field(default=32, ge=1, le=1024)
+    concurrency: int = Field(default=_CLIENT.concurrency, ge=1, le=1024)
     rpm: float | None = Field(default=None, gt=0)
     tpm: float | None = Field(default=None, gt=0)
     budget_usd: float | None = Field(default=None, ge=0)
-    answer_retries: int = Field(default=1, ge=0, le=10)
-    response_format: Literal["text", "json_schema", "auto"] = "text"
-    timeout_s: float = Field(default=60.0, gt=0)
-    max_retries: int = Field(default=6, ge=0, le=50)
+    answer_retries: int = Field(default=_CLIENT.answer_retries, ge=0, le=10)
+    response_format: labelers.ResponseFormat = _CLIENT.response_format
+    timeout_s: float = Field(default=_CLIENT.timeout_s, gt=0)
+    max_retries: int = Field(default=_CLIENT.max_retries, ge=0, le=50)
     price: PriceConfig | Literal["unknown"] | None = None
     terms: str | TermsConfig | None = None
+    # None: the provider's own default (0 for openai, the zero-shot teacher's softmax temperature)
     temperature: float | None = Field(default=None, ge=0)
-    top_logprobs: int = Field(default=20, ge=0, le=20)
+    top_logprobs: int = Field(default=_CLIENT.top_logprobs, ge=0, le=20)
     shard_size: int = Field(default=256, ge=1)
 
     @field_validator("base_url")
@@ -144,17 +152,30 @@ class TeacherConfig(_Model):
         return self.price if isinstance(self.price, PriceConfig) else None
 
     def resolved_terms(self) -> TermsConfig:
-        return TERMS_PROFILES[self.terms] if isinstance(self.terms, str) else self.terms  # type: ignore[return-value]
+        if isinstance(self.terms, TermsConfig):
+            return self.terms
+        return TERMS_PROFILES[self.terms or _DEFAULT_TERMS[self.provider]]
 
 
 class LogRegStudent(_Model):
+    """TF-IDF + logistic regression; unset parameters keep the student's own defaults."""
+
     kind: Literal["logreg"]
     soft: bool = True
-    C: float = Field(default=10.0, gt=0)
-    max_features: int = Field(default=50_000, ge=1)
+    C: float | None = Field(default=None, gt=0)
+    max_features: int | None = Field(default=None, ge=1)
+
+    def parameters(self) -> dict[str, Any]:
+        """The student's constructor arguments that the config sets."""
+        return self.model_dump(exclude={"kind", "soft"}, exclude_none=True)
 
 
 StudentConfig = LogRegStudent
+
+
+def student_config(raw: dict[str, Any]) -> StudentConfig:
+    """A student's config as recorded in a run folder's train.json."""
+    return LogRegStudent.model_validate(raw)
 
 
 class EvaluateConfig(_Model):
@@ -164,7 +185,7 @@ class EvaluateConfig(_Model):
 
 class Config(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
-    store: str = ".stillroom"
+    store: str = DEFAULT_STORE
     data: DataConfig
     task: TaskConfig
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)

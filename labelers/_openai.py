@@ -15,7 +15,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal, get_args
 from urllib.parse import urlparse
 
 import httpx
@@ -24,7 +24,17 @@ from ._limits import RateLimiter, exhausted_for
 from ._parse import TokenStep, label_distribution, match_label
 from ._prompt import build_messages
 from ._tokens import count_message_tokens
-from ._types import Answer, ClassifyTask, LabelerError, ResponseCache, Usage
+from ._types import (
+    Answer,
+    Budget,
+    ClassifyTask,
+    LabelerError,
+    LabelStats,
+    OnAnswer,
+    Price,
+    ResponseCache,
+    Usage,
+)
 
 _UNSUPPORTED = "response_format not supported"
 _JSON_LABEL = re.compile(r'"label"\s*:\s*"')
@@ -37,27 +47,24 @@ _FATAL_STATUS = {
 }
 
 
+ResponseFormat = Literal["text", "json_schema", "auto"]
+
+
 @dataclass(frozen=True)
-class Price:
-    """US dollars per million tokens."""
+class OpenAIOptions:
+    """The client's defaults, written once: `OpenAITeacher` and the config file both use them."""
 
-    input_per_1m: float = 0.0
-    output_per_1m: float = 0.0
+    base_url: str = "https://api.openai.com/v1"
+    concurrency: int = 32
+    answer_retries: int = 1
+    response_format: ResponseFormat = "text"
+    timeout_s: float = 60.0
+    max_retries: int = 6
+    temperature: float = 0.0
+    top_logprobs: int = 20
 
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
-        return (input_tokens * self.input_per_1m + output_tokens * self.output_per_1m) / 1e6
 
-
-@dataclass
-class LabelStats:
-    """What labeling cost: calls actually sent and paid, answers served from the cache, retries."""
-
-    teacher_calls: int = 0
-    cache_hits: int = 0
-    retries: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
+_D = OpenAIOptions()
 
 
 class _Transient(Exception):
@@ -79,8 +86,8 @@ class OpenAITeacher:
     concurrency : requests in flight at most.
     rpm : requests started per minute at most (evenly spaced), or None for no cap.
     tpm : tokens per minute at most (estimated before each call, corrected by the usage returned).
-    budget_usd : a hard cap on what this client may spend; a request whose estimated cost would
-        pass it is not sent and its record fails with ``budget exhausted``.
+    budget : a hard cap in dollars (or a `Budget` shared with other teachers); a request whose
+        worst-case cost would pass it is not sent and its record fails with ``budget exhausted``.
     response_format : ``text`` (the label as plain text), ``json_schema`` (a JSON object whose
         ``label`` is an enum of the labels, for endpoints with structured outputs) or ``auto``
         (json_schema, falling back to text for the rest of the run if the endpoint refuses it).
@@ -99,19 +106,19 @@ class OpenAITeacher:
         task: ClassifyTask,
         *,
         model: str,
-        base_url: str = "https://api.openai.com/v1",
+        base_url: str = _D.base_url,
         api_key: str | None = None,
-        concurrency: int = 32,
+        concurrency: int = _D.concurrency,
         rpm: float | None = None,
         tpm: float | None = None,
-        budget_usd: float | None = None,
-        answer_retries: int = 1,
-        response_format: str = "text",
-        timeout_s: float = 60.0,
-        max_retries: int = 6,
+        budget: Budget | float | None = None,
+        answer_retries: int = _D.answer_retries,
+        response_format: ResponseFormat = _D.response_format,
+        timeout_s: float = _D.timeout_s,
+        max_retries: int = _D.max_retries,
         price: Price | None = None,
-        temperature: float = 0.0,
-        top_logprobs: int = 20,
+        temperature: float = _D.temperature,
+        top_logprobs: int = _D.top_logprobs,
         cache: ResponseCache | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         backoff_s: float = 0.5,
@@ -131,11 +138,9 @@ class OpenAITeacher:
         self.rpm = rpm
         self.tpm = tpm
         self.limiter = RateLimiter(rpm, tpm)
-        self.budget_usd = budget_usd
-        self.budget_exhausted = False
-        self._reserved_usd = 0.0
+        self.budget = Budget(budget) if isinstance(budget, float | int) else budget
         self.answer_retries = answer_retries
-        if response_format not in ("text", "json_schema", "auto"):
+        if response_format not in get_args(ResponseFormat):
             raise LabelerError(
                 f"unknown response_format {response_format!r}: text, json_schema or auto"
             )
@@ -156,6 +161,13 @@ class OpenAITeacher:
     @property
     def endpoint_host(self) -> str:
         return urlparse(self.base_url).netloc
+
+    @property
+    def budget_exhausted(self) -> bool:
+        return self.budget is not None and self.budget.exhausted
+
+    def prepare(self) -> None:
+        """Nothing to load: the model runs behind the endpoint."""
 
     def describe(self) -> dict[str, Any]:
         """Provenance for manifests: never includes the key."""
@@ -199,7 +211,7 @@ class OpenAITeacher:
     def label(
         self,
         records: Sequence[tuple[str, str]],
-        on_answer: Callable[[Answer], None] | None = None,
+        on_answer: OnAnswer | None = None,
     ) -> list[Answer]:
         """Label (id, text) pairs; answers come back in the same order."""
         return _run_sync(self.alabel(records, on_answer))
@@ -207,7 +219,7 @@ class OpenAITeacher:
     async def alabel(
         self,
         records: Sequence[tuple[str, str]],
-        on_answer: Callable[[Answer], None] | None = None,
+        on_answer: OnAnswer | None = None,
     ) -> list[Answer]:
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         # httpcore's pool scans every connection for every queued request, so one pool of 64+
@@ -229,9 +241,9 @@ class OpenAITeacher:
 
         async def worker(client: httpx.AsyncClient) -> None:
             for i, (record_id, text) in todo:  # one event loop: the shared iterator is safe
-                answers[i] = await self._label_one(client, record_id, text)
+                answer = answers[i] = await self._label_one(client, record_id, text)
                 if on_answer is not None:
-                    on_answer(answers[i])  # type: ignore[arg-type]
+                    on_answer(answer)
 
         try:
             workers = min(self.concurrency, len(records))
@@ -263,11 +275,7 @@ class OpenAITeacher:
             if response is None:
                 return Answer(record_id, None, error=error, usage=spent, attempts=attempts)
             answer = self.parse_response(record_id, response, cached=cached)
-            spent = Usage(
-                spent.input_tokens + answer.usage.input_tokens,
-                spent.output_tokens + answer.usage.output_tokens,
-                spent.cost_usd + answer.usage.cost_usd,
-            )
+            spent += answer.usage
             if answer.ok or round_ == self.answer_retries:
                 return replace(answer, usage=spent, attempts=attempts)
             body = self.follow_up(body, answer.raw or "")
@@ -301,11 +309,8 @@ class OpenAITeacher:
         prompt_tokens = count_message_tokens(body["messages"], self.model)
         tokens = prompt_tokens + int(body.get("max_tokens") or 0)
         reserve = self.price.cost(prompt_tokens, int(body.get("max_tokens") or 0))
-        if self.budget_usd is not None:
-            if self.stats.cost_usd + self._reserved_usd + reserve > self.budget_usd:
-                self.budget_exhausted = True
-                return None, 0, False, "budget exhausted"
-            self._reserved_usd += reserve
+        if self.budget is not None and not self.budget.reserve(reserve):
+            return None, 0, False, "budget exhausted"
         try:
             attempt = 0
             while True:
@@ -326,20 +331,22 @@ class OpenAITeacher:
                     continue
                 break
         finally:
-            self._reserved_usd -= reserve if self.budget_usd is not None else 0.0
-        usage = response.get("usage") or {}
-        input_tokens = int(usage.get("prompt_tokens") or 0)
-        output_tokens = int(usage.get("completion_tokens") or 0)
-        self.limiter.settle(tokens, input_tokens + output_tokens if usage else tokens)
-        cost = self.price.cost(input_tokens, output_tokens)
-        self.stats.teacher_calls += 1
-        self.stats.input_tokens += input_tokens
-        self.stats.output_tokens += output_tokens
-        self.stats.cost_usd += cost
+            if self.budget is not None:
+                self.budget.settle(reserve, 0.0)
+        usage = self._usage(response)
+        reported = usage.input_tokens + usage.output_tokens if response.get("usage") else tokens
+        self.limiter.settle(tokens, reported)
+        if self.budget is not None:
+            self.budget.settle(0.0, usage.cost_usd)
+        self.stats.paid(usage)
         # stored before it is used: a crash after this line never pays for it again
         if self.cache is not None:
             self.cache.put(
-                key, response, input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost
+                key,
+                response,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cost_usd=usage.cost_usd,
             )
         return response, attempt, False, None
 
@@ -372,6 +379,11 @@ class OpenAITeacher:
             raise _Transient("malformed response") from None
         return data
 
+    def _usage(self, response: dict[str, Any]) -> Usage:
+        usage = response.get("usage") or {}
+        tokens = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        return self.price.usage(*tokens)
+
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, self.backoff_max_s * 4)
@@ -382,10 +394,7 @@ class OpenAITeacher:
         self, record_id: str, response: dict[str, Any], *, cached: bool = False
     ) -> Answer:
         """Label and distribution from a chat-completions response; never coerces an off-label answer."""
-        usage = response.get("usage") or {}
-        input_tokens = int(usage.get("prompt_tokens") or 0)
-        output_tokens = int(usage.get("completion_tokens") or 0)
-        spent = Usage(input_tokens, output_tokens, self.price.cost(input_tokens, output_tokens))
+        spent = self._usage(response)
         choice = response["choices"][0]
         raw = (choice.get("message") or {}).get("content") or ""
         steps = _token_steps(choice.get("logprobs"))

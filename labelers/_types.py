@@ -1,12 +1,17 @@
-"""Plain values that cross the labelers' boundary: a classification task and a teacher's answer.
-
-They are frozen dataclasses so flows can pass them around and tests can compare them.
-"""
+"""Plain values that cross the labelers' boundary (a task, an answer, what labeling cost) and the
+`Teacher` protocol every teacher follows, so a flow can drive any of them the same way."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol, runtime_checkable
+
+MULTI_LABEL_SEPARATOR = "|"
+"""How a multi-label answer joins the labels that apply (``"billing|refund"``)."""
+
+MULTI_LABEL_THRESHOLD = 0.5
+"""The probability from which a label of a multi-label task counts as applying."""
 
 
 class LabelerError(Exception):
@@ -19,11 +24,16 @@ class ClassifyTask:
 
     Parameters
     ----------
-    labels : the label set, in the order probability vectors follow.
-    instructions : one or two sentences saying what to classify and how.
-    descriptions : optional label -> description, shown to the teacher (and used by zero-shot).
-    examples : few-shot (text, label) pairs, shown as earlier turns of the conversation.
-    system : a system prompt placed before the instructions (e.g. a persona or policy).
+    labels : tuple of str
+        The label set, in the order probability vectors follow.
+    instructions : str, default="Classify the text."
+        One or two sentences saying what to classify and how.
+    descriptions : dict of str to str, default={}
+        Label -> description, shown to the teacher (and used by zero-shot).
+    examples : tuple of (text, label), default=()
+        Few-shot pairs, shown as earlier turns of the conversation.
+    system : str, default=""
+        A system prompt placed before the instructions (e.g. a persona or policy).
     """
 
     labels: tuple[str, ...]
@@ -48,10 +58,92 @@ class ClassifyTask:
 
 
 @dataclass(frozen=True)
+class Price:
+    """US dollars per million tokens."""
+
+    input_per_1m: float = 0.0
+    output_per_1m: float = 0.0
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input_per_1m + output_tokens * self.output_per_1m) / 1e6
+
+    def usage(self, input_tokens: int, output_tokens: int) -> Usage:
+        """The tokens and what they cost at this price."""
+        return Usage(input_tokens, output_tokens, self.cost(input_tokens, output_tokens))
+
+
+@dataclass(frozen=True)
 class Usage:
+    """Tokens one answer used and what they cost; usages add up (`a + b`)."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cost_usd + other.cost_usd,
+        )
+
+
+@dataclass
+class LabelStats:
+    """What labeling cost: calls actually sent and paid, answers served from the cache, retries.
+
+    Stats add up (`a + b`), e.g. over the per-label teachers of a multi-label task.
+    """
+
+    teacher_calls: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __add__(self, other: LabelStats) -> LabelStats:
+        return LabelStats(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        )
+
+    def paid(self, usage: Usage) -> None:
+        """Count one call that was sent and paid."""
+        self.teacher_calls += 1
+        self.input_tokens += usage.input_tokens
+        self.output_tokens += usage.output_tokens
+        self.cost_usd += usage.cost_usd
+
+
+class Budget:
+    """A hard cap on dollars, shared by every teacher that draws on it (the per-label teachers of
+    a multi-label task draw on one). A call reserves its worst-case cost before it is sent and
+    settles at what it really cost; a call that would pass the cap is not sent.
+
+    Parameters
+    ----------
+    limit_usd : float
+        What may be spent through this budget.
+    """
+
+    def __init__(self, limit_usd: float) -> None:
+        self.limit_usd = limit_usd
+        self.spent_usd = 0.0
+        self.exhausted = False
+        self._reserved_usd = 0.0
+
+    def reserve(self, usd: float) -> bool:
+        """Hold `usd` for a call; False (and `exhausted`) when that would pass the limit."""
+        if self.spent_usd + self._reserved_usd + usd > self.limit_usd:
+            self.exhausted = True
+            return False
+        self._reserved_usd += usd
+        return True
+
+    def settle(self, reserved_usd: float, spent_usd: float) -> None:
+        """Release a reservation and record what the call really cost (0 when it failed)."""
+        self._reserved_usd -= reserved_usd
+        self.spent_usd += spent_usd
 
 
 @dataclass(frozen=True)
@@ -77,6 +169,42 @@ class Answer:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+OnAnswer = Callable[[Answer], None]
+"""Called with each answer as soon as it is known (progress bars)."""
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    """What a flow may ask of any teacher: label records, say what it is, say what it cost.
+
+    `OpenAITeacher`, `TransformersTeacher`, `ZeroShotTeacher` and `MultiLabelTeacher` follow it.
+    """
+
+    task: ClassifyTask
+
+    @property
+    def stats(self) -> LabelStats:
+        """Calls, cache hits, retries, tokens and dollars since the teacher was made."""
+        ...
+
+    @property
+    def budget_exhausted(self) -> bool:
+        """True once a call was not sent because it would have passed the budget."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance for manifests: provider, model, endpoint host, parameters; never a key."""
+        ...
+
+    def prepare(self) -> None:
+        """Load what labeling needs (model weights) now rather than on the first record."""
+        ...
+
+    def label(self, records: Sequence[tuple[str, str]], on_answer: OnAnswer | None = None) -> list[Answer]:
+        """Label (id, text) pairs; answers come back in the same order."""
+        ...
 
 
 class ResponseCache(Protocol):

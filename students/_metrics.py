@@ -6,7 +6,7 @@ Plain functions over numpy arrays, so they serve any student and a notebook alik
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -84,12 +84,13 @@ def multilabel_closeness(
     teacher_proba: np.ndarray,
     student_proba: np.ndarray,
     classes: Sequence[str],
-    gold: Sequence[str | None] | None = None,
-    threshold: float = 0.5,
+    gold: Sequence[Collection[str] | None] | None = None,
+    *,
+    threshold: float,
 ) -> dict[str, float | None]:
     """For independent per-label probabilities: exact-set agreement, mean binary KL and ECE over
     every (record, label) cell, micro/macro F1 against the teacher's decisions, and exact-set
-    accuracy against gold label sets ('a|b') where gold exists."""
+    accuracy against gold label sets where gold exists. A label applies from `threshold` on."""
     p = np.clip(np.asarray(teacher_proba, dtype=float), 0.0, 1.0)
     q = np.clip(np.asarray(student_proba, dtype=float), _EPS, 1.0 - _EPS)
     teacher_sets, student_sets = p >= threshold, q >= threshold
@@ -104,8 +105,8 @@ def multilabel_closeness(
             index = {c: j for j, c in enumerate(classes)}
             truth = np.zeros((len(known), len(classes)), dtype=bool)
             for row, i in enumerate(known):
-                for part in filter(None, str(gold[i]).split("|")):
-                    truth[row, index[part]] = True
+                for label in gold[i] or ():
+                    truth[row, index[label]] = True
             accuracy = float(np.mean((student_sets[known] == truth).all(axis=1)))
     return {
         "agreement": float(np.mean((teacher_sets == student_sets).all(axis=1))),

@@ -67,8 +67,8 @@ def test_defaults_per_provider(write_config, delete):
     assert paid.teacher.resolved_terms().restrictions == ["no-competing-models"]
 
 
-def test_a_budget_with_an_unknown_price_is_not_enforced_and_says_so(write_config, tmp_path, capsys):
-    from stillroom.flows._pipeline import budget_left
+def test_a_budget_with_an_unknown_price_is_not_enforced_and_says_so(write_config, tmp_path, caplog):
+    from stillroom.flows._teacher import budget_left
     from stillroom.storage import ResponseCache
 
     config = load_config(
@@ -82,4 +82,4 @@ def test_a_budget_with_an_unknown_price_is_not_enforced_and_says_so(write_config
         )
     )
     assert budget_left(config, ResponseCache(tmp_path / "c.sqlite", tag=config.name)) is None
-    assert "teacher.budget_usd is not enforced" in capsys.readouterr().err
+    assert "teacher.budget_usd is not enforced" in caplog.text

@@ -114,7 +114,7 @@ def test_budget_stops_before_it_is_exceeded(tmp_path):
     price = Price(1000.0, 1000.0)  # about 0.1 USD a request here
     with server as url:
         t = teacher(
-            url, price=price, budget_usd=1.0, concurrency=4, cache=ResponseCache(tmp_path / "c")
+            url, price=price, budget=1.0, concurrency=4, cache=ResponseCache(tmp_path / "c")
         )
         answers = t.label(TEXTS)
     assert t.budget_exhausted and 0 < t.stats.teacher_calls < len(TEXTS)

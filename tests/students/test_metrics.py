@@ -37,7 +37,9 @@ def test_multilabel_closeness_values():
 
     teacher = np.array([[0.9, 0.8], [0.9, 0.1], [0.2, 0.3]])
     student = np.array([[0.8, 0.4], [0.7, 0.2], [0.1, 0.6]])
-    out = multilabel_closeness(teacher, student, ["a", "b"], gold=["a|b", "a", None])
+    out = multilabel_closeness(
+        teacher, student, ["a", "b"], gold=[{"a", "b"}, {"a"}, None], threshold=0.5
+    )
     assert out["agreement"] == pytest.approx(1 / 3)  # only the second record has the same set
     # teacher sets {a,b},{a},{}; student {a},{a},{b}: tp=2, fp=1, fn=1
     assert out["f1_micro_vs_teacher"] == pytest.approx(2 / 3)

@@ -1,0 +1,158 @@
+"""The labeling stage: ingest the records as a source version, label them in shards, and commit
+every answer (labeled, or failed with its reason and the raw text) as a labeled version."""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from stillroom import labelers, storage
+
+from ._config import Config
+from ._ingest import read_records
+from ._teacher import task_of
+
+LABELED_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("gold", pa.string()),
+        ("label", pa.string()),
+        ("probs", pa.list_(pa.float64())),
+        ("coverage", pa.float64()),
+        ("error", pa.string()),
+        ("raw", pa.string()),
+    ]
+)
+
+Record = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class LabelingSummary:
+    """What labeling gave and cost: the one summary behind the manifest and the report.
+
+    `run` is what this run sent and paid (nothing when every answer came from the cache, or
+    for a report on a stored version); `bought` is what the dataset's answers cost when they
+    were bought, whenever that was.
+    """
+
+    records: int
+    labeled: int
+    failures: dict[str, int] = field(default_factory=dict)
+    run: labelers.LabelStats = field(default_factory=labelers.LabelStats)
+    bought: labelers.Usage = labelers.Usage()
+    wall_s: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+    @classmethod
+    def of(
+        cls, answers: Sequence[labelers.Answer], run: labelers.LabelStats, wall_s: float
+    ) -> LabelingSummary:
+        return cls(
+            records=len(answers),
+            labeled=sum(a.ok for a in answers),
+            failures=dict(Counter(a.error for a in answers if a.error)),
+            run=run,
+            bought=functools.reduce(operator.add, (a.usage for a in answers), labelers.Usage()),
+            wall_s=wall_s,
+        )
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> LabelingSummary:
+        """A stored version's summary: nothing was called in this run."""
+        lab = manifest.get("labeling", {})
+        bought = labelers.Usage(
+            lab.get("input_tokens", 0), lab.get("output_tokens", 0), lab.get("cost_usd", 0.0)
+        )
+        return cls(manifest["rows"], lab.get("labeled", 0), lab.get("failures", {}), bought=bought)
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest's `labeling` section: what the dataset's answers are and cost."""
+        return {
+            "labeled": self.labeled,
+            "failed": self.failed,
+            "failures": self.failures,
+            "input_tokens": self.bought.input_tokens,
+            "output_tokens": self.bought.output_tokens,
+            "cost_usd": round(self.bought.cost_usd, 6),
+        }
+
+    def report(self) -> dict[str, Any]:
+        """report.json's `labeling` section: what this run did and paid."""
+        return {
+            "records": self.records,
+            "labeled": self.labeled,
+            "failed": self.failed,
+            **asdict(self.run),
+            "cost_usd": round(self.run.cost_usd, 6),
+            "wall_s": round(self.wall_s, 3),
+        }
+
+
+def ingest(config: Config, store: storage.Store) -> storage.DatasetRef:
+    """Read the records and commit them as the source dataset `NAME-source`."""
+    table = read_records(config.data, config.task.labels, multi_label=config.task.multi_label)
+    d = config.data
+    licence = storage.Licence(d.licence, d.licence_statement, d.source or d.path, d.citation)
+    return store.commit(
+        f"{config.name}-source",
+        table,
+        licence=licence,
+        metadata={"kind": "source", "data": config.data.model_dump()},
+    )
+
+
+def shards(table: pa.Table, size: int) -> list[list[Record]]:
+    pairs = list(zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True))
+    return [pairs[i : i + size] for i in range(0, len(pairs), size)]
+
+
+def commit_labels(
+    config: Config,
+    store: storage.Store,
+    source: storage.DatasetRef,
+    answers: Sequence[labelers.Answer],
+    teacher: labelers.Teacher,
+) -> storage.DatasetRef:
+    """The labeled dataset: every record, labeled or failed with its reason and raw answer."""
+    table = store.load(source)
+    by_id = {a.id: a for a in answers}
+    ordered = [by_id[i] for i in table.column("id").to_pylist()]
+    labeled = pa.table(
+        {
+            "id": table.column("id"),
+            "text": table.column("text"),
+            "gold": table.column("gold"),
+            "label": [a.label for a in ordered],
+            "probs": [list(a.probs) if a.probs is not None else None for a in ordered],
+            "coverage": [a.coverage for a in ordered],
+            "error": [a.error for a in ordered],
+            "raw": [a.raw for a in ordered],
+        },
+        schema=LABELED_SCHEMA,
+    )
+    task = task_of(config)
+    metadata = {
+        "kind": "labeled",
+        "task": {
+            "kind": "classify",
+            "labels": list(task.labels),
+            "instructions": task.instructions,
+            "multi_label": config.task.multi_label,
+        },
+        "teacher": {**teacher.describe(), "prompt_hash": labelers.prompt_hash(task)},
+        "terms": config.teacher.resolved_terms().model_dump(),
+        "labeling": LabelingSummary.of(ordered, teacher.stats, 0.0).manifest(),
+    }
+    licence = storage.Licence(**store.manifest(source)["licence"])
+    return store.commit(config.name, labeled, licence=licence, parent=source, metadata=metadata)

@@ -1,0 +1,119 @@
+"""The teacher stage: the task the config describes, the response cache, the budget left, and
+the teacher itself, built from the config with the API key read from the environment."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from stillroom import labelers, storage
+
+from ._config import Config, DataConfig
+from ._ingest import read_records
+
+log = logging.getLogger("stillroom")
+
+
+class SetupError(Exception):
+    """The run cannot start: a missing API key, an unusable teacher, too little data."""
+
+
+def task_of(config: Config) -> labelers.ClassifyTask:
+    t = config.task
+    examples: tuple[tuple[str, str], ...] = ()
+    if t.examples:
+        shots = read_records(
+            DataConfig(path=t.examples, id_field=None, gold_field="label"), t.labels
+        )
+        examples = tuple(
+            zip(shots.column("text").to_pylist(), shots.column("gold").to_pylist(), strict=True)
+        )
+    return labelers.ClassifyTask(
+        tuple(t.labels), t.instructions, dict(t.descriptions), examples, t.system_prompt
+    )
+
+
+def open_cache(config: Config) -> storage.ResponseCache:
+    return storage.ResponseCache(Path(config.store) / "cache.sqlite", tag=config.name)
+
+
+def budget_left(config: Config, cache: storage.ResponseCache) -> labelers.Budget | None:
+    """What `teacher.budget_usd` still allows, after everything this config's name has spent."""
+    t = config.teacher
+    if t.budget_usd is None:
+        return None
+    if t.known_price() is None:
+        log.warning("teacher.price is unknown, so teacher.budget_usd is not enforced")
+        return None
+    return labelers.Budget(max(0.0, t.budget_usd - cache.spent(config.name)))
+
+
+def build_teacher(
+    config: Config,
+    cache: labelers.ResponseCache | None = None,
+    budget: labelers.Budget | None = None,
+) -> labelers.Teacher:
+    """The configured teacher; the API key comes from the environment and goes nowhere else.
+    A multi-label task's per-label teachers share the cache and the budget."""
+    task = task_of(config)
+    if config.task.multi_label:
+        return labelers.MultiLabelTeacher(
+            task,
+            lambda question: _single_teacher(config, question, cache, budget),
+            threshold=labelers.MULTI_LABEL_THRESHOLD,
+        )
+    return _single_teacher(config, task, cache, budget)
+
+
+def _single_teacher(
+    config: Config,
+    task: labelers.ClassifyTask,
+    cache: labelers.ResponseCache | None,
+    budget: labelers.Budget | None,
+) -> labelers.Teacher:
+    t = config.teacher
+    assert t.model is not None  # the config fills in each provider's default model
+    if t.provider == "transformers":
+        return labelers.TransformersTeacher(task, model=t.model, cache=cache)
+    if t.provider == "zero-shot":
+        # an unset temperature keeps the teacher's own default
+        extra = {} if t.temperature is None else {"temperature": t.temperature}
+        return labelers.ZeroShotTeacher(task, model=t.model, cache=cache, **extra)
+    known = t.known_price()
+    return labelers.OpenAITeacher(
+        task,
+        model=t.model,
+        base_url=t.base_url,
+        api_key=_api_key(config),
+        concurrency=t.concurrency,
+        rpm=t.rpm,
+        tpm=t.tpm,
+        budget=budget,
+        answer_retries=t.answer_retries,
+        response_format=t.response_format,
+        timeout_s=t.timeout_s,
+        max_retries=t.max_retries,
+        price=labelers.Price(known.input_per_1m, known.output_per_1m) if known else None,
+        temperature=t.temperature if t.temperature is not None else labelers.OpenAIOptions.temperature,
+        top_logprobs=t.top_logprobs,
+        cache=cache,
+    )
+
+
+def _api_key(config: Config) -> str | None:
+    name = config.teacher.api_key_env
+    if not name:
+        return None
+    key = os.environ.get(name)
+    if not key:
+        raise SetupError(f"environment variable {name} (teacher.api_key_env) is not set")
+    return key
+
+
+def preflight(config: Config) -> labelers.Teacher:
+    """Fail fast on bad input, before Prefect starts or anything is written: the data file and its
+    columns, the API key variable, the teacher's URL, the store. Returns the teacher it built."""
+    storage.Store(config.store)
+    read_records(config.data, config.task.labels, multi_label=config.task.multi_label)
+    return build_teacher(config)
