@@ -27,7 +27,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Distil a teacher LLM into small, cheap students.",
 )
-datasets_app = typer.Typer(no_args_is_help=True, help="List, show, diff and verify dataset versions.")
+datasets_app = typer.Typer(
+    no_args_is_help=True, help="List, show, diff and verify dataset versions."
+)
 app.add_typer(datasets_app, name="datasets")
 
 ConfigArg = Annotated[Path, typer.Argument(help="the YAML config")]

@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from stillroom import labelers
 
-
 _CLIENT = labelers.OpenAIOptions()
 DEFAULT_STORE = ".stillroom"
 

@@ -87,7 +87,9 @@ class Engine:
         engine.url = f"http://127.0.0.1:{port}/api"
         from prefect.settings import get_current_settings
 
-        if get_current_settings().api.url:  # set in a Prefect profile, prefect.toml or a test harness
+        if (
+            get_current_settings().api.url
+        ):  # set in a Prefect profile, prefect.toml or a test harness
             engine.stop()
             engine.process, engine.url = None, None
         return engine
@@ -96,11 +98,15 @@ class Engine:
         """Wait for the server; the seconds from `start()` until it answered."""
         if self.process is None:
             return 0.0
-        limit = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", STARTUP_TIMEOUT_S))
+        limit = float(
+            os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", STARTUP_TIMEOUT_S)
+        )
         with httpx.Client(timeout=2.0) as client:
             while time.perf_counter() - self.started < limit:
                 if self.process.poll() is not None:
-                    raise EngineError(f"Prefect's server exited with code {self.process.returncode}: {self._stderr()}")
+                    raise EngineError(
+                        f"Prefect's server exited with code {self.process.returncode}: {self._stderr()}"
+                    )
                 try:
                     if client.get(f"{self.url}/health").status_code == 200:
                         self.ready_s = time.perf_counter() - self.started
@@ -136,7 +142,11 @@ class Engine:
                 self.process.wait()
 
     def _stderr(self) -> str:
-        err = self.process.stderr.read().decode(errors="replace") if self.process and self.process.stderr else ""
+        err = (
+            self.process.stderr.read().decode(errors="replace")
+            if self.process and self.process.stderr
+            else ""
+        )
         lines = [line for line in err.strip().splitlines() if line.strip()]
         return lines[-1] if lines else "no output"
 

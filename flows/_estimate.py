@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from stillroom import labelers
+
 from ._config import Config
 from ._ingest import read_records
 from ._teacher import build_teacher, open_cache

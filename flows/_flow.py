@@ -23,22 +23,20 @@ from ._labeling import LabelingSummary, Record
 from ._progress import Progress
 from ._report import save_student, write_report
 
-_PLAIN = {"cache_policy": NO_CACHE, "persist_result": False}
 
-
-@task(name="ingest", **_PLAIN)
+@task(name="ingest", cache_policy=NO_CACHE, persist_result=False)
 def ingest(config: Config, store: storage.Store) -> storage.DatasetRef:
     return _labeling.ingest(config, store)
 
 
-@task(name="label_shard", **_PLAIN)
+@task(name="label_shard", cache_policy=NO_CACHE, persist_result=False)
 def label_shard(
     teacher: labelers.Teacher, records: list[Record], on_answer: labelers.OnAnswer | None = None
 ) -> list[labelers.Answer]:
     return teacher.label(records, on_answer)
 
 
-@task(name="commit_version", **_PLAIN)
+@task(name="commit_version", cache_policy=NO_CACHE, persist_result=False)
 def commit_version(
     config: Config,
     store: storage.Store,
@@ -49,12 +47,12 @@ def commit_version(
     return _labeling.commit_labels(config, store, source, answers, teacher)
 
 
-@task(name="train_student", **_PLAIN)
+@task(name="train_student", cache_policy=NO_CACHE, persist_result=False)
 def train_student(spec: StudentConfig, split: _training.Split) -> tuple[students.Student, float]:
     return _training.train_student(spec, split)
 
 
-@task(name="evaluate", **_PLAIN)
+@task(name="evaluate", cache_policy=NO_CACHE, persist_result=False)
 def evaluate(
     spec: StudentConfig,
     student: students.Student,

@@ -48,7 +48,7 @@ def _read_table(path: Path) -> pa.Table:
     try:
         if path.is_dir():
             try:
-                import datasets  # type: ignore[import-not-found]
+                import datasets
             except ImportError:
                 raise InputError(
                     f"{path} is a folder: reading a datasets folder needs `pip install datasets`"
@@ -76,7 +76,7 @@ def _column(table: pa.Table, field: str, key: str, path: Path) -> list[Any]:
     if field not in table.column_names:
         columns = ", ".join(table.column_names)
         raise InputError(f"data.{key} {field!r} is not a column of {path} (columns: {columns})")
-    return table.column(field).to_pylist()
+    return list(table.column(field).to_pylist())
 
 
 def _optional_str(value: Any) -> str | None:

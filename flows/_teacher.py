@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from stillroom import labelers, storage
 
@@ -78,7 +79,7 @@ def _single_teacher(
         return labelers.TransformersTeacher(task, model=t.model, cache=cache)
     if t.provider == "zero-shot":
         # an unset temperature keeps the teacher's own default
-        extra = {} if t.temperature is None else {"temperature": t.temperature}
+        extra: dict[str, Any] = {} if t.temperature is None else {"temperature": t.temperature}
         return labelers.ZeroShotTeacher(task, model=t.model, cache=cache, **extra)
     known = t.known_price()
     return labelers.OpenAITeacher(
@@ -95,7 +96,9 @@ def _single_teacher(
         timeout_s=t.timeout_s,
         max_retries=t.max_retries,
         price=labelers.Price(known.input_per_1m, known.output_per_1m) if known else None,
-        temperature=t.temperature if t.temperature is not None else labelers.OpenAIOptions.temperature,
+        temperature=t.temperature
+        if t.temperature is not None
+        else labelers.OpenAIOptions.temperature,
         top_logprobs=t.top_logprobs,
         cache=cache,
     )

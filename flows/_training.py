@@ -121,9 +121,7 @@ def train_student(spec: StudentConfig, split: Split) -> tuple[students.Student, 
     return student, time.perf_counter() - start
 
 
-def student_columns(
-    student: students.Student, labels: list[str], texts: list[str]
-) -> np.ndarray:
+def student_columns(student: students.Student, labels: list[str], texts: list[str]) -> np.ndarray:
     """predict_proba with columns in the task's label order (hard-label students may lack some)."""
     raw = student.predict_proba(texts)
     out = np.zeros((len(texts), len(labels)))

@@ -239,8 +239,8 @@ def _load_causal(folder: str, gguf: str | None) -> tuple[Any, Any]:
 
     kwargs: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
     tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32", **kwargs).eval()
-    return model, tokenizer
+    model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype="float32", **kwargs)
+    return model.eval(), tokenizer
 
 
 def _resolve_causal(model: str) -> tuple[str, str | None]:

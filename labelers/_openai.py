@@ -13,9 +13,9 @@ import random
 import re
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 from urllib.parse import urlparse
 
 import httpx
@@ -47,6 +47,7 @@ _FATAL_STATUS = {
 }
 
 
+T = TypeVar("T")
 ResponseFormat = Literal["text", "json_schema", "auto"]
 
 
@@ -478,7 +479,7 @@ def _retry_after(headers: httpx.Headers) -> float | None:
         return None
 
 
-def _run_sync(coro: Any) -> Any:
+def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """asyncio.run, also from a thread that already has a running loop (notebooks)."""
     try:
         asyncio.get_running_loop()

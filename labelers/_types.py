@@ -202,7 +202,9 @@ class Teacher(Protocol):
         """Load what labeling needs (model weights) now rather than on the first record."""
         ...
 
-    def label(self, records: Sequence[tuple[str, str]], on_answer: OnAnswer | None = None) -> list[Answer]:
+    def label(
+        self, records: Sequence[tuple[str, str]], on_answer: OnAnswer | None = None
+    ) -> list[Answer]:
         """Label (id, text) pairs; answers come back in the same order."""
         ...
 

@@ -127,9 +127,10 @@ class Store:
 
     def manifest(self, ref: DatasetRef) -> dict[str, Any]:
         try:
-            return json.loads((self.path(ref) / "manifest.json").read_text())
+            manifest: dict[str, Any] = json.loads((self.path(ref) / "manifest.json").read_text())
         except (OSError, ValueError) as exc:
             raise StoreError(f"{ref}: unreadable manifest ({exc.__class__.__name__})") from None
+        return manifest
 
     def load(self, ref: DatasetRef) -> pa.Table:
         try:

@@ -12,8 +12,10 @@ from ._metrics import (
     multilabel_closeness,
     predict_ms_per_1k,
 )
+from ._types import Student
 
 __all__ = [
+    "Student",
     "TfidfLogReg",
     "TfidfLogRegMultiLabel",
     "agreement",

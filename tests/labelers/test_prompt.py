@@ -1,6 +1,12 @@
 import pytest
 
-from stillroom.labelers import ClassifyTask, LabelerError, OpenAITeacher, build_messages, prompt_hash
+from stillroom.labelers import (
+    ClassifyTask,
+    LabelerError,
+    OpenAITeacher,
+    build_messages,
+    prompt_hash,
+)
 
 
 def test_messages_carry_system_prompt_labels_descriptions_and_shots():
