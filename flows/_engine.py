@@ -35,9 +35,8 @@ def configure(debug: bool = False) -> None:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(STARTUP_TIMEOUT_S),
         # quiet on the terminal (the CLI reports in its own lines), every log kept on the server
+        # (Prefect's logging.yml has one console handler; its API handler is left at INFO)
         "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": console,
-        "PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL": console,
-        "PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL": console,
         "PREFECT_LOGGING_EXTRA_LOGGERS": "stillroom",
         # no model hub here: models come from local folders and packages
         "HF_HUB_OFFLINE": "1",

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from stillroom import labelers, storage, students
@@ -80,6 +80,13 @@ def label_dataset(config: Config) -> tuple[storage.DatasetRef, LabelingSummary]:
                 progress.shard_done()
         summary = LabelingSummary.of(answers, teacher.stats, time.perf_counter() - start)
         ref = commit_version(config, store, source, answers, teacher)
+    run = summary.run
+    get_run_logger().info(
+        f"{ref}: {summary.labeled} labeled, {summary.failed} failed "
+        f"({', '.join(f'{n} {why}' for why, n in summary.failures.items()) or 'no failures'}); "
+        f"{run.teacher_calls} teacher calls, {run.cache_hits} cache hits, {run.retries} retries, "
+        f"${run.cost_usd:.4f} in {summary.wall_s:.1f} s"
+    )
     return ref, summary
 
 
@@ -99,6 +106,10 @@ def train(config: Config, dataset: str, out: str | None = None) -> Path:
         student, train_s = train_student(spec, split)
         sub = folder / "students" / f"{i}-{spec.kind}"
         size = save_student(student, sub, spec.kind, str(ref), manifest)
+        get_run_logger().info(
+            f"student {i} ({spec.kind}) trained on {len(split.train_text)} records of {ref} "
+            f"in {train_s:.1f} s: {size / 1e6:.2f} MB"
+        )
         trained.append(
             {"folder": str(sub), "spec": spec.model_dump(), "train_s": train_s, "size_bytes": size}
         )
@@ -136,7 +147,12 @@ def evaluate_run(config: Config, folder: str, labeling: LabelingSummary | None =
             "evaluation": round(time.perf_counter() - start, 3),
         },
     }
-    return write_report(run, report, labeling.failures)
+    path = write_report(run, report, labeling.failures)
+    get_run_logger().info(
+        f"report: {path}; agreement with the teacher: "
+        + ", ".join(f"{r['kind']} {r['agreement']:.1%}" for r in results)
+    )
+    return path
 
 
 @flow(name="distill")

@@ -74,12 +74,13 @@ def test_sigkill_at_random_points_then_resume(tmp_path, fake_openai, write_confi
     assert out.strip() == "banking77@v1"
     # an answer is stored the moment it arrives, so the only requests paid twice are those
     # whose answer was on the wire (or not yet stored, on a busy machine) when the process died:
-    # sent in the last half second before a kill, at most `concurrency` per kill
+    # billed by the server within half a second of a kill (a request written just before the
+    # kill can be read by a busy server just after it), at most `concurrency` per kill
     twice = [key for key, n in server.billed.items() if n > 1]
     assert max(server.billed.values()) <= 2 and len(twice) <= 8 * len(kills)
     for key in twice:
         first_sent = server.billed_at[key][0]
-        assert any(kill - 0.5 <= first_sent <= kill for kill in kills), (key, first_sent, kills)
+        assert any(abs(first_sent - kill) <= 0.5 for kill in kills), (key, first_sent, kills)
     assert len(server.billed) == RECORDS
     assert dataset(tmp_path / "killed", "v1") == dataset(tmp_path / "clean", "v1")
 

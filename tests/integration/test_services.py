@@ -175,3 +175,25 @@ def test_a_labeling_flow_runs_against_prefect_on_postgres(prefect_server, write_
     assert (
         sum(t["name"].startswith("label_shard") for t in tasks) == 1
     )  # 200 records, shards of 256
+
+    # the terminal stays quiet, but the flow's logs are on the server for the UI
+    assert "Finished in state" not in result.stderr
+    logs = httpx.post(
+        f"{prefect_server}/logs/filter",
+        json={"logs": {"flow_run_id": {"any_": [runs[0]["id"]]}}, "limit": 200},
+        timeout=10,
+    ).json()
+    messages = [log["message"] for log in logs]
+    assert any(m.startswith("banking77@v1: 200 labeled, 0 failed") for m in messages), messages
+    assert any("Finished in state Completed" in m for m in messages), messages
+
+    # Prefect's own CLI, from the project's environment, lists the run (no 422s from fastapi)
+    listed = subprocess.run(
+        [sys.executable, "-m", "prefect", "flow-run", "ls"],
+        env={**env, "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert runs[0]["name"] in listed.stdout and "COMPLETED" in listed.stdout
