@@ -30,7 +30,14 @@ $(LINKED): $(DEPS) $(SOURCES)
 	$(PY) -c "import stillroom.flows"
 	touch $(LINKED)
 
+# Prefect's database, created and migrated once here rather than on the first run (unless a
+# Prefect server is configured, or the database is already there)
+PREFECT_DB := $(or $(PREFECT_HOME),$(HOME)/.prefect)/prefect.db
+
 install: $(LINKED)
+	@[ -n "$$PREFECT_API_URL" ] || [ -f "$(PREFECT_DB)" ] || { \
+		echo "preparing Prefect's database in $(dir $(PREFECT_DB))"; \
+		$(VENV)/bin/prefect server database upgrade -y >/dev/null; }
 
 demo: install
 	$(VENV)/bin/stillroom run examples/banking77.yaml

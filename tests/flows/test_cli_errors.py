@@ -185,3 +185,70 @@ def test_estimate_counts_one_request_per_label_for_multi_label(write_config):
     assert code == 0, err
     fields = dict(line.split(": ", 1) for line in (x.strip() for x in out.splitlines()))
     assert (fields["records"], fields["requests"], fields["to label"]) == ("10", "30", "30")
+
+
+def test_an_unexpected_failure_is_one_line_and_debug_shows_the_traceback(write_config, monkeypatch):
+    from stillroom.flows import _teacher
+
+    def broken(config):
+        raise RuntimeError("disk on fire\nsecond line of detail")
+
+    monkeypatch.setattr(_teacher, "preflight", broken)
+    config = str(write_config())
+    code, err, _ = run_cli("run", config)
+    assert code == 1
+    assert err == (
+        "stillroom: error: RuntimeError: disk on fire (run with --debug for the traceback)"
+    )
+    for args, env in (
+        ((["--debug", "run", config]), None),
+        (["run", config], {"STILLROOM_DEBUG": "1"}),
+    ):
+        result = CliRunner().invoke(app, args, env=env or {})
+        assert isinstance(result.exception, RuntimeError) and result.exit_code == 1
+
+
+def test_a_teacher_that_rejects_the_key_mid_run_is_one_line_without_traceback(
+    write_config, tmp_path
+):
+    import os
+    import subprocess
+    import sys
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.conftest import ROOT
+
+    class Rejecting(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(401)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Rejecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    config = write_config({**OPENAI, "teacher.base_url": url, "data.limit": 20})
+    env = {**os.environ, "STILLROOM_TEST_KEY": SENTINEL_KEY, "PREFECT_HOME": str(tmp_path / "p")}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "stillroom", "label", str(config)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        server.shutdown()
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"stillroom: error: teacher endpoint 127.0.0.1:{server.server_address[1]} "
+        "rejected the API key (HTTP 401)"
+    ]
+    assert SENTINEL_KEY not in result.stderr + result.stdout

@@ -1,0 +1,64 @@
+"""One distribution, one namespace: `stillroom` installs its four parts as `stillroom.*` (no
+top-level `flows` or `storage` in site-packages), the leaves never import each other, and
+importing the CLI changes nothing in the process."""
+
+import ast
+import json
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+LEAVES = ("labelers", "storage", "students")
+
+
+def python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_namespace_is_installed_and_the_old_top_level_names_are_not(tmp_path):
+    done = python("import stillroom; print(stillroom.__version__)", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == version("stillroom")
+    for name in (*LEAVES, "flows"):
+        done = python(f"import {name}", tmp_path)  # outside the repository: only what pip put
+        assert "ModuleNotFoundError" in done.stderr, name
+        done = python(f"import stillroom.{name}", tmp_path)
+        assert done.returncode == 0, done.stderr
+
+
+def test_the_command_is_installed(tmp_path):
+    script = Path(sys.executable).parent / "stillroom"
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Distil a teacher LLM" in done.stdout
+
+
+@pytest.mark.parametrize("leaf", LEAVES)
+def test_leaves_import_neither_each_other_nor_flows(leaf):
+    others = {f"stillroom.{name}" for name in (*LEAVES, "flows") if name != leaf}
+    for path in (ROOT / leaf).glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                assert not any(name == o or name.startswith(o + ".") for o in others), (path, name)
+                assert name.split(".")[0] not in (*LEAVES, "flows"), (path, name)
+
+
+def test_importing_the_cli_has_no_side_effects(tmp_path):
+    code = (
+        "import json, os; before = dict(os.environ); import stillroom.flows._cli; "
+        "print(json.dumps(sorted(set(os.environ.items()) ^ set(before.items()))))"
+    )
+    done = python(code, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
