@@ -13,13 +13,19 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import click
 import typer
 
 from . import _engine
 from ._config import DEFAULT_STORE
+
+if TYPE_CHECKING:
+    from stillroom.storage import DatasetRef
+
+    from ._config import Config
+    from ._labeling import LabelingSummary
 
 app = typer.Typer(
     add_completion=False,
@@ -122,7 +128,7 @@ def _main(
         log.addHandler(handler)
 
 
-def _load(path: Path, overrides: list[str] | None) -> Any:
+def _load(path: Path, overrides: list[str] | None) -> Config:
     from ._config import load_config
 
     return load_config(path, overrides or [])
@@ -147,7 +153,7 @@ def _show_report(report_path: Path) -> None:
     typer.echo(str(report_path))
 
 
-def _budget_note(cfg: Any, failures: dict[str, int]) -> None:
+def _budget_note(cfg: Config, failures: dict[str, int]) -> None:
     left = failures.get("budget exhausted", 0)
     if not left:
         return
@@ -195,7 +201,7 @@ def run(
     )
 
 
-def _failures(cfg: Any, report: dict[str, Any]) -> dict[str, int]:
+def _failures(cfg: Config, report: dict[str, Any]) -> dict[str, int]:
     from stillroom import storage
 
     store = storage.Store(cfg.store)
@@ -212,7 +218,7 @@ def label(config: ConfigArg, set_: SetOpt = None) -> None:
     cfg = _load(config, set_)
     teacher = preflight(cfg)
 
-    def flow() -> Any:
+    def flow() -> tuple[DatasetRef, LabelingSummary]:
         from ._flow import label_dataset
 
         return label_dataset(cfg)

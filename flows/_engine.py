@@ -72,6 +72,11 @@ class Engine:
         engine = cls()
         if os.environ.get("PREFECT_API_URL"):
             return engine  # the user's server
+        if _may_name_a_server():
+            from prefect.settings import get_current_settings
+
+            if get_current_settings().api.url:  # a profile, prefect.toml, .env or a test harness
+                return engine
         port = _free_port()
         engine.process = subprocess.Popen(
             _server_command(port),
@@ -80,17 +85,10 @@ class Engine:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        # registered before Prefect is imported, so it runs after Prefect's own exit handlers
-        # have sent their last logs and events to this server
+        # registered before Prefect's own exit handlers, so it runs after they have sent their
+        # last logs and events to this server
         atexit.register(engine.stop)
         engine.url = f"http://127.0.0.1:{port}/api"
-        from prefect.settings import get_current_settings
-
-        if (
-            get_current_settings().api.url
-        ):  # set in a Prefect profile, prefect.toml or a test harness
-            engine.stop()
-            engine.process, engine.url = None, None
         return engine
 
     def ready(self) -> float:
@@ -158,6 +156,29 @@ _SERVER_ENV = {
     "PREFECT__SERVER_FINAL": "1",
     "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
 }
+
+
+def _may_name_a_server() -> bool:
+    """Whether Prefect's settings could name an API URL outside the environment: then Prefect
+    itself is asked (importing it takes a second or two, so it is not asked otherwise). Prefect
+    already imported means a caller (a test harness, a notebook) may have set it in code."""
+    if "prefect" in sys.modules:
+        return True
+    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
+    places = [
+        Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")),
+        Path("prefect.toml"),
+        Path(".env"),
+        Path("pyproject.toml"),
+    ]
+    for place in places:
+        try:
+            text = place.read_text(errors="replace")
+        except OSError:
+            continue
+        if "PREFECT_API_URL" in text or "[api]" in text or "api.url" in text:
+            return True
+    return False
 
 
 def _server_command(port: int) -> list[str]:

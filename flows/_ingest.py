@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from stillroom.labelers import MULTI_LABEL_SEPARATOR
+
 from ._config import DataConfig
 
 SOURCE_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("gold", pa.string())])
@@ -120,7 +122,7 @@ def read_records(
     if labels is not None:
         given = {g for g in gold if g is not None}
         if multi_label:
-            given = {part for g in given for part in g.split("|") if part}
+            given = {part for g in given for part in g.split(MULTI_LABEL_SEPARATOR) if part}
         unknown = sorted(given.difference(labels))
         if unknown:
             raise InputError(
