@@ -6,7 +6,10 @@ The baseline, measured in the same run: a bare Prefect flow (`@flow` returning 1
 own ephemeral mode, i.e. what any CLI pays before doing anything when it lets Prefect start
 its temporary server.
 
-python bench/startup.py [--records 200] [--repeats 3]
+With `--before DIR` (a checkout of an earlier commit, e.g. `git worktree add /tmp/before
+07f9361`), the same `run` of that version, `python -m flows run` in DIR, is timed too.
+
+python bench/startup.py [--records 200] [--repeats 3] [--before DIR]
 """
 
 from __future__ import annotations
@@ -100,9 +103,10 @@ def running_server(home: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def row(name: str, t: dict[str, float], baseline: float) -> str:
+    rest = t["wall"] - t["engine"] - t["labeling"] - t["training"] - t["evaluation"]
     return (
         f"| {name} | {t['wall']:.1f} | {t['engine']:.1f} | {t['model']:.1f} | {t['labeling']:.1f} | "
-        f"{t['training']:.1f} | {t['evaluation']:.1f} | {t['wall'] / baseline:.2f}x |"
+        f"{t['training']:.1f} | {t['evaluation']:.1f} | {rest:.1f} | {t['wall'] / baseline:.2f}x |"
     )
 
 
@@ -110,6 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--before", type=Path, help="a checkout of an earlier version")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="stillroom-bench-"))
     try:
@@ -122,9 +127,9 @@ def main() -> None:
 
         print(
             "| `stillroom run`, 200 records | wall s | Prefect server start | model load (alongside) "
-            "| labeling | training | evaluation | wall / baseline |"
+            "| labeling | training | evaluation | the rest | wall / baseline |"
         )
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         cold = stillroom_run(env_with(work / "prefect-cold"), work / "store-cold", args.records)
         print(row("first run: empty PREFECT_HOME", cold, baseline))
         runs = [
@@ -138,6 +143,30 @@ def main() -> None:
                 baseline,
             )
         )
+        if args.before:
+            walls = []
+            for i in range(args.repeats):
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "flows",
+                    "run",
+                    "examples/banking77.yaml",
+                    "--set",
+                    f"data.limit={args.records}",
+                    "--set",
+                    f"store={work / f'before-{i}'}",
+                ]
+                start = time.perf_counter()
+                done = subprocess.run(
+                    cmd, cwd=args.before, env=env_with(warm), capture_output=True, timeout=900
+                )
+                assert done.returncode == 0, done.stderr[-2000:]
+                walls.append(time.perf_counter() - start)
+            print(
+                f"| before ({args.before}), warm PREFECT_HOME (best of {args.repeats}) | {min(walls):.1f} "
+                f"| – | – | – | – | – | – | {min(walls) / baseline:.2f}x |"
+            )
         server, url = running_server(work / "prefect-server")
         try:
             env = env_with(work / "prefect-client", PREFECT_API_URL=url)

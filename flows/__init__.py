@@ -1,11 +1,33 @@
 """Prefect flows, the config and the CLI: the only package that wires labelers, storage and students.
 
-`distill` runs the whole loop; `stillroom` is its command line.
+`distill` runs the whole loop; `stillroom` is its command line. From Python, call
+`configure_prefect()` first to get the CLI's Prefect settings (a start-up allowance for a cold
+first start, a quiet terminal) without overriding any you have set::
+
+    from stillroom.flows import configure_prefect, distill, load_config
+
+    configure_prefect()
+    report_path = distill(load_config("examples/banking77.yaml"))
 """
 
-from ._config import Config, ConfigError, load_config
+from typing import TYPE_CHECKING
 
-__all__ = ["Config", "ConfigError", "distill", "label_dataset", "load_config"]
+from ._config import Config, ConfigError, load_config
+from ._engine import configure as configure_prefect
+
+if TYPE_CHECKING:
+    from ._flow import distill, evaluate_run, label_dataset, train
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "configure_prefect",
+    "distill",
+    "evaluate_run",
+    "label_dataset",
+    "load_config",
+    "train",
+]
 
 
 def __getattr__(name: str) -> object:
