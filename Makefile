@@ -1,4 +1,5 @@
 # stillroom: the two commands a newcomer needs, `make demo` and `make test`, from a clean clone.
+PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 DEPS    := $(VENV)/.deps
@@ -12,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 # the virtualenv and every dependency; redone when pyproject.toml changes
 $(DEPS): pyproject.toml
-	python3 -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "setuptools>=68"
 	# the CPU build of torch first, so nothing pulls a CUDA build
 	$(PY) -m pip install -q torch==2.13.0

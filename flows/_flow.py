@@ -66,6 +66,34 @@ def evaluate(
 @flow(name="label")
 def label_dataset(config: Config) -> tuple[storage.DatasetRef, LabelingSummary]:
     """Ingest and label; returns the labeled version and what labeling did and cost."""
+    return _label(config)
+
+
+@flow(name="train")
+def train(config: Config, dataset: str, out: str | None = None) -> Path:
+    """Train every configured student on a labeled version; returns the run folder."""
+    return _train(config, dataset, out)
+
+
+@flow(name="evaluate")
+def evaluate_run(config: Config, folder: str, labeling: LabelingSummary | None = None) -> Path:
+    """Measure the students in a run folder against the teacher; writes report.json and report.md."""
+    return _evaluate(config, folder, labeling)
+
+
+@flow(name="distill")
+def distill(config: Config, out: str | None = None) -> Path:
+    """The whole loop, one flow of tasks; returns the path of report.json."""
+    ref, labeling = _label(config)
+    folder = _train(config, str(ref), out)
+    return _evaluate(config, str(folder), labeling)
+
+
+# The stages' bodies: each flow above runs one, `distill` all three (as one flow run, not three
+# subflows: every flow run costs Prefect a second or so of bookkeeping).
+
+
+def _label(config: Config) -> tuple[storage.DatasetRef, LabelingSummary]:
     store = storage.Store(config.store)
     _teacher.build_teacher(config)  # a missing key or bad URL fails before anything is written
     source = ingest(config, store)
@@ -96,9 +124,7 @@ def _run_dir(config: Config, out: str | None) -> Path:
     return Path(config.store) / "runs" / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-@flow(name="train")
-def train(config: Config, dataset: str, out: str | None = None) -> Path:
-    """Train every configured student on a labeled version; returns the run folder."""
+def _train(config: Config, dataset: str, out: str | None) -> Path:
     ref, manifest, split = _training.load_split(config, storage.Store(config.store), dataset)
     folder = _run_dir(config, out)
     trained = []
@@ -119,9 +145,7 @@ def train(config: Config, dataset: str, out: str | None = None) -> Path:
     return folder
 
 
-@flow(name="evaluate")
-def evaluate_run(config: Config, folder: str, labeling: LabelingSummary | None = None) -> Path:
-    """Measure the students in a run folder against the teacher; writes report.json and report.md."""
+def _evaluate(config: Config, folder: str, labeling: LabelingSummary | None) -> Path:
     start = time.perf_counter()
     run = Path(folder)
     trained = json.loads((run / "train.json").read_text())
@@ -153,11 +177,3 @@ def evaluate_run(config: Config, folder: str, labeling: LabelingSummary | None =
         + ", ".join(f"{r['kind']} {r['agreement']:.1%}" for r in results)
     )
     return path
-
-
-@flow(name="distill")
-def distill(config: Config, out: str | None = None) -> Path:
-    """The whole loop; returns the path of report.json."""
-    ref, labeling = label_dataset(config)
-    folder = train(config, str(ref), out)
-    return evaluate_run(config, str(folder), labeling)
