@@ -1,7 +1,9 @@
 """The TF-IDF student's features: word n-grams alone (the baseline) against word + character
-n-grams, on a fixed 80/20 split of a labeled text file, trained on its gold labels.
+n-grams, on a fixed 80/20 split of a labeled text file, trained on its gold labels; with
+`--version`, also on a teacher's soft labels (a labeled version folder, e.g. the demo's
+`.stillroom/datasets/banking77/v1`), split as `stillroom run` splits it.
 
-python bench/students.py [--data examples/data/banking77/train.jsonl] [--seeds 0 1 2]
+python bench/students.py [--data examples/data/banking77/train.jsonl] [--seeds 0 1 2] [--version DIR]
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stillroom.students import TfidfLogReg
+from stillroom.students import TfidfLogReg, closeness
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +46,10 @@ def main() -> None:
     parser.add_argument("--text", default="text")
     parser.add_argument("--label", default="label")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--version", type=Path, help="a labeled version folder (soft labels)")
     args = parser.parse_args()
+    if args.version:
+        soft(args.version)
     rows = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()]
     pairs = [(str(r[args.text]), str(r[args.label])) for r in rows]
     print(f"{args.data}: {len(pairs)} records, {len({y for _, y in pairs})} labels\n")
@@ -60,6 +65,38 @@ def main() -> None:
             print(
                 f"| {name} | {seed} | {r['acc']:.1%} | {r['train_s']:.1f} | {r['ms_1k']:.0f} | {r['mb']:.1f} |"
             )
+
+
+def soft(folder: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from stillroom.flows._training import split_dataset
+
+    labels = json.loads((folder / "manifest.json").read_text())["task"]["labels"]
+    split = split_dataset(pq.read_table(folder / "data.parquet"), labels, 0.2, 0)
+    print(
+        f"{folder}: fit_soft on the teacher's probabilities, {len(split.train_text)} train / "
+        f"{len(split.test_text)} held-out\n"
+    )
+    print("| features | min_weight | agreement | KL | ECE | accuracy vs gold | train s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, char, weight in (
+        ("word 1-2 (baseline)", None, 1e-3),
+        ("word 1-2 + char_wb 2-5", (2, 5), 1e-3),
+        ("word 1-2 + char_wb 2-5", (2, 5), 1e-2),
+    ):
+        model = TfidfLogReg(char_ngram_range=char, min_weight=weight)
+        start = time.perf_counter()
+        model.fit_soft(split.train_text, split.train_proba, labels)
+        train_s = time.perf_counter() - start
+        m = closeness(
+            split.test_proba, model.predict_proba(split.test_text), labels, split.test_gold
+        )
+        print(
+            f"| {name} | {weight:g} | {m['agreement']:.1%} | {m['kl_teacher_student']:.3f} | "
+            f"{m['ece']:.3f} | {m['accuracy_vs_gold']:.1%} | {train_s:.1f} |"
+        )
+    print()
 
 
 if __name__ == "__main__":

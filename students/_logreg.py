@@ -38,7 +38,7 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
         Word n-gram range.
     char_ngram_range : tuple[int, int] or None, default=(2, 5)
         Character n-gram range (within word boundaries); None turns character n-grams off.
-    min_weight : float, default=1e-3
+    min_weight : float, default=0.01
         In `fit_soft`, class probabilities below this are dropped (and the rest kept as they
         are) so that many-class soft labels do not multiply the training set by the number of
         classes.
@@ -52,7 +52,7 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
         max_features: int = 50_000,
         ngram_range: tuple[int, int] = (1, 2),
         char_ngram_range: tuple[int, int] | None = (2, 5),
-        min_weight: float = 1e-3,
+        min_weight: float = 0.01,
         max_iter: int = 1000,
     ) -> None:
         self.C = C
