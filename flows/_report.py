@@ -71,7 +71,7 @@ def render_report(report: dict[str, Any], failures: dict[str, int]) -> str:
         "",
         "## Students (held-out)",
         "",
-        "| student | agreement | accuracy vs gold | KL(teacher‖student) | ECE | train s | ms / 1k | size |",
+        "| student | agreement | acc. vs gold | KL | ECE | train s | ms / 1k | size |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in report["students"]:
@@ -80,6 +80,11 @@ def render_report(report: dict[str, Any], failures: dict[str, int]) -> str:
             f"{_fmt(s['kl_teacher_student'])} | {_fmt(s['ece'])} | {_fmt(s['train_s'])} | "
             f"{_fmt(s['predict_ms_per_1k'])} | {s['size_bytes'] / 1e6:.2f} MB |"
         )
+    lines += [
+        "",
+        "Agreement: same top label as the teacher; KL: KL(teacher‖student) in nats; ECE: the "
+        "student's calibration against the teacher's labels.",
+    ]
     multi = [s for s in report["students"] if s.get("f1_micro_vs_teacher") is not None]
     if multi:
         lines.append("")
