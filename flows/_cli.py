@@ -66,6 +66,13 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (ConfigError, InputError, SetupError, labelers.LabelerError, storage.StoreError)
 
 
+def _failures_to_report() -> tuple[type[Exception], ...]:
+    """Not the user's input, but a known failure whose message says what happened and what to do."""
+    from ._labeling import LabelingFailed
+
+    return (_engine.EngineError, LabelingFailed)
+
+
 def _one_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__
@@ -98,7 +105,7 @@ def handled(command: Callable[P, R]) -> Callable[P, R]:
                 raise
             if isinstance(exc, _user_errors()):
                 raise _fail(_one_line(exc), 2) from None
-            if isinstance(exc, _engine.EngineError):
+            if isinstance(exc, _failures_to_report()):
                 raise _fail(_one_line(exc), 1) from None
             raise _fail(
                 f"{type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)", 1
@@ -134,6 +141,14 @@ def _load(path: Path, overrides: list[str] | None) -> Config:
     return load_config(path, overrides or [])
 
 
+def _check_version(cfg: Config, spec: str) -> None:
+    """A missing or damaged version fails here, before Prefect starts."""
+    from stillroom import storage
+
+    store = storage.Store(cfg.store)
+    store.load(store.resolve(spec))  # re-hashes and checks the version against its manifest
+
+
 def _with_engine(prepare: Callable[[], None], flow: Callable[[], R]) -> tuple[R, dict[str, float]]:
     """Start Prefect's server, run `prepare` (the teacher's model load) while it boots, then
     `flow`; returns its result and the seconds each part took."""
@@ -157,10 +172,12 @@ def _show_report(report_path: Path) -> None:
 
 
 def _budget_note(cfg: Config, failures: dict[str, int]) -> None:
-    left = failures.get("budget exhausted", 0)
+    from stillroom import storage
+    from stillroom.labelers import BUDGET_EXHAUSTED
+
+    left = failures.get(BUDGET_EXHAUSTED, 0)
     if not left:
         return
-    from stillroom import storage
 
     with storage.ResponseCache(Path(cfg.store) / "cache.sqlite") as cache:
         spent = cache.spent(cfg.name)
@@ -229,9 +246,10 @@ def label(config: ConfigArg, set_: SetOpt = None) -> None:
     (ref, summary), _ = _with_engine(teacher.prepare, flow)
     _budget_note(cfg, summary.failures)
     run = summary.run
+    failed = f" ({summary.failures_text()})" if summary.failed else ""
     typer.echo(
-        f"{summary.labeled} labeled, {summary.failed} failed, {run.teacher_calls} teacher calls, "
-        f"{run.cache_hits} cache hits, ${run.cost_usd:.4f}",
+        f"{summary.labeled} labeled, {summary.failed} failed{failed}, {run.teacher_calls} teacher "
+        f"calls, {run.cache_hits} cache hits, ${run.cost_usd:.4f}",
         err=True,
     )
     typer.echo(str(ref))
@@ -247,6 +265,7 @@ def train(
 ) -> None:
     """Train the configured students on a labeled version; prints the run folder."""
     cfg = _load(config, set_)
+    _check_version(cfg, dataset)
 
     def flow() -> Path:
         from ._flow import train as train_flow
@@ -267,6 +286,7 @@ def evaluate(
 ) -> None:
     """Measure trained students against the teacher (training them first when --run is not given)."""
     cfg = _load(config, set_)
+    _check_version(cfg, dataset)
 
     def flow() -> Path:
         from ._flow import evaluate_run
@@ -326,6 +346,9 @@ def datasets_list(
     if not rows:
         typer.echo(f"no datasets in {store}")
     for row in rows:
+        if row["problem"]:
+            typer.echo(f"stillroom: warning: {row['dataset']}: {row['problem']}", err=True)
+            continue
         typer.echo(
             f"{row['dataset']:<40} {row['rows']:>8} rows  {row['licence']:<20} {row['created_at']}"
         )
@@ -394,6 +417,8 @@ def datasets_verify(
 
     s = storage.Store(store)
     result = s.verify(s.resolve(spec))
+    for note in result.notes:
+        typer.echo(f"{result.ref}: note: {note}", err=True)
     if result.ok:
         typer.echo(f"{result.ref}: ok")
         return

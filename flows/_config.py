@@ -6,9 +6,9 @@ name of the environment variable that holds it.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from stillroom import labelers
 
 _CLIENT = labelers.OpenAIOptions()
+_SECRET_HEADER = re.compile(r"auth|key|token|secret|password|cookie|signature", re.IGNORECASE)
 DEFAULT_STORE = ".stillroom"
 
 
@@ -55,10 +56,35 @@ class TaskConfig(_Model):
     def _labels(cls, labels: list[str]) -> list[str]:
         if len(labels) < 2:
             raise ValueError(f"a classification task needs at least 2 labels, got {len(labels)}")
-        dupes = sorted({x for x in labels if labels.count(x) > 1})
-        if dupes:
-            raise ValueError(f"duplicate labels: {dupes}")
+        for label in labels:
+            if not label.strip():
+                raise ValueError("a label is empty: every label needs a name")
+            if label != label.strip():
+                raise ValueError(f"label {label!r} has leading or trailing spaces")
+        # answers are matched ignoring case, quotes and trailing punctuation: so are labels
+        seen: dict[str, str] = {}
+        for label in labels:
+            same = seen.setdefault(labelers.canonical(label), label)
+            if same != label:
+                raise ValueError(
+                    f"labels {same!r} and {label!r} are the same label to the answer parser "
+                    "(it ignores case, quotes and trailing punctuation)"
+                )
+            if same == label and labels.count(label) > 1:
+                raise ValueError(f"duplicate label {label!r}")
         return labels
+
+    @model_validator(mode="after")
+    def _separator(self) -> TaskConfig:
+        sep = labelers.MULTI_LABEL_SEPARATOR
+        if self.multi_label:
+            bad = [label for label in self.labels if sep in label]
+            if bad:
+                raise ValueError(
+                    f"label {bad[0]!r} contains {sep!r}, which joins the labels of a "
+                    "multi-label answer: rename it"
+                )
+        return self
 
 
 class PriceConfig(_Model):
@@ -114,17 +140,35 @@ class TeacherConfig(_Model):
     # None: the provider's own default (0 for openai, the zero-shot teacher's softmax temperature)
     temperature: float | None = Field(default=None, ge=0)
     top_logprobs: int = Field(default=_CLIENT.top_logprobs, ge=0, le=20)
+    max_input_chars: int | None = Field(default=_CLIENT.max_input_chars, ge=1)
+    # sent with every request: query parameters (part of the cache key), plain headers, and
+    # headers whose values are read from the named environment variables (secrets)
+    query: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+    header_env: dict[str, str] = Field(default_factory=dict)
     shard_size: int = Field(default=256, ge=1)
+    # below this share of records labeled, `label` and `run` fail (after committing the version)
+    min_labeled: float = Field(default=0.5, ge=0, le=1)
 
     @field_validator("base_url")
     @classmethod
     def _url(cls, url: str) -> str:
-        parsed = urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(
-                f"invalid teacher base_url {url!r}: expected http(s)://host[:port]/path"
-            )
+        try:
+            labelers.check_base_url(url)
+        except labelers.LabelerError as exc:
+            raise ValueError(str(exc).removeprefix("teacher base_url ")) from None
         return url
+
+    @field_validator("headers")
+    @classmethod
+    def _plain_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name in headers:
+            if _SECRET_HEADER.search(name):
+                raise ValueError(
+                    f"header {name!r} looks like it holds a secret: name the environment variable "
+                    f"that holds it instead, teacher.header_env: {{{name}: VARIABLE}}"
+                )
+        return headers
 
     @model_validator(mode="after")
     def _defaults(self) -> TeacherConfig:
@@ -207,7 +251,10 @@ def _apply_override(raw: dict[str, Any], assignment: str) -> None:
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects KEY=VALUE, got {assignment!r}")
-    value = yaml.safe_load(text) if text.strip() else text
+    try:
+        value = yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {key.strip()}: {text!r} is not a valid YAML value") from None
     node: Any = raw
     parts = key.strip().split(".")
     for i, part in enumerate(parts):

@@ -33,7 +33,10 @@ def estimate(config: Config) -> dict[str, Any]:
     members = teacher.teachers if isinstance(teacher, labelers.MultiLabelTeacher) else [teacher]
     asked = [t for t in members if isinstance(t, labelers.OpenAITeacher)]
     texts = table.column("text").to_pylist()
-    cached = inputs = outputs = 0
+    limit = t.max_input_chars
+    too_long = sum(limit is not None and len(text) > limit for text in texts)
+    texts = [text for text in texts if limit is None or len(text) <= limit]
+    cached = inputs = outputs = retry_inputs = 0
     has_cache = (Path(config.store) / "cache.sqlite").exists()  # estimating creates nothing
     with contextlib.ExitStack() as stack:
         cache = stack.enter_context(open_cache(config)) if has_cache else None
@@ -46,13 +49,26 @@ def estimate(config: Config) -> dict[str, Any]:
                     continue
                 inputs += labelers.count_message_tokens(body["messages"], t.model)
                 outputs += answer_tokens
+                # an off-label answer is asked again: the whole conversation, the answer (at
+                # most max_tokens) and a reminder, once per teacher.answer_retries
+                for round_ in range(1, t.answer_retries + 1):
+                    body = question.follow_up(body, "")
+                    sent = labelers.count_message_tokens(body["messages"], t.model)
+                    retry_inputs += sent + round_ * int(body["max_tokens"])
     requests = len(texts) * len(asked)
     to_pay = requests - cached
     price = asked[0].price if t.known_price() is not None else None
+    retry_outputs = outputs * t.answer_retries
     cost = "unknown (set teacher.price)" if price is None else round(price.cost(inputs, outputs), 4)
+    worst = (
+        "unknown (set teacher.price)"
+        if price is None
+        else round(price.cost(inputs + retry_inputs, outputs + retry_outputs), 4)
+    )
     return {
         "teacher": f"openai {t.model} at {asked[0].endpoint_host}",
         "records": table.num_rows,
+        "too long (not sent)": too_long,
         "requests": requests,
         "already cached": cached,
         "to label": to_pay,
@@ -62,7 +78,8 @@ def estimate(config: Config) -> dict[str, Any]:
         "price per 1M in/out": "unknown"
         if price is None
         else f"${price.input_per_1m} / ${price.output_per_1m}",
-        "cost_usd (max)": cost,
+        "cost_usd (answered at once)": cost,
+        f"cost_usd (max, {t.answer_retries} re-ask(s) each)": worst,
     }
 
 

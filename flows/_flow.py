@@ -21,7 +21,7 @@ from . import _labeling, _teacher, _training
 from ._config import Config, StudentConfig, student_config
 from ._labeling import LabelingSummary, Record
 from ._progress import Progress
-from ._report import save_student, write_report
+from ._report import save_student, write_model_card, write_report
 
 
 @task(name="ingest", cache_policy=NO_CACHE, persist_result=False)
@@ -110,11 +110,11 @@ def _label(config: Config) -> tuple[storage.DatasetRef, LabelingSummary]:
         ref = commit_version(config, store, source, answers, teacher)
     run = summary.run
     get_run_logger().info(
-        f"{ref}: {summary.labeled} labeled, {summary.failed} failed "
-        f"({', '.join(f'{n} {why}' for why, n in summary.failures.items()) or 'no failures'}); "
+        f"{ref}: {summary.labeled} labeled, {summary.failed} failed ({summary.failures_text()}); "
         f"{run.teacher_calls} teacher calls, {run.cache_hits} cache hits, {run.retries} retries, "
         f"${run.cost_usd:.4f} in {summary.wall_s:.1f} s"
     )
+    _labeling.check_labeled(summary, ref, config.teacher.min_labeled)
     return ref, summary
 
 
@@ -158,10 +158,19 @@ def _evaluate(config: Config, folder: str, labeling: LabelingSummary | None) -> 
         path = Path(entry["folder"]) / "model.joblib"
         student = _training.load_student(spec, path, split.multi_label)
         results.append(evaluate(spec, student, split, entry["train_s"], entry["size_bytes"]))
+        # the card written at training time, now with this student's metrics
+        write_model_card(Path(entry["folder"]), student, spec.kind, str(ref), manifest, results[-1])
     labeling = labeling or LabelingSummary.from_manifest(manifest)
+    _training.warn_if_few_held_out(split)
     report = {
         "name": config.name,
-        "dataset": {"name": ref.name, "version": ref.version, "rows": manifest["rows"]},
+        "dataset": {
+            "name": ref.name,
+            "version": ref.version,
+            "rows": manifest["rows"],
+            "train_records": len(split.train_text),
+            "test_records": len(split.test_text),
+        },
         "labeling": labeling.report(),
         "teacher": {"accuracy_vs_gold": _training.teacher_accuracy(split)},
         "students": results,

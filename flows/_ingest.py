@@ -27,7 +27,12 @@ class InputError(Exception):
     """The data file is missing or not what the config says."""
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+Columns = dict[str, list[Any]]
+"""A file's records as one Python list per column, whatever the values' types (a JSONL field
+may mix strings and numbers: read_records names the record and the field, Arrow would not)."""
+
+
+def _read_jsonl(path: Path) -> Columns:
     rows = []
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -40,10 +45,11 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             if not isinstance(row, dict):
                 raise InputError(f"{path}: line {number} is not a JSON object")
             rows.append(row)
-    return rows
+    names = list(dict.fromkeys(key for row in rows for key in row))
+    return {name: [row.get(name) for row in rows] for name in names}
 
 
-def _read_table(path: Path) -> pa.Table:
+def _read_table(path: Path) -> Columns:
     if not path.exists():
         raise InputError(f"data file not found: {path}")
     suffix = path.suffix.lower()
@@ -55,18 +61,17 @@ def _read_table(path: Path) -> pa.Table:
                 raise InputError(
                     f"{path} is a folder: reading a datasets folder needs `pip install datasets`"
                 ) from None
-            return datasets.load_from_disk(str(path)).data.table
+            table: pa.Table = datasets.load_from_disk(str(path)).data.table
+            return dict(table.to_pydict())
         if suffix in (".jsonl", ".ndjson"):
-            rows = _read_jsonl(path)
-            return pa.Table.from_pylist(rows) if rows else pa.table({})
+            return _read_jsonl(path)
         if suffix == ".csv":
             if path.stat().st_size == 0:
-                return pa.table({})
-            return pacsv.read_csv(
-                path, convert_options=pacsv.ConvertOptions(strings_can_be_null=False)
-            )
+                return {}
+            options = pacsv.ConvertOptions(strings_can_be_null=False)
+            return dict(pacsv.read_csv(path, convert_options=options).to_pydict())
         if suffix == ".parquet":
-            return pq.read_table(path)
+            return dict(pq.read_table(path).to_pydict())
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
     raise InputError(
@@ -74,11 +79,11 @@ def _read_table(path: Path) -> pa.Table:
     )
 
 
-def _column(table: pa.Table, field: str, key: str, path: Path) -> list[Any]:
-    if field not in table.column_names:
-        columns = ", ".join(table.column_names)
-        raise InputError(f"data.{key} {field!r} is not a column of {path} (columns: {columns})")
-    return list(table.column(field).to_pylist())
+def _column(columns: Columns, field: str, key: str, path: Path) -> list[Any]:
+    if field not in columns:
+        names = ", ".join(columns)
+        raise InputError(f"data.{key} {field!r} is not a column of {path} (columns: {names})")
+    return columns[field]
 
 
 def _optional_str(value: Any) -> str | None:
@@ -92,9 +97,15 @@ def read_records(
     is its labels joined by '|'."""
     path = Path(data.path)
     table = _read_table(path)
-    if table.num_rows == 0:
+    if not table or not next(iter(table.values())):
         raise InputError(f"data file {path} has no records")
     texts = _column(table, data.text_field, "text_field", path)
+    odd = next((i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)), None)
+    if odd is not None:
+        raise InputError(
+            f"{path}: record {odd + 1} has a {type(texts[odd]).__name__} in its "
+            f"{data.text_field!r} field (data.text_field), not text: {texts[odd]!r}"
+        )
     if data.id_field is None:
         # no ids given: a record is named by its content, so the same text keeps the same id
         ids = [hashlib.sha256(str(t).encode()).hexdigest()[:16] for t in texts]

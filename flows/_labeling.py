@@ -34,6 +34,11 @@ LABELED_SCHEMA = pa.schema(
 Record = tuple[str, str]
 
 
+class LabelingFailed(Exception):
+    """Too few records were labeled; the version, with every failure and its reason, is
+    committed all the same, and a re-run retries only what did not succeed."""
+
+
 @dataclass(frozen=True)
 class LabelingSummary:
     """What labeling gave and cost: the one summary behind the manifest and the report.
@@ -53,6 +58,11 @@ class LabelingSummary:
     @property
     def failed(self) -> int:
         return sum(self.failures.values())
+
+    def failures_text(self) -> str:
+        """'20 timeout, 3 off-label answer', most frequent first."""
+        ranked = sorted(self.failures.items(), key=lambda kv: -kv[1])
+        return ", ".join(f"{n} {reason}" for reason, n in ranked) or "no failures"
 
     @classmethod
     def of(
@@ -97,6 +107,20 @@ class LabelingSummary:
             "cost_usd": round(self.run.cost_usd, 6),
             "wall_s": round(self.wall_s, 3),
         }
+
+
+def check_labeled(summary: LabelingSummary, ref: storage.DatasetRef, min_share: float) -> None:
+    """Raise LabelingFailed when less than `min_share` of the records the teacher was asked
+    about were labeled (records held back by the budget were not asked about)."""
+    asked = summary.records - summary.failures.get(labelers.BUDGET_EXHAUSTED, 0)
+    if asked == 0 or summary.labeled >= min_share * asked:
+        return
+    raise LabelingFailed(
+        f"only {summary.labeled} of {asked} records were labeled ({summary.labeled / asked:.0%}, "
+        f"below teacher.min_labeled {min_share:.0%}): {summary.failures_text()}. {ref} keeps "
+        f"every failure with its reason (stillroom datasets show {ref} --failures 10); fix the "
+        "cause and run the same command again: answers already paid come from the cache"
+    )
 
 
 def ingest(config: Config, store: storage.Store) -> storage.DatasetRef:

@@ -5,35 +5,178 @@ dataset's licence and the teacher's terms."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from stillroom import students
+
+# Licence ids the Hugging Face Hub accepts that are SPDX ids too (lower-cased), and the SPDX ids
+# the Hub spells differently. Any other licence is "other" with its name; none stated, "unknown".
+# fmt: off
+_HUB_LICENCES = frozenset({
+    "afl-3.0", "agpl-3.0", "apache-2.0", "artistic-2.0", "bsd-2-clause", "bsd-3-clause",
+    "bsd-3-clause-clear", "bsl-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0",
+    "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0",
+    "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0", "cc-by-nd-4.0", "cc-by-sa-3.0",
+    "cc-by-sa-4.0", "cc0-1.0", "cdla-permissive-1.0", "cdla-permissive-2.0", "cdla-sharing-1.0",
+    "ecl-2.0", "epl-1.0", "epl-2.0", "etalab-2.0", "eupl-1.1", "eupl-1.2", "gpl-2.0", "gpl-3.0",
+    "isc", "lgpl-2.1", "lgpl-3.0", "lppl-1.3c", "mit", "mpl-2.0", "ms-pl", "ncsa", "ofl-1.1",
+    "osl-3.0", "postgresql", "unlicense", "wtfpl", "zlib",
+})
+# fmt: on
+_HUB_SPELLING = {"odc-by-1.0": "odc-by", "odbl-1.0": "odbl", "pddl-1.0": "pddl"}
+_NO_LICENCE = {"", "noassertion", "none"}
+
+# (report key, Hub metric type, what it measures), in the card's order
+_CARD_METRICS = (
+    ("agreement", "accuracy", "agreement with the teacher"),
+    ("accuracy_vs_gold", "accuracy", "accuracy against gold labels"),
+    ("kl_teacher_student", "kl_divergence", "KL(teacher ‖ student), nats"),
+    ("ece", "ece", "expected calibration error against the teacher"),
+    ("f1_micro_vs_teacher", "f1", "micro F1 against the teacher"),
+    ("f1_macro_vs_teacher", "f1", "macro F1 against the teacher"),
+)
+_CARD_COSTS = (
+    ("train_s", "training time, s"),
+    ("predict_ms_per_1k", "prediction time per 1,000 texts, ms"),
+    ("size_bytes", "model file size, bytes"),
+)
+_HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def save_student(
     student: students.Student, folder: Path, kind: str, dataset: str, manifest: dict[str, Any]
 ) -> int:
-    """Save the model and its card; returns the model file's size in bytes."""
+    """Save the model and its card (without metrics); returns the model file's size in bytes."""
     folder.mkdir(parents=True, exist_ok=True)
     path = student.save(folder / "model.joblib")
+    write_model_card(folder, student, kind, dataset, manifest)
+    return path.stat().st_size
+
+
+def hub_licence(spdx: str | None) -> dict[str, str]:
+    """The Hub's `license` for an SPDX licence: its id, "unknown" when none is stated, or
+    "other" with a `license_name` (a LicenseRef-*, an expression, an id the Hub lacks)."""
+    value = (spdx or "").strip()
+    key = re.sub(r"-(only|or-later)$", "", value.lower())
+    if key in _NO_LICENCE:
+        return {"license": "unknown"}
+    if key in _HUB_LICENCES or key in _HUB_SPELLING:
+        return {"license": _HUB_SPELLING.get(key, key)}
+    name = re.sub(r"^licenseref-", "", value.lower())
+    return {"license": "other", "license_name": re.sub(r"[^a-z0-9.]+", "-", name).strip("-")}
+
+
+def _card_metadata(
+    kind: str, dataset: str, manifest: dict[str, Any], metrics: dict[str, Any] | None
+) -> dict[str, Any]:
+    model = str((manifest.get("teacher") or {}).get("model") or "")
+    meta: dict[str, Any] = {
+        "library_name": "sklearn",
+        "pipeline_tag": "text-classification",
+        **hub_licence((manifest.get("licence") or {}).get("spdx")),
+    }
+    if _HUB_MODEL_ID.match(model) and not Path(model).exists():  # a Hub id, not a local folder
+        meta["base_model"] = model
+    meta["datasets"] = [dataset]
+    meta["tags"] = ["stillroom", "distillation", "text-classification", kind]
+    if (manifest.get("task") or {}).get("multi_label"):
+        meta["tags"].append("multi-label")
+    scores = [
+        {"type": kind_of, "value": float(metrics[key]), "name": name}
+        for key, kind_of, name in _CARD_METRICS
+        if metrics and metrics.get(key) is not None
+    ]
+    if scores:
+        meta["metrics"] = sorted({score["type"] for score in scores})
+        meta["model-index"] = [_model_index(kind, dataset, scores)]
+    return meta
+
+
+def _model_index(kind: str, dataset: str, scores: list[dict[str, Any]]) -> dict[str, Any]:
+    task = {"type": "text-classification", "name": "Text Classification"}
+    held_out = {"name": f"{dataset} (held-out)", "type": dataset.split("@")[0]}
+    return {
+        "name": f"{kind} student of {dataset}",
+        "results": [{"task": task, "dataset": held_out, "metrics": scores}],
+    }
+
+
+def _provenance(manifest: dict[str, Any]) -> list[str]:
+    """The teacher, the training data's licence and the teacher's terms, as card lines."""
     licence = manifest.get("licence") or {}
     terms = manifest.get("terms") or {}
     teacher = manifest.get("teacher") or {}
-    card = [
-        f"# {kind} student distilled from `{dataset}`",
-        "",
+    lines = [
         f"- teacher: {teacher.get('provider')} `{teacher.get('model')}`",
         f"- training data licence: `{licence.get('spdx')}` {licence.get('statement', '')}".rstrip(),
-        f"- teacher terms ({terms.get('profile', 'unknown')}): {terms.get('statement', '')}",
     ]
+    lines += [f"- data {key}: {licence[key]}" for key in ("source", "citation") if licence.get(key)]
+    lines.append(
+        f"- teacher terms ({terms.get('profile', 'unknown')}): {terms.get('statement', '')}"
+    )
     if terms.get("restrictions"):
-        card.append(
+        lines.append(
             f"- restrictions inherited from the teacher: {', '.join(terms['restrictions'])}"
         )
-    card += ["", f"Load with `{type(student).__name__}.load('model.joblib')`."]
-    (folder / "MODEL_CARD.md").write_text("\n".join(card) + "\n")
-    return path.stat().st_size
+    return lines
+
+
+def _evaluation(metrics: dict[str, Any]) -> list[str]:
+    rows = [(name, key) for key, _, name in _CARD_METRICS] + [(n, k) for k, n in _CARD_COSTS]
+    return ["## Evaluation (held-out records)", "", "| metric | value |", "|---|---|"] + [
+        f"| {name} | {_fmt(metrics[key])} |" for name, key in rows if metrics.get(key) is not None
+    ]
+
+
+def render_model_card(
+    student: students.Student,
+    kind: str,
+    dataset: str,
+    manifest: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+) -> str:
+    """The student's README.md: Hugging Face-style YAML metadata, then where it came from, under
+    which licence and terms, how close it gets to its teacher, and how to load it."""
+    meta = _card_metadata(kind, dataset, manifest, metrics)
+    loader = type(student).__name__
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(), "---", ""]
+    lines += [f"# {kind} student distilled from `{dataset}`", ""]
+    lines += [f"A stillroom `{loader}` trained on `{dataset}`, labelled by its teacher.", ""]
+    lines += ["## Teacher and data", "", *_provenance(manifest), ""]
+    lines += [*_evaluation(metrics), ""] if metrics else []
+    lines += [
+        "## How to load",
+        "",
+        "```python",
+        f"from stillroom.students import {loader}",
+        "",
+        f'model = {loader}.load("model.joblib")',
+        'model.predict(["a text to classify"])',
+        "```",
+        "",
+        "It needs stillroom installed. `model.versions.json` records the Python and library "
+        "versions it was saved with; `load` warns when the installed scikit-learn differs in "
+        "major.minor version.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(
+    folder: Path,
+    student: students.Student,
+    kind: str,
+    dataset: str,
+    manifest: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write (or rewrite, once there are metrics) the student's README.md; returns its path."""
+    path = folder / "README.md"
+    path.write_text(render_model_card(student, kind, dataset, manifest, metrics))
+    return path
 
 
 def _fmt(value: Any, pct: bool = False) -> str:
@@ -51,7 +194,9 @@ def render_report(report: dict[str, Any], failures: dict[str, int]) -> str:
     lines = [
         f"# {report['name']}: distillation report",
         "",
-        f"Dataset `{dataset['name']}@{dataset['version']}` ({dataset['rows']} rows).",
+        f"Dataset `{dataset['name']}@{dataset['version']}` ({dataset['rows']} rows; students "
+        f"trained on {dataset.get('train_records', '?')} and measured on "
+        f"{dataset.get('test_records', '?')} held-out records).",
         "",
         "## Labeling",
         "",

@@ -100,23 +100,35 @@ def _single_teacher(
         if t.temperature is not None
         else labelers.OpenAIOptions.temperature,
         top_logprobs=t.top_logprobs,
+        max_input_chars=t.max_input_chars,
+        query=t.query,
+        headers={
+            **t.headers,
+            **{name: _env(var, f"teacher.header_env.{name}") for name, var in t.header_env.items()},
+        },
         cache=cache,
     )
 
 
 def _api_key(config: Config) -> str | None:
     name = config.teacher.api_key_env
-    if not name:
-        return None
-    key = os.environ.get(name)
-    if not key:
-        raise SetupError(f"environment variable {name} (teacher.api_key_env) is not set")
-    return key
+    return _env(name, "teacher.api_key_env") if name else None
+
+
+def _env(name: str, key: str) -> str:
+    """A secret from the environment; the error names the variable, never a value."""
+    value = os.environ.get(name)
+    if not value:
+        raise SetupError(f"environment variable {name} ({key}) is not set")
+    return value
 
 
 def preflight(config: Config) -> labelers.Teacher:
     """Fail fast on bad input, before Prefect starts or anything is written: the data file and its
     columns, the API key variable, the teacher's URL, the store. Returns the teacher it built."""
     storage.Store(config.store)
+    cache = Path(config.store) / "cache.sqlite"
+    if cache.exists():  # a damaged cache fails now, not after the model has loaded
+        open_cache(config).close()
     read_records(config.data, config.task.labels, multi_label=config.task.multi_label)
     return build_teacher(config)

@@ -4,6 +4,7 @@ on the teacher's labels, and measure it against the teacher (and gold, where the
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from ._config import Config, LogRegStudent, StudentConfig
 from ._teacher import SetupError
 
 SEPARATOR, THRESHOLD = labelers.MULTI_LABEL_SEPARATOR, labelers.MULTI_LABEL_THRESHOLD
+log = logging.getLogger("stillroom")
 
 
 @dataclass
@@ -90,7 +92,39 @@ def load_split(
         config.evaluate.seed,
         bool(manifest["task"].get("multi_label")),
     )
+    if not split.multi_label:
+        _need_two_classes(split, ref)
     return ref, manifest, split
+
+
+MIN_HELD_OUT = 30
+"""Below this many held-out records, the metrics say little, and the CLI says so."""
+
+
+def warn_if_few_held_out(split: Split) -> None:
+    n = len(split.test_text)
+    if n < MIN_HELD_OUT:
+        log.warning(
+            f"only {n} held-out record(s) measure the students: agreement, KL and ECE say little "
+            f"below {MIN_HELD_OUT} (raise evaluate.test_fraction or label more records)"
+        )
+
+
+def _need_two_classes(split: Split, ref: storage.DatasetRef) -> None:
+    """A classifier needs at least two of the teacher's classes among its training records."""
+    chosen = np.asarray(split.labels)[split.train_proba.argmax(axis=1)]
+    present = sorted(set(chosen.tolist()))
+    if len(present) >= 2:
+        return
+    missing = [label for label in split.labels if label not in present]
+    shown = ", ".join(repr(m) for m in missing[:5]) + (
+        f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    )
+    raise SetupError(
+        f"the teacher put all {len(chosen)} training records of {ref} in one class "
+        f"({present[0]!r}); never chosen: {shown}. A student needs at least two classes: label "
+        "more (or more varied) records, e.g. raise data.limit; the labeled version is kept"
+    )
 
 
 def _student_class(spec: StudentConfig, multi_label: bool) -> type[students.Student]:

@@ -6,11 +6,12 @@ follows the `Teacher` protocol.
 
 from ._local import TransformersTeacher, ZeroShotTeacher
 from ._multi import MultiLabelTeacher, binary_task
-from ._openai import OpenAIOptions, OpenAITeacher, ResponseFormat
+from ._openai import OpenAIOptions, OpenAITeacher, ResponseFormat, check_base_url
 from ._parse import TokenStep, canonical, label_distribution, match_label
 from ._prompt import build_messages, prompt_hash, system_prompt
 from ._tokens import count_message_tokens, token_counter
 from ._types import (
+    BUDGET_EXHAUSTED,
     MULTI_LABEL_SEPARATOR,
     MULTI_LABEL_THRESHOLD,
     Answer,
@@ -26,6 +27,7 @@ from ._types import (
 )
 
 __all__ = [
+    "BUDGET_EXHAUSTED",
     "MULTI_LABEL_SEPARATOR",
     "MULTI_LABEL_THRESHOLD",
     "Answer",
@@ -48,6 +50,7 @@ __all__ = [
     "binary_task",
     "build_messages",
     "canonical",
+    "check_base_url",
     "count_message_tokens",
     "label_distribution",
     "match_label",

@@ -13,7 +13,7 @@ import random
 import re
 import socket
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar, get_args
 from urllib.parse import urlparse
@@ -25,6 +25,7 @@ from ._parse import TokenStep, label_distribution, match_label
 from ._prompt import build_messages
 from ._tokens import count_message_tokens
 from ._types import (
+    BUDGET_EXHAUSTED,
     Answer,
     Budget,
     ClassifyTask,
@@ -63,16 +64,22 @@ class OpenAIOptions:
     max_retries: int = 6
     temperature: float = 0.0
     top_logprobs: int = 20
+    max_input_chars: int | None = 100_000
 
 
 _D = OpenAIOptions()
 
 
 class _Transient(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, retry_after: float | None = None, maybe_billed: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        # the request may have reached the model (a timeout, a dropped connection, an answer
+        # that arrived broken): the provider may bill it though no usable answer came back
+        self.maybe_billed = maybe_billed
 
 
 class OpenAITeacher:
@@ -98,6 +105,12 @@ class OpenAITeacher:
     max_retries : retries after the first try for 429, 5xx, timeouts and dropped connections.
     price : dollars per million tokens, for the cost of each call.
     top_logprobs : alternatives per token to ask for (0 turns logprobs off).
+    max_input_chars : a record longer than this is not sent: it fails with reason ``too long``
+        (one huge record can cost more than the rest of a run); None for no limit.
+    query : query parameters sent with every request (e.g. ``{"api-version": "2024-06-01"}``);
+        part of the cache key, since they can change the answer.
+    headers : extra request headers (e.g. a gateway's key header, read by the caller from the
+        environment); sent, never recorded.
     cache : where paid answers are stored before use (see ``storage.ResponseCache``).
     transport : an httpx transport, for tests (``httpx.MockTransport``) or custom networking.
     """
@@ -120,16 +133,15 @@ class OpenAITeacher:
         price: Price | None = None,
         temperature: float = _D.temperature,
         top_logprobs: int = _D.top_logprobs,
+        max_input_chars: int | None = _D.max_input_chars,
+        query: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         cache: ResponseCache | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         backoff_s: float = 0.5,
         backoff_max_s: float = 30.0,
     ) -> None:
-        parsed = urlparse(base_url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise LabelerError(
-                f"invalid teacher base_url {base_url!r}: expected http(s)://host[:port]/path"
-            )
+        check_base_url(base_url)
         if concurrency < 1:
             raise LabelerError("teacher concurrency must be at least 1")
         self.task = task
@@ -157,6 +169,9 @@ class OpenAITeacher:
         self.backoff_max_s = backoff_max_s
         self.stats = LabelStats()
         self._api_key = api_key
+        self.max_input_chars = max_input_chars
+        self.query = dict(query or {})
+        self._headers = dict(headers or {})
         self._transport = transport
 
     @property
@@ -223,12 +238,14 @@ class OpenAITeacher:
         on_answer: OnAnswer | None = None,
     ) -> list[Answer]:
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        headers.update(self._headers)
         # httpcore's pool scans every connection for every queued request, so one pool of 64+
         # connections spends more CPU than the requests; small pools keep that cost flat
         pools = [
             httpx.AsyncClient(
                 base_url=self.base_url,
                 headers=headers,
+                params=self.query,
                 timeout=httpx.Timeout(self.timeout_s),
                 limits=httpx.Limits(
                     max_connections=_POOL_SIZE, max_keepalive_connections=_POOL_SIZE
@@ -255,6 +272,9 @@ class OpenAITeacher:
         return [a for a in answers if a is not None]
 
     async def _label_one(self, client: httpx.AsyncClient, record_id: str, text: str) -> Answer:
+        if self.max_input_chars is not None and len(text) > self.max_input_chars:
+            reason = f"too long: {len(text):,} characters (limit {self.max_input_chars:,})"
+            return Answer(record_id, None, error=reason, attempts=0)
         body = self.build_request(text)
         spent = Usage()
         attempts = 0
@@ -284,6 +304,8 @@ class OpenAITeacher:
 
     def cache_key(self, body: dict[str, Any]) -> dict[str, Any]:
         """What the response cache files a request under: the endpoint and the full body."""
+        if self.query:
+            return {"base_url": self.base_url, "query": self.query, "body": body}
         return {"base_url": self.base_url, "body": body}
 
     def follow_up(self, body: dict[str, Any], raw: str) -> dict[str, Any]:
@@ -311,7 +333,7 @@ class OpenAITeacher:
         tokens = prompt_tokens + int(body.get("max_tokens") or 0)
         reserve = self.price.cost(prompt_tokens, int(body.get("max_tokens") or 0))
         if self.budget is not None and not self.budget.reserve(reserve):
-            return None, 0, False, "budget exhausted"
+            return None, 0, False, BUDGET_EXHAUSTED
         try:
             attempt = 0
             while True:
@@ -321,6 +343,12 @@ class OpenAITeacher:
                     response = await self._post(client, body)
                 except _Transient as exc:
                     self.limiter.settle(tokens, 0)  # nothing was used
+                    if exc.maybe_billed and self.budget is not None:
+                        # counted at its worst case: the budget must hold even if it was billed
+                        self.budget.settle(0.0, reserve)
+                        if self.budget.over():
+                            self.budget.exhausted = True
+                            return None, attempt, False, BUDGET_EXHAUSTED
                     if exc.reason == _UNSUPPORTED:
                         return None, attempt, False, exc.reason
                     if exc.retry_after is not None and exc.reason == "HTTP 429":
@@ -355,9 +383,9 @@ class OpenAITeacher:
         try:
             response = await client.post("/chat/completions", json=body)
         except httpx.TimeoutException:
-            raise _Transient("timeout") from None
+            raise _Transient("timeout", maybe_billed=True) from None
         except httpx.TransportError as exc:
-            raise _Transient(f"connection error: {type(exc).__name__}") from None
+            raise _Transient(f"connection error: {type(exc).__name__}", maybe_billed=True) from None
         status = response.status_code
         exhausted = exhausted_for(response.headers)
         if exhausted:
@@ -377,7 +405,7 @@ class OpenAITeacher:
             if not isinstance(data, dict) or not isinstance(data["choices"][0]["message"], dict):
                 raise TypeError
         except (ValueError, KeyError, IndexError, TypeError):
-            raise _Transient("malformed response") from None
+            raise _Transient("malformed response", maybe_billed=True) from None
         return data
 
     def _usage(self, response: dict[str, Any]) -> Usage:
@@ -412,6 +440,24 @@ class OpenAITeacher:
             return Answer(record_id, label, one_hot, None, raw=raw, usage=spent, cached=cached)
         probs, coverage = dist
         return Answer(record_id, label, tuple(probs), coverage, raw=raw, usage=spent, cached=cached)
+
+
+def check_base_url(url: str) -> None:
+    """Refuse an API root that cannot work or would leak: a message never repeats the URL, which
+    may hold a secret."""
+    parsed = urlparse(url)
+    if "@" in url:
+        raise LabelerError(
+            "teacher base_url must not hold credentials (user:password@host): put the key in an "
+            "environment variable and name it in teacher.api_key_env (or teacher.header_env)"
+        )
+    if parsed.query or parsed.fragment or url.rstrip().endswith("?"):
+        raise LabelerError(
+            "teacher base_url must not have a query string or fragment: give query parameters "
+            "as teacher.query, e.g. {api-version: 2024-06-01}"
+        )
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise LabelerError(f"invalid teacher base_url {url!r}: expected http(s)://host[:port]/path")
 
 
 def _from_json(raw: str, steps: list[TokenStep]) -> tuple[str, list[TokenStep]]:

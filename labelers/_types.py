@@ -13,6 +13,9 @@ MULTI_LABEL_SEPARATOR = "|"
 MULTI_LABEL_THRESHOLD = 0.5
 """The probability from which a label of a multi-label task counts as applying."""
 
+BUDGET_EXHAUSTED = "budget exhausted"
+"""The failure reason of a record whose request was not sent because it would pass the budget."""
+
 
 class LabelerError(Exception):
     """A problem a user can act on (bad task, unreachable model, missing key)."""
@@ -139,6 +142,10 @@ class Budget:
             return False
         self._reserved_usd += usd
         return True
+
+    def over(self) -> bool:
+        """True when what is spent and held already passes the limit."""
+        return self.spent_usd + self._reserved_usd > self.limit_usd
 
     def settle(self, reserved_usd: float, spent_usd: float) -> None:
         """Release a reservation and record what the call really cost (0 when it failed)."""

@@ -1,18 +1,24 @@
 """The response cache: every teacher answer, keyed by a canonical hash of the full request.
 
 SQLite in WAL mode; an answer is committed before the caller uses it, so a crash or a re-run
-never pays for the same request twice.
+never pays for the same request twice. A damaged file, or one deleted or replaced under a
+running labeler, stops the run with a StoreError rather than losing what was paid for.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
+
+from ._store import StoreError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -51,6 +57,8 @@ class ResponseCache:
     Every answer that used tokens is also a row of the spend ledger, tagged with `tag` (the
     config's name), so `spend()` can say what each dataset cost and a budget can span runs.
 
+    A file that is not a cache, or is damaged, raises `StoreError` and is left as it is.
+
     Parameters
     ----------
     path : the SQLite file; its folder is created when missing.
@@ -60,16 +68,51 @@ class ResponseCache:
     def __init__(self, path: str | Path, tag: str | None = None) -> None:
         self.path = Path(path)
         self.tag = tag
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create {self.path.parent}: {exc.strerror or exc}") from None
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.executescript(_SCHEMA)
+        self._db = self._open()
+        self._identity = _identity(self.path)
+        self._rescued: str | None = None  # what became of the answers, once copied aside
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open cache {self.path}: {exc}") from None
+        try:
+            # the first statement reads the header: a file that is not a database fails here,
+            # before anything could be written to it
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=30000")
+            db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            db.close()
+            raise self._error(exc) from None
+        return db
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+            return StoreError(
+                f"cache {self.path} is damaged ({exc}): move it aside, e.g. "
+                f"mv {self.path} {self.path}.damaged, and run again; its answers would be paid again"
+            )
+        return StoreError(f"cannot use cache {self.path}: {exc}")
+
+    @contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        """The connection, one thread at a time, with SQLite's errors as StoreErrors."""
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                raise self._error(exc) from None
 
     def get(self, request: dict[str, Any]) -> dict[str, Any] | None:
-        with self._lock:
+        with self._using():
             row = self._db.execute(
                 "SELECT response FROM responses WHERE key = ?", (request_key(request),)
             ).fetchone()
@@ -87,7 +130,8 @@ class ResponseCache:
         key, now = request_key(request), time.time()
         body = request.get("body", request)
         model = body.get("model") if isinstance(body, dict) else None
-        with self._lock, self._db:
+        with self._using(), self._db:
+            self._check_same_file()
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -109,7 +153,7 @@ class ResponseCache:
 
     def totals(self) -> dict[str, float]:
         """Entries and what they cost in all."""
-        with self._lock:
+        with self._using():
             n, inp, out, cost = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),"
                 " COALESCE(SUM(cost_usd), 0) FROM responses"
@@ -124,7 +168,7 @@ class ResponseCache:
             + (" WHERE tag = ?" if tag is not None else "")
             + " GROUP BY tag, model ORDER BY tag, model"
         )
-        with self._lock:
+        with self._using():
             rows = self._db.execute(query, (tag,) if tag is not None else ()).fetchall()
         names = (
             "tag",
@@ -142,6 +186,34 @@ class ResponseCache:
         """Dollars the ledger holds for `tag`."""
         return float(sum(row["cost_usd"] for row in self.spend(tag)))
 
+    def _check_same_file(self) -> None:
+        """Raise when the file at `path` is no longer the one opened: writing on would store
+        answers in a deleted file, lost at close. What the open file holds is copied aside."""
+        if _identity(self.path) == self._identity:
+            return
+        if self._rescued is None:
+            self._rescued = self._rescue()
+        raise StoreError(
+            f"cache file {self.path} was deleted or replaced while labeling: nothing more was "
+            f"written to it; {self._rescued}"
+        )
+
+    def _rescue(self) -> str:
+        """Copy the open (perhaps deleted) database to a new file beside `path`; says what to do."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = self.path.with_name(f"{self.path.name}.rescued-{stamp}-{os.getpid()}")
+        try:
+            with closing(sqlite3.connect(target)) as copy:
+                self._db.backup(copy)
+        except (sqlite3.Error, OSError) as exc:
+            return (
+                f"its answers could not be copied aside ({exc}): stop the run and put the file back"
+            )
+        return (
+            f"the answers it held were copied to {target}: stop the run, move that copy to "
+            f"{self.path} (setting aside whatever is there now) and run again"
+        )
+
     def __len__(self) -> int:
         return int(self.totals()["entries"])
 
@@ -154,3 +226,12 @@ class ResponseCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, None when there is none."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino

@@ -1,7 +1,8 @@
 """Immutable, versioned datasets: Parquet + manifest.json + a dataset card, in a local store.
 
 A version is written in a temporary folder and renamed into place, so readers never see half
-of one and two writers never get the same version number.
+of one and two writers never get the same version number; the catalog keeps what each version
+was at commit, and every read checks the version against it before use.
 """
 
 from __future__ import annotations
@@ -20,10 +21,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import _catalog
 from ._card import render_card
 
 DATA_FILE = "data.parquet"
+MANIFEST_FILE = "manifest.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_VERSION = re.compile(r"v(\d+)")
+# a version folder, or one moved aside (v3.damaged): its number is never given out again
+_TAKEN = re.compile(r"v(\d+)(?:\D.*)?")
+# Parquet names a list's items "element"; Arrow, and so the manifests, call them "item"
+_LIST_ITEM = re.compile(r"(list<)element: ")
 
 
 class StoreError(Exception):
@@ -60,8 +68,12 @@ class DatasetRef:
 
 @dataclass
 class VerifyResult:
+    """What `Store.verify` found: `problems` (the version is damaged when there is any) and
+    `notes` (worth saying, not damage: e.g. a version older than the catalog)."""
+
     ref: DatasetRef
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -76,8 +88,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 class Store:
-    """A folder of versioned datasets: ``ROOT/datasets/NAME/vN/{data.parquet,manifest.json,README.md}``.
+    """A folder of versioned datasets: ``ROOT/datasets/NAME/vN/{data.parquet,manifest.json,README.md}``
+    and ``ROOT/catalog.jsonl``.
 
     Parameters
     ----------
@@ -89,10 +106,18 @@ class Store:
         if "://" in text and not text.startswith("file://"):
             raise StoreError(f"store {text!r}: only local folders are supported in this version")
         self.root = Path(text.removeprefix("file://"))
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(
+                f"store {self.root} is a file, not a folder: name a folder (it is created on first write)"
+            )
 
     @property
     def datasets_dir(self) -> Path:
         return self.root / "datasets"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / _catalog.CATALOG_FILE
 
     def names(self) -> list[str]:
         if not self.datasets_dir.is_dir():
@@ -105,13 +130,13 @@ class Store:
         folder = self.datasets_dir / name
         if not folder.is_dir():
             return []
-        found = [p.name for p in folder.iterdir() if re.fullmatch(r"v\d+", p.name) and p.is_dir()]
+        found = [p.name for p in folder.iterdir() if _VERSION.fullmatch(p.name) and p.is_dir()]
         return sorted(found, key=lambda v: int(v[1:]))
 
     def resolve(self, spec: str) -> DatasetRef:
         """``NAME`` (latest version) or ``NAME@vN`` to a ref that exists."""
         name, version = DatasetRef.parse(spec)
-        versions = self.versions(name)
+        versions = self.versions(name) if _NAME.match(name) else []
         if not versions:
             raise StoreError(f"no dataset named {name!r} in store {self.root}")
         if version is None:
@@ -127,16 +152,33 @@ class Store:
 
     def manifest(self, ref: DatasetRef) -> dict[str, Any]:
         try:
-            manifest: dict[str, Any] = json.loads((self.path(ref) / "manifest.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{ref}: unreadable manifest ({exc.__class__.__name__})") from None
-        return manifest
+            return _read_manifest(self.path(ref))[1]
+        except _Damage as exc:
+            raise StoreError(f"{ref}: {exc}") from None
 
-    def load(self, ref: DatasetRef) -> pa.Table:
-        try:
-            return pq.read_table(self.path(ref) / DATA_FILE)
-        except (OSError, pa.ArrowException) as exc:
-            raise StoreError(f"{ref}: unreadable data file ({exc})") from None
+    def load(self, ref: DatasetRef, *, verify: bool = True) -> pa.Table:
+        """The version's table.
+
+        Parameters
+        ----------
+        verify : bool, default=True
+            Check the version first (as `verify` does, on the very bytes that are then read) and
+            raise `StoreError` when it is damaged; False only reads the Parquet file.
+        """
+        if not verify:
+            try:
+                return pq.read_table(self.path(ref) / DATA_FILE)
+            except (OSError, pa.ArrowException) as exc:
+                raise StoreError(f"{ref}: unreadable data file ({exc})") from None
+        result, table = self._examine(ref)
+        if table is None or not result.ok:
+            more = len(result.problems) - 1
+            raise StoreError(
+                f"{ref} is damaged: {result.problems[0]}"
+                + (f" (and {more} more)" if more > 0 else "")
+                + f"; run `stillroom datasets verify {ref}` for details"
+            )
+        return table
 
     def commit(
         self,
@@ -148,28 +190,30 @@ class Store:
         metadata: dict[str, Any] | None = None,
     ) -> DatasetRef:
         """Write `table` as the next version of `name`; the same content on the same parent
-        as the latest version returns that version instead of a copy."""
+        under the same licence as the latest version returns that version instead of a copy.
+
+        The latest version is verified first: when it is damaged nothing is written and a
+        `StoreError` says how to set it aside. A version folder with no manifest.json is not
+        a version (commit writes the manifest before the folder appears); it is left as it is
+        and its number is not used again.
+        """
         if not _NAME.match(name):
             raise StoreError(
                 f"invalid dataset name {name!r}: use letters, digits, '.', '_' and '-'"
             )
         folder = self.datasets_dir / name
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
+        except OSError as exc:
+            raise StoreError(f"cannot write in {folder}: {exc.strerror or exc}") from None
         try:
             data_path = tmp / DATA_FILE
             pq.write_table(table, data_path, compression="zstd")
             content = sha256_file(data_path)
-            latest = self.versions(name)[-1:]
-            if latest:
-                previous = self.manifest(DatasetRef(name, latest[0]))
-                same = (
-                    previous.get("content_sha256"),
-                    previous.get("parent"),
-                    previous.get("licence"),
-                )
-                if same == (content, str(parent) if parent else None, licence.__dict__):
-                    return DatasetRef(name, latest[0])
+            latest = self._latest_with_manifest(name)
+            if latest is not None and self._unchanged(latest, content, parent, licence):
+                return latest
             manifest = {
                 "name": name,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -184,8 +228,31 @@ class Store:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def _latest_with_manifest(self, name: str) -> DatasetRef | None:
+        for version in reversed(self.versions(name)):
+            if (self.datasets_dir / name / version / MANIFEST_FILE).exists():
+                return DatasetRef(name, version)
+        return None
+
+    def _unchanged(
+        self, latest: DatasetRef, content: str, parent: DatasetRef | None, licence: Licence
+    ) -> bool:
+        """Whether `latest` already holds this content; raises when `latest` is damaged, since
+        neither returning it nor quietly writing past it would be right."""
+        result = self.verify(latest)
+        if not result.ok:
+            path = self.path(latest)
+            raise StoreError(
+                f"{latest}, the latest version of {latest.name!r}, is damaged ({result.problems[0]}); "
+                f"nothing was written. Move it aside (mv {path} {path}.damaged) and run again to "
+                f"write a new version; `stillroom datasets verify {latest}` lists every problem"
+            )
+        previous = self.manifest(latest)
+        same = (previous.get("content_sha256"), previous.get("parent"), previous.get("licence"))
+        return same == (content, str(parent) if parent else None, licence.__dict__)
+
     def _publish(self, folder: Path, tmp: Path, manifest: dict[str, Any]) -> DatasetRef:
-        number = int(self.versions(folder.name)[-1][1:]) + 1 if self.versions(folder.name) else 1
+        number = self._last_number(folder) + 1
         while True:
             ref = DatasetRef(folder.name, f"v{number}")
             manifest["version"] = ref.version
@@ -193,9 +260,10 @@ class Store:
             manifest["files"] = {
                 p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                 for p in sorted(tmp.iterdir())
-                if p.name != "manifest.json"
+                if p.name != MANIFEST_FILE
             }
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            text = json.dumps(manifest, indent=2, sort_keys=True)
+            (tmp / MANIFEST_FILE).write_text(text)
             for p in tmp.iterdir():
                 with p.open("rb") as f:
                     os.fsync(f.fileno())
@@ -204,42 +272,226 @@ class Store:
             except OSError:
                 number += 1
                 continue
+            _catalog.fsync_folder(folder)
+            self._record(ref, sha256_bytes(text.encode()), manifest["content_sha256"])
             return ref
 
+    def _last_number(self, folder: Path) -> int:
+        """The highest number `folder`'s name ever used: its version folders, those moved aside
+        and the catalog's lines, so no number is given to two different versions."""
+        numbers = [int(m[1]) for p in folder.iterdir() if (m := _TAKEN.fullmatch(p.name))]
+        numbers += [
+            int(m[1])
+            for name, version in self._catalog()
+            if name == folder.name and (m := _VERSION.fullmatch(version))
+        ]
+        return max(numbers, default=0)
+
+    def _catalog(self) -> dict[tuple[str, str], _catalog.Entry]:
+        try:
+            return _catalog.read(self.root)
+        except OSError as exc:
+            raise StoreError(
+                f"catalog {self.catalog_path} is unreadable ({exc.strerror or exc}): make it a "
+                "readable file again (its lines are what verify checks manifests against)"
+            ) from None
+
+    def _record(self, ref: DatasetRef, manifest_sha256: str, data_sha256: str) -> None:
+        entry = _catalog.Entry(ref.name, ref.version, manifest_sha256, data_sha256)
+        try:
+            _catalog.append(self.root, entry)
+        except OSError as exc:
+            raise StoreError(
+                f"{ref} was written but could not be added to catalog {self.catalog_path} "
+                f"({exc.strerror or exc}); it verifies against its own manifest only until the "
+                "catalog is writable and it is committed again"
+            ) from None
+
     def verify(self, ref: DatasetRef) -> VerifyResult:
-        """Re-hash every file of a version against its manifest."""
+        """Re-hash every file of a version against its manifest, check the manifest's rows,
+        schema and labeling counts against the data, and the manifest and data against the
+        digests the catalog recorded at commit."""
+        return self._examine(ref)[0]
+
+    def _examine(self, ref: DatasetRef) -> tuple[VerifyResult, pa.Table | None]:
+        """The verdict, and the table parsed from the same bytes that were hashed (None when
+        there is none to parse)."""
         result = VerifyResult(ref)
         folder = self.path(ref)
-        manifest = self.manifest(ref)
-        listed = manifest.get("files", {})
-        for name, meta in sorted(listed.items()):
-            path = folder / name
-            if not path.is_file():
-                result.problems.append(f"{name}: missing")
-            elif sha256_file(path) != meta["sha256"]:
-                result.problems.append(f"{name}: sha256 differs from the manifest (modified)")
+        if not folder.is_dir():
+            result.problems.append(f"version folder {folder} is missing")
+            return result, None
+        try:
+            raw, manifest = _read_manifest(folder)
+            listed = _listed_files(manifest)
+        except _Damage as exc:
+            result.problems.append(str(exc))
+            return result, None
+        data, digests = _hash_files(folder, listed, result.problems)
         for path in sorted(folder.iterdir()):
-            if path.name not in listed and path.name != "manifest.json":
+            if path.name not in listed and path.name != MANIFEST_FILE:
                 result.problems.append(f"{path.name}: not in the manifest (added)")
-        if not result.problems and manifest.get("content_sha256") != listed.get(DATA_FILE, {}).get(
-            "sha256"
-        ):
+        if DATA_FILE not in listed:
+            result.problems.append(f"manifest: lists no {DATA_FILE}")
+        elif manifest.get("content_sha256") != listed[DATA_FILE]:
             result.problems.append("manifest: content_sha256 does not match the data file")
-        return result
+        if (manifest.get("name"), manifest.get("version")) != (ref.name, ref.version):
+            result.problems.append(
+                f"manifest: describes {manifest.get('name')}@{manifest.get('version')}, not {ref}"
+            )
+        table = _parse_table(data, result.problems) if data is not None else None
+        if table is not None:
+            result.problems += _content_problems(manifest, table)
+        self._check_catalog(result, sha256_bytes(raw), digests.get(DATA_FILE))
+        return result, table
+
+    def _check_catalog(self, result: VerifyResult, manifest_sha: str, data_sha: str | None) -> None:
+        try:
+            entry = self._catalog().get((result.ref.name, result.ref.version))
+        except StoreError as exc:
+            result.problems.append(str(exc))
+            return
+        if entry is None:
+            result.notes.append(
+                f"not in {_catalog.CATALOG_FILE} (committed before the catalog existed): the "
+                "manifest was checked against the data only"
+            )
+            return
+        if entry.manifest_sha256 != manifest_sha:
+            result.problems.append(
+                f"{MANIFEST_FILE}: sha256 differs from the one {_catalog.CATALOG_FILE} recorded "
+                "at commit (edited after commit)"
+            )
+        if data_sha is not None and entry.data_sha256 != data_sha:
+            result.problems.append(
+                f"{DATA_FILE}: sha256 differs from the one {_catalog.CATALOG_FILE} recorded at "
+                "commit (replaced after commit)"
+            )
 
     def list(self) -> list[dict[str, Any]]:
-        """One summary per version, oldest first within each name."""
+        """One summary per version, oldest first within each name.
+
+        A version whose manifest is missing or unreadable does not stop the listing: its row
+        has `problem` set (what is wrong) and None for the rest; `problem` is None otherwise.
+        Only manifests are read; `verify` checks the files.
+        """
         out = []
         for name in self.names():
             for version in self.versions(name):
-                m = self.manifest(DatasetRef(name, version))
+                try:
+                    manifest, problem = _read_manifest(self.datasets_dir / name / version)[1], None
+                except _Damage as exc:
+                    manifest, problem = {}, str(exc)
+                licence = manifest.get("licence")
                 out.append(
                     {
                         "dataset": f"{name}@{version}",
-                        "rows": m.get("rows"),
-                        "created_at": m.get("created_at"),
-                        "parent": m.get("parent"),
-                        "licence": (m.get("licence") or {}).get("spdx"),
+                        "rows": manifest.get("rows"),
+                        "created_at": manifest.get("created_at"),
+                        "parent": manifest.get("parent"),
+                        "licence": licence.get("spdx") if isinstance(licence, dict) else None,
+                        "problem": problem,
                     }
                 )
         return out
+
+
+class _Damage(Exception):
+    """What is wrong with a version, without naming it (the caller adds the ref)."""
+
+
+def _read_manifest(folder: Path) -> tuple[bytes, dict[str, Any]]:
+    """The manifest's bytes (what the catalog hashed) and its content."""
+    path = folder / MANIFEST_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise _Damage(f"{MANIFEST_FILE} is missing") from None
+    except OSError as exc:
+        raise _Damage(f"unreadable manifest ({exc.strerror or exc})") from None
+    try:
+        manifest = json.loads(raw)
+    except ValueError as exc:
+        raise _Damage(f"unreadable manifest ({exc.__class__.__name__})") from None
+    if not isinstance(manifest, dict):
+        raise _Damage("unreadable manifest (not a JSON object)")
+    return raw, manifest
+
+
+def _listed_files(manifest: dict[str, Any]) -> dict[str, str]:
+    """The manifest's `files` as name -> sha256."""
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(meta, dict) and isinstance(meta.get("sha256"), str) for meta in files.values()
+    ):
+        raise _Damage("manifest: 'files' is missing or malformed")
+    return {name: meta["sha256"] for name, meta in files.items()}
+
+
+def _hash_files(
+    folder: Path, listed: dict[str, str], problems: list[str]
+) -> tuple[bytes | None, dict[str, str]]:
+    """The data file's bytes (read once: hashed here, parsed later) and each file's sha256."""
+    data, digests = None, {}
+    for name, expected in sorted(listed.items()):
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+            continue
+        if name == DATA_FILE:
+            data = path.read_bytes()
+            digests[name] = sha256_bytes(data)
+        else:
+            digests[name] = sha256_file(path)
+        if digests[name] != expected:
+            problems.append(f"{name}: sha256 differs from the manifest (modified)")
+    return data, digests
+
+
+def _parse_table(data: bytes, problems: list[str]) -> pa.Table | None:
+    try:
+        return pq.read_table(pa.BufferReader(data))
+    except (OSError, pa.ArrowException) as exc:
+        problems.append(f"{DATA_FILE}: not a readable Parquet file ({exc})")
+        return None
+
+
+def _type_name(type_text: object) -> str:
+    return _LIST_ITEM.sub(r"\1item: ", str(type_text))
+
+
+def _content_problems(manifest: dict[str, Any], table: pa.Table) -> list[str]:
+    """Where the manifest's rows, schema and labeling counts disagree with the table."""
+    problems = []
+    if manifest.get("rows") != table.num_rows:
+        problems.append(
+            f"manifest: rows is {manifest.get('rows')!r} but {DATA_FILE} has {table.num_rows}"
+        )
+    problems += _schema_problems(manifest.get("schema"), table.schema)
+    labeling = manifest.get("labeling")
+    if isinstance(labeling, dict) and {"label", "error"} <= set(table.column_names):
+        errors = table.column("error").to_pylist()
+        # as the labeling summary counts: labeled = no error, failed = an error given
+        counts = {"labeled": errors.count(None), "failed": sum(1 for e in errors if e)}
+        problems += [
+            f"manifest: labeling.{key} is {labeling[key]!r} but {DATA_FILE} has {count}"
+            for key, count in counts.items()
+            if key in labeling and labeling[key] != count
+        ]
+    return problems
+
+
+def _schema_problems(recorded: object, schema: pa.Schema) -> list[str]:
+    if not isinstance(recorded, dict):
+        return ["manifest: 'schema' is missing or malformed"]
+    found = {f.name: _type_name(f.type) for f in schema}
+    said = {name: _type_name(t) for name, t in recorded.items()}
+    # column order is not compared: manifests are written with sorted keys
+    diffs = [
+        f"{name!r} {said.get(name, 'absent')} vs {found.get(name, 'absent')}"
+        for name in sorted(said.keys() | found.keys())
+        if said.get(name) != found.get(name)
+    ]
+    if not diffs:
+        return []
+    return [f"manifest: schema does not match {DATA_FILE} (manifest vs data: {', '.join(diffs)})"]

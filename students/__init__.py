@@ -14,6 +14,10 @@ from ._metrics import (
 )
 from ._types import Student
 
+# A pickle names a class by its module: name the public one, so that a saved student still loads
+# after the private module it is written in is renamed or split.
+TfidfLogReg.__module__ = TfidfLogRegMultiLabel.__module__ = __name__
+
 __all__ = [
     "Student",
     "TfidfLogReg",

@@ -5,8 +5,12 @@ Follows the scikit-learn estimator contract, so it drops into Pipelines, clone a
 
 from __future__ import annotations
 
+import json
+import platform
+import warnings
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import joblib
 import numpy as np
@@ -17,6 +21,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion
 from sklearn.utils.validation import check_is_fitted
 
+if TYPE_CHECKING:
+    from sklearn.utils import Tags
+
+_LIBRARIES = ("stillroom", "scikit-learn", "numpy", "scipy", "joblib")
+
 
 class TfidfLogReg(ClassifierMixin, BaseEstimator):
     """Word and character n-gram TF-IDF features into a multinomial logistic regression.
@@ -25,7 +34,8 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
     row L2-normalised per block), stacked side by side: word n-grams, and character n-grams taken
     inside word boundaries (``analyzer="char_wb"``), which let misspellings and unseen word forms
     share features with the words they resemble. Set `char_ngram_range=None` for word n-grams
-    only.
+    only. `X` is always a 1-D sequence of texts (strings); numbers and feature matrices are
+    refused rather than turned into strings.
 
     Parameters
     ----------
@@ -44,6 +54,23 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
         classes.
     max_iter : int, default=1000
         Iterations for the lbfgs solver.
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        The class labels; `predict_proba` columns follow them.
+    vectoriser_ : TfidfVectorizer or FeatureUnion
+        The fitted TF-IDF features.
+    model_ : LogisticRegression
+        The fitted logistic regression.
+
+    Examples
+    --------
+    >>> from stillroom.students import TfidfLogReg
+    >>> texts = ["loved it", "great fun", "boring", "awful"] * 3
+    >>> model = TfidfLogReg().fit(texts, ["pos", "pos", "neg", "neg"] * 3)
+    >>> model.predict(["loved it, great"]).tolist()
+    ['pos']
     """
 
     def __init__(
@@ -62,6 +89,12 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
         self.min_weight = min_weight
         self.max_iter = max_iter
 
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.input_tags.two_d_array = False
+        return tags
+
     def _vectoriser(self) -> TfidfVectorizer | FeatureUnion:
         common = dict(
             max_features=self.max_features, sublinear_tf=True, min_df=1, strip_accents="unicode"
@@ -72,17 +105,18 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
         chars = TfidfVectorizer(analyzer="char_wb", ngram_range=self.char_ngram_range, **common)
         return FeatureUnion([("word", words), ("char", chars)])
 
+    def _logistic(self) -> LogisticRegression:
+        return LogisticRegression(C=self.C, max_iter=self.max_iter)
+
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> Self:
-        """Fit on texts `X` and hard labels `y`."""
-        texts = _texts(X)
-        y = np.asarray(y)
-        if len(texts) != len(y):
-            raise ValueError(f"X has {len(texts)} texts but y has {len(y)} labels")
-        self.vectoriser_ = self._vectoriser()
-        features = self.vectoriser_.fit_transform(texts)
-        self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter)
-        self.model_.fit(features, y, sample_weight=sample_weight)
-        self.classes_ = self.model_.classes_
+        """Fit on texts `X` and hard labels `y` (one per text)."""
+        texts, y = _texts_and_targets(self, X, y, "the teacher's labels, one per text", ndim=1)
+        vectoriser = self._vectoriser()
+        model = self._logistic().fit(
+            vectoriser.fit_transform(texts), y, sample_weight=sample_weight
+        )
+        # learned state is set only once fitting succeeded, so a failed fit leaves no half model
+        self.vectoriser_, self.model_, self.classes_ = vectoriser, model, model.classes_
         self._columns_: np.ndarray | None = None
         return self
 
@@ -90,31 +124,23 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
         """Fit on the teacher's probabilities: each text appears once per class it gives weight
         to, weighted by that probability, so the multinomial loss is the cross-entropy with the
         teacher's distribution."""
-        texts = _texts(X)
-        proba = np.asarray(proba, dtype=float)
-        classes = np.asarray(classes)
-        if proba.shape != (len(texts), len(classes)):
-            raise ValueError(
-                f"proba has shape {proba.shape}, expected ({len(texts)}, {len(classes)})"
-            )
+        texts, proba, classes = _soft_targets(self, X, proba, classes)
         rows, cols = np.nonzero(proba >= self.min_weight)
-        self.vectoriser_ = self._vectoriser()
-        features = self.vectoriser_.fit_transform(texts)[rows]
-        self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter)
-        self.model_.fit(features, classes[cols], sample_weight=proba[rows, cols])
+        vectoriser = self._vectoriser()
+        features = vectoriser.fit_transform(texts)[rows]
+        model = self._logistic().fit(features, classes[cols], sample_weight=proba[rows, cols])
         # classes the teacher never favoured still get a (zero) column, so columns follow `classes`
-        self.classes_ = classes
-        self._columns_ = np.array(
-            [
-                np.flatnonzero(self.model_.classes_ == c)[0] if c in self.model_.classes_ else -1
-                for c in classes
-            ]
+        columns = np.array(
+            [np.flatnonzero(model.classes_ == c)[0] if c in model.classes_ else -1 for c in classes]
         )
+        self.vectoriser_, self.model_, self.classes_ = vectoriser, model, classes
+        self._columns_ = columns
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        check_is_fitted(self, "model_")
-        raw: np.ndarray = self.model_.predict_proba(self.vectoriser_.transform(_texts(X)))
+        """Class probabilities, one row per text, columns following `classes_`."""
+        check_is_fitted(self, ("vectoriser_", "model_", "classes_"))
+        raw: np.ndarray = self.model_.predict_proba(self.vectoriser_.transform(_texts(self, X)))
         columns = getattr(self, "_columns_", None)
         if columns is None:
             return raw
@@ -124,26 +150,121 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
         return out
 
     def predict(self, X: Any) -> np.ndarray:
-        return np.asarray(self.classes_[np.argmax(self.predict_proba(X), axis=1)])
+        """The most probable class of each text."""
+        proba = self.predict_proba(X)  # first: an unfitted model has no classes_ to index
+        return np.asarray(self.classes_[np.argmax(proba, axis=1)])
 
     def save(self, path: str | Path) -> Path:
+        """Write the model to `path` (joblib), and beside it `<stem>.versions.json`: the library
+        versions it was saved with, which `load` checks."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         joblib.dump(self, path, compress=3)
+        _versions_path(path).write_text(json.dumps(_library_versions(), indent=2) + "\n")
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> Self:
+        """Read a model written by `save`; warns when it was saved under another scikit-learn
+        major.minor version than the one installed."""
+        _check_saved_versions(Path(path))
         model = joblib.load(path)
         if not isinstance(model, cls):
             raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
         return model
 
 
-def _texts(X: Any) -> list[str]:
-    if isinstance(X, str):
-        raise ValueError("X must be a sequence of texts, not a single string")
-    return [str(x) for x in X]
+def _library_versions() -> dict[str, str]:
+    """The versions of Python and of the libraries a saved student depends on."""
+    versions = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "unknown"
+    return versions
+
+
+def _versions_path(model_path: Path) -> Path:
+    """Where `save` records the library versions of the model at `model_path`."""
+    return model_path.with_suffix(".versions.json")
+
+
+def _check_saved_versions(path: Path) -> None:
+    record = _versions_path(path)
+    if not record.is_file():
+        return  # saved before versions were recorded: nothing to compare
+    saved = json.loads(record.read_text()).get("scikit-learn", "unknown")
+    current = _library_versions()["scikit-learn"]
+    if saved.split(".")[:2] != current.split(".")[:2]:
+        warnings.warn(
+            f"{path} was saved with scikit-learn {saved} and this is scikit-learn {current}: a "
+            "model pickled under another major.minor version may fail or predict differently. "
+            f"Install scikit-learn=={saved} to use it, or train the student again.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _texts(owner: BaseEstimator, X: Any) -> list[str]:
+    """X as a list of texts; anything else is refused, never silently turned into strings."""
+    what = f"{type(owner).__name__} takes texts (strings) and builds its own TF-IDF features"
+    if isinstance(X, str | bytes):
+        raise ValueError(f"{what}: X must be a sequence of texts, not a single string")
+    if sp.issparse(X):
+        raise ValueError(f"{what}: X is a sparse matrix; pass the raw texts instead")
+    if getattr(X, "ndim", 1) != 1:
+        raise ValueError(
+            f"{what}: X must be 1-D, one text per sample, not shape {getattr(X, 'shape', '?')}"
+        )
+    try:
+        texts = list(X)
+    except TypeError:
+        raise ValueError(f"{what}: X is a {type(X).__name__}, not a sequence of texts") from None
+    if not texts:
+        raise ValueError(f"{what}: X holds no texts")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(
+                f"{what}: X[{i}] is a {type(text).__name__} ({str(text)[:40]}), not a "
+                "string; convert the data to texts first"
+            )
+    return texts
+
+
+def _texts_and_targets(
+    owner: BaseEstimator, X: Any, y: Any, what: str, ndim: int
+) -> tuple[list[str], np.ndarray]:
+    """Texts and their targets, checked in this order: y is given, X is texts, y fits X."""
+    name = type(owner).__name__
+    if y is None:
+        raise ValueError(
+            f"{name} requires y to be passed, but the target y is None: pass {what} as y, or "
+            "the teacher's probabilities to fit_soft(X, proba, classes)"
+        )
+    texts, array = _texts(owner, X), np.asarray(y)
+    if array.ndim != ndim:
+        hint = "; for several labels per text use TfidfLogRegMultiLabel" if ndim == 1 else ""
+        raise ValueError(f"{name}.fit takes y as {what}, got shape {array.shape}{hint}")
+    if len(array) != len(texts):
+        raise ValueError(f"X has {len(texts)} texts but y has {len(array)} rows of labels")
+    return texts, array
+
+
+def _soft_targets(
+    owner: BaseEstimator, X: Any, proba: Any, classes: Any
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Texts, probabilities (n_texts x n_classes) and classes, checked against each other."""
+    if proba is None or classes is None:
+        raise ValueError(
+            f"{type(owner).__name__}.fit_soft needs proba (one row per text, one column per "
+            "class) and classes (the column names)"
+        )
+    texts = _texts(owner, X)
+    proba, classes = np.asarray(proba, dtype=float), np.asarray(classes)
+    if proba.shape != (len(texts), len(classes)):
+        raise ValueError(f"proba has shape {proba.shape}, expected ({len(texts)}, {len(classes)})")
+    return texts, proba, classes
 
 
 class TfidfLogRegMultiLabel(TfidfLogReg):
@@ -153,40 +274,55 @@ class TfidfLogRegMultiLabel(TfidfLogReg):
     `proba` need not sum to 1): each label's model sees every text twice, as "applies" weighted
     by p and as "does not" weighted by 1 - p. `predict_proba` returns P(applies) per label,
     columns following `classes_`. Parameters as for `TfidfLogReg`.
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        The labels; `predict_proba` and `predict` columns follow them.
+    vectoriser_ : TfidfVectorizer or FeatureUnion
+        The fitted TF-IDF features, shared by every label.
+    models_ : list of LogisticRegression or float
+        One model per label, or the constant probability of a label the teacher never (or
+        always) chose.
     """
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        tags.target_tags.single_output = False
+        return tags
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> Self:
         """Fit on texts `X` and a 0/1 indicator matrix `y` (n_texts x n_labels)."""
-        y = np.asarray(y, dtype=float)
-        return self.fit_soft(X, y, np.arange(y.shape[1]))
+        texts, y = _texts_and_targets(
+            self, X, y, "a 0/1 indicator matrix (n_texts x n_labels)", ndim=2
+        )
+        return self.fit_soft(texts, y.astype(float), np.arange(y.shape[1]))
 
     def fit_soft(self, X: Any, proba: Any, classes: Any) -> Self:
-        texts = _texts(X)
-        proba = np.clip(np.asarray(proba, dtype=float), 0.0, 1.0)
-        if proba.shape != (len(texts), len(classes)):
-            raise ValueError(
-                f"proba has shape {proba.shape}, expected ({len(texts)}, {len(classes)})"
-            )
-        self.vectoriser_ = self._vectoriser()
-        features = self.vectoriser_.fit_transform(texts)
+        texts, proba, classes = _soft_targets(self, X, proba, classes)
+        proba = np.clip(proba, 0.0, 1.0)
+        vectoriser = self._vectoriser()
+        features = vectoriser.fit_transform(texts)
         doubled = sp.vstack([features, features])
-        self.models_ = []
+        target = np.r_[np.ones(len(texts)), np.zeros(len(texts))]
+        models: list[LogisticRegression | float] = []
         for j in range(len(classes)):
-            target = np.r_[np.ones(len(texts)), np.zeros(len(texts))]
             weight = np.r_[proba[:, j], 1.0 - proba[:, j]]
             keep = weight >= self.min_weight
             if len(set(target[keep])) < 2:  # the teacher never (or always) chose this label
-                self.models_.append(float(target[keep][0]) if keep.any() else 0.0)
+                models.append(float(target[keep][0]) if keep.any() else 0.0)
                 continue
-            model = LogisticRegression(C=self.C, max_iter=self.max_iter)
-            self.models_.append(model.fit(doubled[keep], target[keep], sample_weight=weight[keep]))
-        self.model_ = self.models_
-        self.classes_ = np.asarray(classes)
+            model = self._logistic()
+            models.append(model.fit(doubled[keep], target[keep], sample_weight=weight[keep]))
+        self.vectoriser_, self.models_, self.classes_ = vectoriser, models, classes
+        self.model_ = models
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        check_is_fitted(self, "models_")
-        features = self.vectoriser_.transform(_texts(X))
+        """P(label applies), one row per text, columns following `classes_`."""
+        check_is_fitted(self, ("vectoriser_", "models_", "classes_"))
+        features = self.vectoriser_.transform(_texts(self, X))
         columns = [
             np.full(features.shape[0], m)
             if isinstance(m, float)
@@ -196,4 +332,5 @@ class TfidfLogRegMultiLabel(TfidfLogReg):
         return np.column_stack(columns)
 
     def predict(self, X: Any) -> np.ndarray:
+        """A 0/1 matrix: 1 where a label applies (probability 0.5 or more)."""
         return (self.predict_proba(X) >= 0.5).astype(int)

@@ -63,6 +63,43 @@ CASES = {
         "environment variable STILLROOM_TEST_KEY (teacher.api_key_env) is not set",
     ),
     "negative limit": ({"data.limit": -3}, "config key 'data.limit'"),
+    # secrets and URLs that would leak or break
+    "credentials in base_url": (
+        {**OPENAI, "teacher.base_url": f"http://user:{SENTINEL_KEY}@127.0.0.1:9/v1"},
+        "'teacher.base_url': must not hold credentials (user:password@host): put the key in an environment "
+        "variable and name it in teacher.api_key_env",
+    ),
+    "query in base_url": (
+        {**OPENAI, "teacher.base_url": "http://127.0.0.1:9/v1?api-version=2024-06-01"},
+        "'teacher.base_url': must not have a query string or fragment: give query parameters as teacher.query",
+    ),
+    "secret in a plain header": (
+        {**OPENAI, "teacher.headers": {"api-key": SENTINEL_KEY}},
+        "header 'api-key' looks like it holds a secret: name the environment variable",
+    ),
+    "missing header variable": (
+        {**OPENAI, "teacher.api_key_env": None, "teacher.header_env": {"api-key": "STILLROOM_NO"}},
+        "environment variable STILLROOM_NO (teacher.header_env.api-key) is not set",
+    ),
+    # label sets that cannot work
+    "empty label": ({"task.labels": ["card_arrival", ""]}, "a label is empty"),
+    "labels equal up to case": (
+        {"task.labels": ["card_arrival", "Card_Arrival"]},
+        "labels 'card_arrival' and 'Card_Arrival' are the same label to the answer parser",
+    ),
+    "label with spaces around": (
+        {"task.labels": ["card_arrival", " card_linking "]},
+        "label ' card_linking ' has leading or trailing spaces",
+    ),
+    "separator in a multi-label label": (
+        {
+            **OPENAI,
+            "task.multi_label": True,
+            "data.gold_field": None,
+            "task.labels": ["card_arrival", "a|b"],
+        },
+        "label 'a|b' contains '|', which joins the labels of a multi-label answer",
+    ),
     "unknown provider": ({"teacher.provider": "magic"}, "config key 'teacher.provider'"),
 }
 
@@ -74,6 +111,17 @@ def test_bad_config_or_data_is_one_line_exit_2_store_untouched(case, write_confi
     code, err, _ = run_cli("run", str(write_config(changes)))
     assert code == 2, err
     assert message in err and len(err.splitlines()) == 1
+    assert SENTINEL_KEY not in err
+    assert snapshot(seeded_store) == before
+
+
+def test_bad_set_values(write_config, seeded_store):
+    before = snapshot(seeded_store)
+    code, err, _ = run_cli("run", str(write_config()), "--set", "task.labels=[a, b")
+    assert (code, err) == (
+        2,
+        "stillroom: error: --set task.labels: '[a, b' is not a valid YAML value",
+    )
     assert snapshot(seeded_store) == before
 
 
@@ -84,11 +132,15 @@ def test_bad_files(tmp_path, write_config, seeded_store):
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"id": "1", "text": "a"}\n{"id": 2, "te\n')
     blank = write_jsonl(tmp_path / "blank.jsonl", [{"id": "1", "text": "  "}])
+    number = write_jsonl(
+        tmp_path / "number.jsonl", [{"id": "1", "text": "fine"}, {"id": "2", "text": 42}]
+    )
     expected = {
         str(empty): "has no records",
         dupes: "duplicate id '1'",
         str(broken): "line 2 is not valid JSON",
         blank: "have an empty 'text'",
+        number: "record 2 has a int in its 'text' field (data.text_field), not text: 42",
     }
     before = snapshot(seeded_store)
     for path, message in expected.items():
@@ -144,8 +196,12 @@ def test_estimate_counts_tokens_and_cost_without_a_key(write_config):
     assert fields["records"] == "100" and fields["to label"] == "100"
     inputs, outputs = int(fields["input tokens"]), int(fields["output tokens (max)"])
     assert inputs > 100 * 200  # the 77-label system prompt alone is several hundred tokens
-    assert float(fields["cost_usd (max)"]) == pytest.approx(
+    assert float(fields["cost_usd (answered at once)"]) == pytest.approx(
         round((inputs * 0.15 + outputs * 0.6) / 1e6, 4)
+    )
+    # the default one re-ask per off-label answer resends the conversation: the max is higher
+    assert float(fields["cost_usd (max, 1 re-ask(s) each)"]) > 2 * float(
+        fields["cost_usd (answered at once)"]
     )
 
 
@@ -252,3 +308,42 @@ def test_a_teacher_that_rejects_the_key_mid_run_is_one_line_without_traceback(
         "rejected the API key (HTTP 401)"
     ]
     assert SENTINEL_KEY not in result.stderr + result.stdout
+
+
+def test_datasets_list_names_a_broken_version_and_lists_the_rest(seeded_store):
+    store = Store(seeded_store)
+    store.commit("other", pa.table({"id": ["x"], "text": ["y"]}), licence=Licence("MIT"))
+    (seeded_store / "datasets" / "other" / "v1" / "manifest.json").unlink()
+    code, err, out = run_cli("datasets", "list", "--store", str(seeded_store))
+    assert code == 0 and "earlier@v1" in out and "other@v1" not in out
+    assert err == "stillroom: warning: other@v1: manifest.json is missing"
+
+
+def test_a_damaged_store_is_one_line_exit_2_and_nothing_is_lost(tmp_path, write_config):
+    # a store path that is a file
+    not_a_folder = tmp_path / "store-file"
+    not_a_folder.write_text("x")
+    code, err, _ = run_cli("label", str(write_config({"store": str(not_a_folder)})))
+    assert code == 2 and err.startswith(f"stillroom: error: store {not_a_folder} is a file")
+    # a cache that is not a database: named, with how to recover, and left as it was
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "cache.sqlite").write_bytes(b"this is not a database" * 100)
+    code, err, _ = run_cli("label", str(write_config({"data.limit": 20})))
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"cache {store / 'cache.sqlite'} is damaged" in err and "move it aside" in err
+    assert (store / "cache.sqlite").read_bytes() == b"this is not a database" * 100
+
+
+def test_a_hand_edited_manifest_fails_verify_and_is_not_trained_on(tmp_path, write_config):
+    store = Store(tmp_path / "store")
+    rows = {"id": [f"r{i}" for i in range(40)], "text": [f"text {i}" for i in range(40)]}
+    ref = store.commit("banking77", pa.table(rows), licence=Licence("CC-BY-4.0"))
+    path = tmp_path / "store" / "datasets" / "banking77" / "v1" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["licence"]["spdx"], manifest["rows"] = "MIT", 999
+    path.write_text(json.dumps(manifest))
+    code, err, _ = run_cli("datasets", "verify", str(ref), "--store", str(tmp_path / "store"))
+    assert code == 1 and "manifest: rows is 999 but data.parquet has 40" in err
+    code, err, _ = run_cli("train", str(write_config()), "--dataset", str(ref))
+    assert code == 2 and "banking77@v1 is damaged" in err and len(err.splitlines()) == 1

@@ -15,7 +15,7 @@ from stillroom.flows import ConfigError, load_config
         ),
         ({"teacher.price": "free"}, "config key 'teacher.price'"),
         ({"teacher.terms": "mystery"}, "unknown terms profile 'mystery'"),
-        ({"task.labels": ["a", "b", "a"]}, "duplicate labels: ['a']"),
+        ({"task.labels": ["a", "b", "a"]}, "duplicate label 'a'"),
         ({"students": [{"kind": "bert"}]}, "config key 'students.0"),
         ({"task.multi_label": True}, "task.multi_label needs a teacher that can answer yes/no"),
     ],

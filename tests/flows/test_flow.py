@@ -3,13 +3,16 @@
 import json
 
 import pytest
+import yaml
 from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
 from stillroom.flows import load_config
 from stillroom.flows._cli import app
 from stillroom.flows._flow import distill
+from stillroom.flows._report import write_model_card
 from stillroom.storage import Store
+from stillroom.students import TfidfLogReg, TfidfLogRegMultiLabel
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -22,7 +25,11 @@ def test_distill_then_train_and_evaluate_a_stored_version(write_config, tmp_path
     config = load_config(write_config({"data.limit": 400}))
     report_path = distill(config, str(tmp_path / "run"))
     report = json.loads(report_path.read_text())
-    assert report["dataset"] == {"name": "banking77", "version": "v1", "rows": 400}
+    dataset = report["dataset"]
+    assert (dataset["name"], dataset["version"], dataset["rows"]) == ("banking77", "v1", 400)
+    assert (
+        dataset["train_records"] + dataset["test_records"] == 400 and dataset["test_records"] > 30
+    )
     lab = report["labeling"]
     assert (lab["records"], lab["labeled"], lab["failed"], lab["teacher_calls"]) == (
         400,
@@ -36,8 +43,23 @@ def test_distill_then_train_and_evaluate_a_stored_version(write_config, tmp_path
     assert student["kind"] == "logreg" and 0.2 < student["agreement"] <= 1.0
     assert student["kl_teacher_student"] > 0 and 0 <= student["ece"] <= 1
     assert (tmp_path / "run" / "report.md").read_text().startswith("# banking77")
-    card = (tmp_path / "run" / "students" / "0-logreg" / "MODEL_CARD.md").read_text()
-    assert "CC-BY-4.0" in card and "apache-2.0" in card
+    card = (tmp_path / "run" / "students" / "0-logreg" / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert (meta["library_name"], meta["license"], meta["datasets"]) == (
+        "sklearn",
+        "cc-by-4.0",
+        ["banking77@v1"],
+    )
+    (result,) = meta["model-index"][0]["results"]
+    assert result["metrics"][0] == {
+        "type": "accuracy",
+        "value": pytest.approx(student["agreement"]),
+        "name": "agreement with the teacher",
+    }
+    assert "training data licence: `CC-BY-4.0` Creative Commons" in card
+    assert "teacher terms (apache-2.0)" in card and "zero-shot `all-minilm-l6-v2`" in card
+    assert 'TfidfLogReg.load("model.joblib")' in card
+    assert not (tmp_path / "run" / "students" / "0-logreg" / "MODEL_CARD.md").exists()
 
     store = Store(config.store)
     manifest = store.manifest(store.resolve("banking77"))
@@ -56,18 +78,77 @@ def test_distill_then_train_and_evaluate_a_stored_version(write_config, tmp_path
         ["train", str(write_config()), "--dataset", "banking77@v1", "--out", str(tmp_path / "t")],
     )
     assert trained.exit_code == 0, trained.output
+    trained_card = tmp_path / "t" / "students" / "0-logreg" / "README.md"
+    assert "license: cc-by-4.0" in trained_card.read_text()
+    assert "model-index" not in trained_card.read_text()  # no metrics before evaluation
     evaluated = cli.invoke(
         app,
         ["evaluate", str(write_config()), "--dataset", "banking77", "--run", str(tmp_path / "t")],
     )
     assert evaluated.exit_code == 0, evaluated.output
     again = json.loads((tmp_path / "t" / "report.json").read_text())
+    assert f"| agreement with the teacher | {again['students'][0]['agreement']:.4g} |" in (
+        trained_card.read_text()
+    )
     assert again["students"][0]["agreement"] == pytest.approx(student["agreement"])
     assert again["labeling"]["teacher_calls"] == 0
 
     label = cli.invoke(app, ["label", str(write_config({"data.limit": 400}))])
     assert label.exit_code == 0 and label.stdout.strip() == "banking77@v1"
     assert "0 teacher calls, 400 cache hits" in label.stderr
+
+
+@pytest.mark.parametrize(
+    ("spdx", "expected"),
+    [
+        ("CC-BY-4.0", {"license": "cc-by-4.0"}),
+        ("GPL-3.0-or-later", {"license": "gpl-3.0"}),
+        ("ODbL-1.0", {"license": "odbl"}),
+        ("NOASSERTION", {"license": "unknown"}),
+        (None, {"license": "unknown"}),
+        ("LicenseRef-Acme-Internal", {"license": "other", "license_name": "acme-internal"}),
+        ("MIT OR Apache-2.0", {"license": "other", "license_name": "mit-or-apache-2.0"}),
+    ],
+)
+def test_model_card_licence_is_an_id_the_hub_accepts(spdx, expected, tmp_path):
+    manifest = {"licence": {"spdx": spdx}, "teacher": {"provider": "openai", "model": "gpt-x"}}
+    card = write_model_card(tmp_path, TfidfLogReg(), "logreg", "d@v1", manifest).read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert {k: v for k, v in meta.items() if k.startswith("license")} == expected
+    assert f"training data licence: `{spdx}`" in card  # the body keeps the licence as stated
+
+
+def test_model_card_names_a_hub_teacher_its_restrictions_and_only_known_metrics(tmp_path):
+    manifest = {
+        "licence": {"spdx": "MIT", "statement": "MIT licence", "source": "https://x.test/d"},
+        "teacher": {"provider": "transformers", "model": "HuggingFaceTB/SmolLM2-360M-Instruct"},
+        "terms": {
+            "profile": "openai",
+            "statement": "No competing models.",
+            "restrictions": ["no-competing-models"],
+        },
+        "task": {"multi_label": True},
+    }
+    metrics = {
+        "agreement": 0.5,
+        "accuracy_vs_gold": None,
+        "f1_micro_vs_teacher": 0.75,
+        "size_bytes": 2048,
+    }
+    path = write_model_card(
+        tmp_path, TfidfLogRegMultiLabel(), "logreg", "tags@v2", manifest, metrics
+    )
+    card = path.read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert path == tmp_path / "README.md"
+    assert meta["base_model"] == "HuggingFaceTB/SmolLM2-360M-Instruct"
+    assert "multi-label" in meta["tags"] and meta["metrics"] == ["accuracy", "f1"]
+    (result,) = meta["model-index"][0]["results"]
+    assert [(m["type"], m["value"]) for m in result["metrics"]] == [("accuracy", 0.5), ("f1", 0.75)]
+    assert "- restrictions inherited from the teacher: no-competing-models" in card
+    assert "- data source: https://x.test/d" in card
+    assert "| model file size, bytes | 2048 |" in card and "gold" not in card
+    assert 'TfidfLogRegMultiLabel.load("model.joblib")' in card
 
 
 def test_budget_stops_cleanly_and_a_higher_budget_continues(write_config, fake_openai, monkeypatch):

@@ -235,3 +235,92 @@ def test_multi_label_teacher_combines_yes_no_answers():
         else:
             assert a.error.split(": ")[1] == "off-label answer" and a.raw
     assert any(not a.ok for a in answers) and any(a.ok for a in answers)
+
+
+def test_timeouts_count_against_the_budget_at_their_worst_case():
+    from stillroom.labelers import BUDGET_EXHAUSTED, Budget
+
+    sent = []
+
+    def hang(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        raise httpx.ReadTimeout("no answer", request=request)
+
+    price = Price(1000.0, 1000.0)  # about 0.1 USD of worst case per request here
+    budget = Budget(0.5)
+    t = teacher(
+        "http://127.0.0.1:9/v1",
+        price=price,
+        budget=budget,
+        max_retries=3,
+        concurrency=1,
+        transport=httpx.MockTransport(hang),
+    )
+    answers = t.label(TEXTS[:10])
+    # each abandoned request may be billed: the budget counts it, so far fewer than
+    # 10 records x 4 tries are sent, and what is counted never passes the limit by more than one
+    per_request = price.cost(500, 0)
+    assert len(sent) < 10
+    assert budget.exhausted and t.budget_exhausted
+    assert budget.spent_usd <= 0.5 + 2 * per_request + 0.05
+    assert {a.error for a in answers} <= {"timeout", BUDGET_EXHAUSTED}
+    assert sum(a.error == BUDGET_EXHAUSTED for a in answers) >= 5
+
+
+def test_a_record_over_the_size_limit_fails_without_being_sent():
+    server = FakeOpenAI(FakeTeacher(accuracy=1.0))
+    with server as url:
+        t = teacher(url, max_input_chars=1_000)
+        answers = t.label([("small", "where is my card"), ("huge", "x" * 5_000)])
+    assert answers[0].ok
+    assert (
+        answers[1].error == "too long: 5,000 characters (limit 1,000)" and answers[1].label is None
+    )
+    assert server.requests == 1
+
+
+def test_query_and_extra_headers_are_sent_and_the_query_is_part_of_the_cache_key(tmp_path):
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        body = {
+            "choices": [{"message": {"content": "pin_blocked"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 2},
+        }
+        return httpx.Response(200, json=body)
+
+    def make(query):
+        return teacher(
+            "https://gateway.example/openai/deployments/d",
+            query=query,
+            headers={"api-key": "from-env"},
+            transport=httpx.MockTransport(answer),
+            cache=ResponseCache(tmp_path / "c.sqlite"),
+        )
+
+    first = make({"api-version": "2024-06-01"})
+    assert first.label(TEXTS[:1])[0].label == "pin_blocked"
+    request = seen[0]
+    assert request.url.params["api-version"] == "2024-06-01"
+    assert request.url.path == "/openai/deployments/d/chat/completions"
+    assert request.headers["api-key"] == "from-env"
+    again = make({"api-version": "2024-06-01"}).label(TEXTS[:1])
+    assert again[0].cached and len(seen) == 1  # same query: from the cache
+    make({"api-version": "2025-01-01"}).label(TEXTS[:1])
+    assert len(seen) == 2  # another API version may answer otherwise: asked again
+    assert "from-env" not in (tmp_path / "c.sqlite").read_bytes().decode(errors="replace")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://user:SECRET@127.0.0.1:8000/v1", "must not hold credentials"),
+        ("http://127.0.0.1:8000/v1?api-version=1&key=SECRET", "must not have a query string"),
+        ("localhost:8000/v1", "expected http(s)://host[:port]/path"),
+    ],
+)
+def test_base_urls_that_would_leak_or_break_are_refused(url, message):
+    with pytest.raises(LabelerError, match=r"teacher base_url") as caught:
+        OpenAITeacher(TASK, model="m", base_url=url)
+    assert message in str(caught.value) and "SECRET" not in str(caught.value)

@@ -1,8 +1,10 @@
 import multiprocessing
+import os
+from pathlib import Path
 
 import pytest
 
-from stillroom.storage import ResponseCache, request_key
+from stillroom.storage import ResponseCache, StoreError, request_key
 
 
 def test_key_is_canonical():
@@ -69,3 +71,57 @@ def test_paid_answers_are_in_the_spend_ledger_by_tag_and_model(tmp_path):
     ]
     assert a.spent("intents") == pytest.approx(0.03) and a.spent("spam") == pytest.approx(0.5)
     assert a.spent("other") == 0.0
+
+
+def test_a_damaged_cache_file_is_named_and_left_as_it_is(tmp_path):
+    path = tmp_path / "cache.sqlite"
+    junk = os.urandom(8192)
+    path.write_bytes(junk)
+    with pytest.raises(StoreError) as exc:
+        ResponseCache(path)
+    assert str(exc.value) == (
+        f"cache {path} is damaged (file is not a database): move it aside, e.g. mv {path} "
+        f"{path}.damaged, and run again; its answers would be paid again"
+    )
+    assert path.read_bytes() == junk and os.listdir(tmp_path) == ["cache.sqlite"]
+
+
+def test_a_cache_damaged_while_open_raises_a_store_error(tmp_path):
+    path = tmp_path / "cache.sqlite"
+    cache = ResponseCache(path)
+    cache.put({"q": 1}, {"answer": "x"}, cost_usd=0.5)
+    cache.close()
+    data = bytearray(path.read_bytes())
+    data[4096:] = os.urandom(len(data) - 4096)  # the header survives, the pages do not
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=f"cache {path} is damaged .*mv {path} {path}.damaged"):
+        ResponseCache(path).get({"q": 1})
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_cache_deleted_or_replaced_while_labeling_stops_the_run(tmp_path, how):
+    path = tmp_path / "cache.sqlite"
+    cache = ResponseCache(path, tag="t")
+    cache.put({"q": 1}, {"answer": "x"}, input_tokens=3, output_tokens=1, cost_usd=0.5)
+    path.unlink()
+    if how == "replaced":
+        path.write_bytes(b"")
+    with pytest.raises(StoreError) as exc:
+        cache.put({"q": 2}, {"answer": "y"}, input_tokens=3, output_tokens=1, cost_usd=0.5)
+    message = str(exc.value)
+    assert message.startswith(f"cache file {path} was deleted or replaced while labeling: ")
+    copy = Path(message.split("copied to ")[1].split(":")[0])
+    assert copy.parent == tmp_path and copy.name.startswith("cache.sqlite.rescued-")
+    with pytest.raises(StoreError, match="was deleted or replaced"):  # and every put after it
+        cache.put({"q": 3}, {"answer": "z"})
+    rescued = ResponseCache(copy)
+    assert rescued.get({"q": 1}) == {"answer": "x"} and rescued.get({"q": 2}) is None
+    assert rescued.spent("t") == pytest.approx(0.5)
+    if how == "replaced":
+        assert path.read_bytes() == b""
+
+
+def test_a_cache_whose_folder_is_a_file_is_named(tmp_path):
+    (tmp_path / "store").write_text("x")
+    with pytest.raises(StoreError, match=f"^cannot create {tmp_path / 'store'}: "):
+        ResponseCache(tmp_path / "store" / "cache.sqlite")

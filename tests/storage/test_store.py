@@ -1,7 +1,10 @@
+import hashlib
 import json
 import threading
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from stillroom.storage import DatasetRef, Licence, Store, StoreError
@@ -89,3 +92,215 @@ def test_list_summarises_versions(tmp_path):
     assert [r["dataset"] for r in rows] == ["a@v1", "a@v2"]
     assert [r["rows"] for r in rows] == [3, 5]
     assert json.dumps(rows)
+
+
+# --- integrity: every failure is a StoreError naming the problem; nothing stored changes ---
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under `root` with its sha256: what "nothing stored was changed" compares."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def labeled(n: int = 3, failed: int = 1) -> pa.Table:
+    return pa.table(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "label": [None if i < failed else "a" for i in range(n)],
+            "probs": [[0.5, 0.5]] * n,
+            "error": ["timeout" if i < failed else None for i in range(n)],
+        }
+    )
+
+
+def edit_manifest(store: Store, ref: DatasetRef, **changes: object) -> None:
+    path = store.path(ref) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(changes)
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def test_a_clean_version_verifies_and_is_in_the_catalog(tmp_path):
+    store = Store(tmp_path)
+    ref = store.commit(
+        "demo", labeled(), licence=LICENCE, metadata={"labeling": {"labeled": 2, "failed": 1}}
+    )
+    result = store.verify(ref)
+    assert (result.problems, result.notes) == ([], [])
+    lines = (tmp_path / "catalog.jsonl").read_text().splitlines()
+    assert [json.loads(line)["version"] for line in lines] == ["v1"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"licence": {"spdx": "MIT"}}, []),
+        ({"rows": 999}, ["rows is 999 but data.parquet has 3"]),
+        (
+            {"schema": {"id": "int64"}},
+            ["schema does not match data.parquet", "'id' int64 vs string"],
+        ),
+        (
+            {"labeling": {"labeled": 3, "failed": 0}},
+            ["labeling.labeled is 3 but data.parquet has 2"],
+        ),
+        ({"version": "v7"}, ["describes demo@v7, not demo@v1"]),
+    ],
+)
+def test_verify_catches_a_hand_edited_manifest(tmp_path, changes, expected):
+    store = Store(tmp_path)
+    ref = store.commit(
+        "demo", labeled(), licence=LICENCE, metadata={"labeling": {"labeled": 2, "failed": 1}}
+    )
+    edit_manifest(store, ref, **changes)
+    problems = store.verify(ref).problems
+    assert any(
+        "manifest.json: sha256 differs from the one catalog.jsonl recorded" in p for p in problems
+    )
+    for text in expected:
+        assert any(text in p for p in problems), problems
+    # a version older than the catalog is still checked against its data, with a note
+    (tmp_path / "catalog.jsonl").unlink()
+    result = store.verify(ref)
+    assert result.notes and "before the catalog existed" in result.notes[0]
+    assert [p for p in result.problems if "catalog" in p] == []
+    assert all(any(text in p for p in result.problems) for text in expected)
+
+
+def test_a_version_older_than_the_catalog_verifies_with_a_note(tmp_path):
+    store = Store(tmp_path)
+    ref = store.commit("demo", table(), licence=LICENCE)
+    (tmp_path / "catalog.jsonl").unlink()
+    result = store.verify(ref)
+    assert result.ok and "committed before the catalog existed" in result.notes[0]
+    assert store.load(ref).equals(table())
+
+
+def resign(store: Store, ref: DatasetRef, data: pa.Table) -> None:
+    """Replace the data with a valid, altered table and update the manifest to match: all a
+    tamperer can do without the catalog."""
+    path = store.path(ref) / "data.parquet"
+    pq.write_table(data, path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest = json.loads((store.path(ref) / "manifest.json").read_text())
+    manifest["files"]["data.parquet"] = {"sha256": digest, "bytes": path.stat().st_size}
+    edit_manifest(store, ref, files=manifest["files"], content_sha256=digest)
+
+
+def test_load_refuses_a_replaced_data_file(tmp_path):
+    store = Store(tmp_path)
+    ref = store.commit("demo", table(), licence=LICENCE)
+    altered = pa.table({"id": ["r0", "r1", "r2"], "text": ["evil"] * 3})
+    pq.write_table(altered, store.path(ref) / "data.parquet")
+    with pytest.raises(
+        StoreError, match=r"^demo@v1 is damaged: data.parquet: sha256 differs"
+    ) as exc:
+        store.load(ref)
+    assert "run `stillroom datasets verify demo@v1` for details" in str(exc.value)
+    resign(store, ref, altered)
+    with pytest.raises(StoreError, match=r"demo@v1 is damaged: manifest.json: sha256 differs"):
+        store.load(ref)
+    assert any(
+        "data.parquet: sha256 differs from the one catalog" in p for p in store.verify(ref).problems
+    )
+    assert store.load(ref, verify=False).equals(altered)  # the cheap path reads without checking
+
+
+def test_load_refuses_a_truncated_or_missing_data_file(tmp_path):
+    store = Store(tmp_path)
+    ref = store.commit("demo", table(), licence=LICENCE)
+    data = store.path(ref) / "data.parquet"
+    data.write_bytes(data.read_bytes()[:20])
+    with pytest.raises(StoreError, match="demo@v1 is damaged: data.parquet: sha256 differs"):
+        store.load(ref)
+    data.unlink()
+    with pytest.raises(StoreError, match="demo@v1 is damaged: data.parquet: missing"):
+        store.load(ref)
+
+
+def test_commit_refuses_to_dedupe_against_a_damaged_latest_version(tmp_path):
+    store = Store(tmp_path)
+    first = store.commit("demo", table(), licence=LICENCE)
+    data = store.path(first) / "data.parquet"
+    data.write_bytes(data.read_bytes()[:-10])
+    before = snapshot(tmp_path)
+    for content in (table(), table(5)):
+        with pytest.raises(StoreError) as exc:
+            store.commit("demo", content, licence=LICENCE)
+        message = str(exc.value)
+        assert message.startswith("demo@v1, the latest version of 'demo', is damaged (data.parquet")
+        assert f"mv {store.path(first)} {store.path(first)}.damaged" in message
+        assert "\n" not in message
+    assert snapshot(tmp_path) == before
+    # recovering as told: the damaged folder is kept aside and its number is not given out again
+    store.path(first).rename(f"{store.path(first)}.damaged")
+    second = store.commit("demo", table(), licence=LICENCE)
+    assert second.version == "v2" and store.verify(second).ok
+    assert snapshot(tmp_path / "datasets/demo/v1.damaged") == {
+        k.removeprefix("datasets/demo/v1/"): v for k, v in before.items() if "v1/" in k
+    }
+
+
+def test_a_store_that_is_a_file_is_refused(tmp_path):
+    path = tmp_path / "store"
+    path.write_text("not a folder")
+    with pytest.raises(StoreError, match=f"^store {path} is a file, not a folder"):
+        Store(path)
+    assert path.read_text() == "not a folder"
+
+
+def test_list_names_broken_versions_and_keeps_the_rest(tmp_path):
+    store = Store(tmp_path)
+    store.commit("a", table(), licence=LICENCE)
+    store.commit("b", table(), licence=LICENCE)
+    store.commit("b", table(4), licence=LICENCE)
+    (store.path(DatasetRef("a", "v1")) / "manifest.json").unlink()
+    (store.path(DatasetRef("b", "v1")) / "manifest.json").write_text("{not json")
+    rows = store.list()
+    assert [(r["dataset"], r["rows"], r["problem"]) for r in rows] == [
+        ("a@v1", None, "manifest.json is missing"),
+        ("b@v1", None, "unreadable manifest (JSONDecodeError)"),
+        ("b@v2", 4, None),
+    ]
+    assert rows[2]["licence"] == "CC-BY-4.0" and json.dumps(rows)
+
+
+def test_commit_works_past_a_latest_folder_without_manifest(tmp_path):
+    store = Store(tmp_path)
+    store.commit("demo", table(), licence=LICENCE)
+    broken = tmp_path / "datasets/demo/v2"
+    broken.mkdir()
+    (broken / "data.parquet").write_bytes(b"half")
+    before = snapshot(broken)
+    assert store.resolve("demo") == DatasetRef("demo", "v2")
+    with pytest.raises(StoreError, match="demo@v2 is damaged: manifest.json is missing"):
+        store.load(store.resolve("demo"))
+    assert store.commit("demo", table(), licence=LICENCE) == DatasetRef("demo", "v1")
+    third = store.commit("demo", table(6), licence=LICENCE)
+    assert third == DatasetRef("demo", "v3") and store.verify(third).ok
+    assert snapshot(broken) == before
+
+
+def test_commit_with_a_garbled_latest_manifest_says_so(tmp_path):
+    store = Store(tmp_path)
+    ref = store.commit("demo", table(), licence=LICENCE)
+    (store.path(ref) / "manifest.json").write_text("[]")
+    before = snapshot(tmp_path)
+    with pytest.raises(
+        StoreError, match=r"demo@v1, the latest version of 'demo', is damaged \(unreadable manifest"
+    ):
+        store.commit("demo", table(), licence=LICENCE)
+    assert snapshot(tmp_path) == before
+    with pytest.raises(StoreError, match=r"^demo@v1: unreadable manifest \(not a JSON object\)$"):
+        store.manifest(ref)
+
+
+def test_a_dataset_folder_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "demo").write_text("x")
+    with pytest.raises(StoreError, match="^cannot write in .*datasets/demo: "):
+        Store(tmp_path).commit("demo", table(), licence=LICENCE)
