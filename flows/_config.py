@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from stillroom import labelers
 
@@ -213,12 +221,30 @@ class LogRegStudent(_Model):
         return self.model_dump(exclude={"kind", "soft"}, exclude_none=True)
 
 
-StudentConfig = LogRegStudent
+class EmbeddingStudent(_Model):
+    """Frozen sentence embeddings + logistic regression; embeddings cached in the store."""
+
+    kind: Literal["embedding"]
+    soft: bool = True
+    encoder: str | None = None  # the bundled all-MiniLM-L6-v2, or a sentence-transformers folder
+    C: float | None = Field(default=None, gt=0)
+
+    def parameters(self) -> dict[str, Any]:
+        """The student's constructor arguments that the config sets."""
+        return self.model_dump(exclude={"kind", "soft"}, exclude_none=True)
 
 
-def student_config(raw: dict[str, Any]) -> StudentConfig:
+StudentConfig = Annotated[LogRegStudent | EmbeddingStudent, Field(discriminator="kind")]
+_STUDENT = TypeAdapter(StudentConfig)
+
+
+def student_config(raw: dict[str, Any]) -> LogRegStudent | EmbeddingStudent:
     """A student's config as recorded in a run folder's train.json."""
-    return LogRegStudent.model_validate(raw)
+    return _STUDENT.validate_python(raw)
+
+
+def _default_student() -> LogRegStudent | EmbeddingStudent:
+    return LogRegStudent(kind="logreg")
 
 
 class EvaluateConfig(_Model):
@@ -232,7 +258,7 @@ class Config(_Model):
     data: DataConfig
     task: TaskConfig
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    students: list[StudentConfig] = Field(default_factory=lambda: [LogRegStudent(kind="logreg")])
+    students: list[StudentConfig] = Field(default_factory=lambda: [_default_student()])
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     @model_validator(mode="after")
@@ -242,6 +268,13 @@ class Config(_Model):
                 "task.multi_label needs a teacher that can answer yes/no questions "
                 "(provider openai or transformers), not zero-shot"
             )
+        if self.task.multi_label:
+            for i, student in enumerate(self.students):
+                if student.kind != "logreg":
+                    raise ValueError(
+                        f"students.{i}: the {student.kind} student does not support multi-label "
+                        "tasks yet (use kind: logreg)"
+                    )
         if self.task.multi_label and self.task.examples:
             raise ValueError("task.examples is not supported with task.multi_label yet")
         return self

@@ -48,8 +48,10 @@ def commit_version(
 
 
 @task(name="train_student", cache_policy=NO_CACHE, persist_result=False)
-def train_student(spec: StudentConfig, split: _training.Split) -> tuple[students.Student, float]:
-    return _training.train_student(spec, split)
+def train_student(
+    spec: StudentConfig, split: _training.Split, cache_dir: str | None = None
+) -> tuple[students.Student, float]:
+    return _training.train_student(spec, split, cache_dir)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, persist_result=False)
@@ -129,7 +131,7 @@ def _train(config: Config, dataset: str, out: str | None) -> Path:
     folder = _run_dir(config, out)
     trained = []
     for i, spec in enumerate(config.students):
-        student, train_s = train_student(spec, split)
+        student, train_s = train_student(spec, split, str(Path(config.store) / "embeddings"))
         sub = folder / "students" / f"{i}-{spec.kind}"
         size = save_student(student, sub, spec.kind, str(ref), manifest)
         get_run_logger().info(

@@ -3,6 +3,7 @@
 Students follow the scikit-learn estimator contract (fit / predict_proba / classes_) plus save/load.
 """
 
+from ._embedding import EmbeddingLogReg, SentenceEncoder
 from ._logreg import TfidfLogReg, TfidfLogRegMultiLabel
 from ._metrics import (
     agreement,
@@ -16,9 +17,12 @@ from ._types import Student
 
 # A pickle names a class by its module: name the public one, so that a saved student still loads
 # after the private module it is written in is renamed or split.
-TfidfLogReg.__module__ = TfidfLogRegMultiLabel.__module__ = __name__
+for _public in (TfidfLogReg, TfidfLogRegMultiLabel, EmbeddingLogReg, SentenceEncoder):
+    _public.__module__ = __name__
 
 __all__ = [
+    "EmbeddingLogReg",
+    "SentenceEncoder",
     "Student",
     "TfidfLogReg",
     "TfidfLogRegMultiLabel",

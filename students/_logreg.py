@@ -208,7 +208,7 @@ def _check_saved_versions(path: Path) -> None:
 
 def _texts(owner: BaseEstimator, X: Any) -> list[str]:
     """X as a list of texts; anything else is refused, never silently turned into strings."""
-    what = f"{type(owner).__name__} takes texts (strings) and builds its own TF-IDF features"
+    what = f"{type(owner).__name__} takes texts (strings) and builds its own features"
     if isinstance(X, str | bytes):
         raise ValueError(f"{what}: X must be a sequence of texts, not a single string")
     if sp.issparse(X):

@@ -81,6 +81,16 @@ CASES = {
         {**OPENAI, "teacher.api_key_env": None, "teacher.header_env": {"api-key": "STILLROOM_NO"}},
         "environment variable STILLROOM_NO (teacher.header_env.api-key) is not set",
     ),
+    "embedding student on a multi-label task": (
+        {
+            **OPENAI,
+            "task.multi_label": True,
+            "data.gold_field": None,
+            "students": [{"kind": "embedding"}],
+        },
+        "students.0: the embedding student does not support multi-label tasks yet",
+    ),
+    "unknown student kind": ({"students": [{"kind": "gpt"}]}, "config key 'students.0'"),
     # label sets that cannot work
     "empty label": ({"task.labels": ["card_arrival", ""]}, "a label is empty"),
     "labels equal up to case": (

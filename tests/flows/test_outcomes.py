@@ -96,3 +96,22 @@ def test_few_held_out_records_are_counted_in_the_report_and_warned_about(write_c
         f"measured on {dataset['test_records']} held-out records"
         in (tmp_path / "run" / "report.md").read_text()
     )
+
+
+def test_a_run_with_the_logreg_and_embedding_students(write_config, tmp_path):
+    import sqlite3
+
+    config = write_config(
+        {"data.limit": 200, "students": [{"kind": "logreg"}, {"kind": "embedding", "C": 5.0}]}
+    )
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    kinds = [s["kind"] for s in report["students"]]
+    assert kinds == ["logreg", "embedding"]
+    embedding = report["students"][1]
+    assert 0.3 < embedding["agreement"] <= 1.0 and embedding["size_bytes"] < 1_000_000
+    cache = tmp_path / "store" / "embeddings" / "embeddings.sqlite"
+    with sqlite3.connect(cache) as db:
+        assert db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == 200
+    assert (tmp_path / "run" / "students" / "1-embedding" / "model.joblib").is_file()
