@@ -19,6 +19,7 @@ from ._types import Student
 # after the private module it is written in is renamed or split.
 for _public in (TfidfLogReg, TfidfLogRegMultiLabel, EmbeddingLogReg, SentenceEncoder):
     _public.__module__ = __name__
+del _public
 
 __all__ = [
     "EmbeddingLogReg",
