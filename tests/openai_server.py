@@ -309,17 +309,25 @@ def _handler_for(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 payload = json.dumps(
                     server.completion(body, off_label=fault == "off_label")
                 ).encode()
-                started = time.monotonic()
+                started, key = time.monotonic(), key_of(body)
+                # billed before the answer is written, so that a client which has read it can
+                # never see the server's count lag behind; taken back if it was not delivered
+                with server._lock:
+                    server.billed[key] += 1
+                    server.billed_at.setdefault(key, []).append(started)
+                    if fault == "off_label":
+                        server.faults_sent["off_label"] += 1
                 try:
                     self._send(200, payload)
                     self.wfile.flush()
-                except OSError:
-                    return  # the client is gone: not delivered, not billed
-                with server._lock:
-                    server.billed[key_of(body)] += 1
-                    server.billed_at.setdefault(key_of(body), []).append(started)
-                    if fault == "off_label":
-                        server.faults_sent["off_label"] += 1
+                except OSError:  # the client is gone: not delivered, not billed
+                    with server._lock:
+                        server.billed[key] -= 1
+                        server.billed_at[key].remove(started)
+                        if not server.billed[key]:
+                            del server.billed[key], server.billed_at[key]
+                        if fault == "off_label":
+                            server.faults_sent["off_label"] -= 1
 
     return Handler
 
