@@ -14,9 +14,11 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -64,6 +66,7 @@ class Engine:
     def __init__(self) -> None:
         self.url: str | None = None
         self.process: subprocess.Popen[bytes] | None = None
+        self.log: IO[bytes] | None = None
         self.started = time.perf_counter()
         self.ready_s = 0.0
 
@@ -78,12 +81,15 @@ class Engine:
             if get_current_settings().api.url:  # a profile, prefect.toml, .env or a test harness
                 return engine
         port = _free_port()
+        # the server's stderr goes to a file, not a pipe: a pipe nobody reads during the run
+        # would block the server once its buffer filled
+        engine.log = tempfile.TemporaryFile()  # noqa: SIM115 (stop closes it)
         engine.process = subprocess.Popen(
             _server_command(port),
             env={**os.environ, **_SERVER_ENV},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=engine.log,
         )
         # registered before Prefect's own exit handlers, so it runs after they have sent their
         # last logs and events to this server
@@ -137,13 +143,14 @@ class Engine:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.log is not None:
+            self.log.close()
 
     def _stderr(self) -> str:
-        err = (
-            self.process.stderr.read().decode(errors="replace")
-            if self.process and self.process.stderr
-            else ""
-        )
+        if self.log is None:
+            return "no output"
+        self.log.seek(0)
+        err = self.log.read().decode(errors="replace")
         lines = [line for line in err.strip().splitlines() if line.strip()]
         return lines[-1] if lines else "no output"
 

@@ -3,8 +3,6 @@ every answer (labeled, or failed with its reason and the raw text) as a labeled 
 
 from __future__ import annotations
 
-import functools
-import operator
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -73,7 +71,7 @@ class LabelingSummary:
             labeled=sum(a.ok for a in answers),
             failures=dict(Counter(a.error for a in answers if a.error)),
             run=run,
-            bought=functools.reduce(operator.add, (a.usage for a in answers), labelers.Usage()),
+            bought=sum((a.usage for a in answers), labelers.Usage()),
             wall_s=wall_s,
         )
 

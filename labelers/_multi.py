@@ -3,8 +3,6 @@ probability P(yes) from the same machinery (prompt, cache, budget, retries) as s
 
 from __future__ import annotations
 
-import functools
-import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -59,7 +57,7 @@ class MultiLabelTeacher:
 
     @property
     def stats(self) -> LabelStats:
-        return functools.reduce(operator.add, (t.stats for t in self.teachers), LabelStats())
+        return sum((t.stats for t in self.teachers), LabelStats())
 
     @property
     def budget_exhausted(self) -> bool:
