@@ -3,6 +3,8 @@
 Students follow the scikit-learn estimator contract (fit / predict_proba / classes_) plus save/load.
 """
 
+from ._bert import BertStudent, kd_loss
+from ._calibration import fit_temperature, reliability_bins, temperature_scale
 from ._embedding import EmbeddingLogReg, SentenceEncoder
 from ._logreg import TfidfLogReg, TfidfLogRegMultiLabel
 from ._metrics import (
@@ -17,11 +19,12 @@ from ._types import Student
 
 # A pickle names a class by its module: name the public one, so that a saved student still loads
 # after the private module it is written in is renamed or split.
-for _public in (TfidfLogReg, TfidfLogRegMultiLabel, EmbeddingLogReg, SentenceEncoder):
+for _public in (TfidfLogReg, TfidfLogRegMultiLabel, EmbeddingLogReg, SentenceEncoder, BertStudent):
     _public.__module__ = __name__
 del _public
 
 __all__ = [
+    "BertStudent",
     "EmbeddingLogReg",
     "SentenceEncoder",
     "Student",
@@ -30,7 +33,11 @@ __all__ = [
     "agreement",
     "closeness",
     "expected_calibration_error",
+    "fit_temperature",
+    "kd_loss",
     "kl_divergence",
     "multilabel_closeness",
     "predict_ms_per_1k",
+    "reliability_bins",
+    "temperature_scale",
 ]

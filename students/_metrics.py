@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
+from ._calibration import expected_calibration_error
+
 _EPS = 1e-12
 
 
@@ -27,22 +29,6 @@ def kl_divergence(teacher_proba: np.ndarray, student_proba: np.ndarray) -> float
     q = q / q.sum(axis=1, keepdims=True)
     terms = np.where(p > 0, p * (np.log(np.clip(p, _EPS, 1.0)) - np.log(q)), 0.0)
     return float(terms.sum(axis=1).mean())
-
-
-def expected_calibration_error(proba: np.ndarray, target: Sequence[int], n_bins: int = 15) -> float:
-    """ECE: confidence vs accuracy of the top class, in equal-width bins, weighted by bin size."""
-    proba = np.asarray(proba, dtype=float)
-    truth = np.asarray(target)
-    confidence = proba.max(axis=1)
-    correct = (proba.argmax(axis=1) == truth).astype(float)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
-    total = 0.0
-    for b in range(n_bins):
-        mask = bins == b
-        if mask.any():
-            total += mask.mean() * abs(confidence[mask].mean() - correct[mask].mean())
-    return float(total)
 
 
 def predict_ms_per_1k(student: Any, texts: Sequence[str], repeats: int = 3) -> float:
