@@ -60,8 +60,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from stillroom import labelers, storage
 
     from ._config import ConfigError
+    from ._errors import SetupError
     from ._ingest import InputError
-    from ._teacher import SetupError
 
     return (ConfigError, InputError, SetupError, labelers.LabelerError, storage.StoreError)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -125,13 +125,22 @@ TERMS_PROFILES: dict[str, TermsConfig] = {
     ),
 }
 
-_DEFAULT_TERMS = {"openai": "unknown", "transformers": "apache-2.0", "zero-shot": "apache-2.0"}
+# a student teacher's terms are those recorded in its folder (flows read them); "unknown" is
+# only what `resolved_terms` says without the folder
+_DEFAULT_TERMS = {
+    "openai": "unknown",
+    "transformers": "apache-2.0",
+    "zero-shot": "apache-2.0",
+    "student": "unknown",
+}
 _DEFAULT_MODEL = {"transformers": "smollm2", "zero-shot": "all-minilm-l6-v2"}
 
 
 class TeacherConfig(_Model):
-    provider: Literal["openai", "transformers", "zero-shot"] = "zero-shot"
+    provider: Literal["openai", "transformers", "zero-shot", "student"] = "zero-shot"
     model: str | None = None
+    # provider student: a trained student's folder (RUN/students/N-KIND) labels the records
+    path: str | None = None
     # the client's defaults come from labelers.OpenAIOptions: written once, there
     base_url: str = _CLIENT.base_url
     api_key_env: str | None = "OPENAI_API_KEY"
@@ -180,6 +189,21 @@ class TeacherConfig(_Model):
 
     @model_validator(mode="after")
     def _defaults(self) -> TeacherConfig:
+        if self.provider == "student":
+            if not self.path:
+                raise ValueError(
+                    "teacher.path is required for provider 'student': a trained student's "
+                    "folder, e.g. RUN/students/2-bert"
+                )
+            if self.terms is not None:
+                raise ValueError(
+                    "a student teacher inherits the terms of the teacher it learned from: "
+                    "remove teacher.terms"
+                )
+            self.model = self.model or self.path
+            return self
+        if self.path is not None:
+            raise ValueError("teacher.path is only for provider 'student'")
         if self.model is None:
             if self.provider == "openai":
                 raise ValueError("teacher.model is required for provider 'openai'")
@@ -234,21 +258,51 @@ class EmbeddingStudent(_Model):
         return self.model_dump(exclude={"kind", "soft"}, exclude_none=True)
 
 
-StudentConfig = Annotated[LogRegStudent | EmbeddingStudent, Field(discriminator="kind")]
+class BertStudentConfig(_Model):
+    """A BERT-style encoder fine-tuned by distillation; unset parameters keep the student's own
+    defaults (students.BertStudent)."""
+
+    kind: Literal["bert"]
+    soft: bool = True
+    base: str | None = None  # the bundled all-MiniLM-L6-v2, or a local transformers folder
+    epochs: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, gt=0)
+    alpha: float | None = Field(default=None, ge=0, le=1)
+    learning_rate: float | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, ge=1)
+    max_length: int | None = Field(default=None, ge=2)
+    patience: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    device: str | None = None
+    quantize: Literal["int8"] | None = None  # also save and measure an int8 copy
+
+    def parameters(self) -> dict[str, Any]:
+        """The student's constructor arguments that the config sets."""
+        return self.model_dump(exclude={"kind", "soft", "quantize"}, exclude_none=True)
+
+
+AnyStudent = LogRegStudent | EmbeddingStudent | BertStudentConfig
+StudentConfig = Annotated[AnyStudent, Field(discriminator="kind")]
 _STUDENT = TypeAdapter(StudentConfig)
+_STUDENT_KINDS = frozenset(
+    get_args(m.model_fields["kind"].annotation)[0] for m in get_args(AnyStudent)
+)
 
 
-def student_config(raw: dict[str, Any]) -> LogRegStudent | EmbeddingStudent:
+def student_config(raw: dict[str, Any]) -> AnyStudent:
     """A student's config as recorded in a run folder's train.json."""
     return _STUDENT.validate_python(raw)
 
 
-def _default_student() -> LogRegStudent | EmbeddingStudent:
+def _default_student() -> AnyStudent:
     return LogRegStudent(kind="logreg")
 
 
 class EvaluateConfig(_Model):
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    # share of the training records held back to fit each student's calibration temperature
+    # (never the test records); 0 turns calibration off
+    calibration_fraction: float = Field(default=0.1, ge=0, lt=1)
     seed: int = 0
 
 
@@ -263,6 +317,8 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _multi_label(self) -> Config:
+        if self.task.multi_label and self.teacher.provider == "student":
+            raise ValueError("task.multi_label is not supported with a student teacher yet")
         if self.task.multi_label and self.teacher.provider == "zero-shot":
             raise ValueError(
                 "task.multi_label needs a teacher that can answer yes/no questions "
@@ -310,9 +366,14 @@ def _apply_override(raw: dict[str, Any], assignment: str) -> None:
 
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
-    # union members show up in the location ("price.PriceConfig"): the user's key is what is left
+    # union members show up in the location ("price.PriceConfig", "students.0.bert"): the
+    # user's key is what is left
+    loc = first["loc"]
     keys = [
-        str(p) for p in first["loc"] if not (isinstance(p, str) and (p[:1].isupper() or "[" in p))
+        str(p)
+        for i, p in enumerate(loc)
+        if not (isinstance(p, str) and (p[:1].isupper() or "[" in p))
+        and not (i and isinstance(loc[i - 1], int) and p in _STUDENT_KINDS)
     ]
     where = ".".join(keys) or "config"
     if first["type"] == "extra_forbidden":

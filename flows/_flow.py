@@ -49,9 +49,9 @@ def commit_version(
 
 @task(name="train_student", cache_policy=NO_CACHE, persist_result=False)
 def train_student(
-    spec: StudentConfig, split: _training.Split, cache_dir: str | None = None
+    spec: StudentConfig, split: _training.Split, store: str | None = None
 ) -> tuple[students.Student, float]:
-    return _training.train_student(spec, split, cache_dir)
+    return _training.train_student(spec, split, store)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, persist_result=False)
@@ -59,10 +59,12 @@ def evaluate(
     spec: StudentConfig,
     student: students.Student,
     split: _training.Split,
-    train_s: float,
+    train_s: float | None,
     size_bytes: int,
+    variant: str | None = None,
+    reference: Any = None,
 ) -> dict[str, Any]:
-    return _training.evaluate_student(spec, student, split, train_s, size_bytes)
+    return _training.evaluate_student(spec, student, split, train_s, size_bytes, variant, reference)
 
 
 @flow(name="label")
@@ -131,15 +133,26 @@ def _train(config: Config, dataset: str, out: str | None) -> Path:
     folder = _run_dir(config, out)
     trained = []
     for i, spec in enumerate(config.students):
-        student, train_s = train_student(spec, split, str(Path(config.store) / "embeddings"))
+        student, train_s = train_student(spec, split, config.store)
         sub = folder / "students" / f"{i}-{spec.kind}"
-        size = save_student(student, sub, spec.kind, str(ref), manifest)
+        size = save_student(student, sub, spec.model_dump(), str(ref), manifest)
         get_run_logger().info(
             f"student {i} ({spec.kind}) trained on {len(split.train_text)} records of {ref} "
             f"in {train_s:.1f} s: {size / 1e6:.2f} MB"
         )
+        variants = []
+        for name, small in _training.compressed(spec, student):
+            path = sub / name
+            small_size = save_student(small, path, spec.model_dump(), str(ref), manifest)
+            variants.append({"name": name, "folder": str(path), "size_bytes": small_size})
         trained.append(
-            {"folder": str(sub), "spec": spec.model_dump(), "train_s": train_s, "size_bytes": size}
+            {
+                "folder": str(sub),
+                "spec": spec.model_dump(),
+                "train_s": train_s,
+                "size_bytes": size,
+                "variants": variants,
+            }
         )
     (folder / "train.json").write_text(
         json.dumps({"dataset": str(ref), "students": trained}, indent=2)
@@ -157,11 +170,17 @@ def _evaluate(config: Config, folder: str, labeling: LabelingSummary | None) -> 
     results = []
     for entry in trained["students"]:
         spec = student_config(entry["spec"])
-        path = Path(entry["folder"]) / "model.joblib"
-        student = _training.load_student(spec, path, split.multi_label)
+        student = _training.load_student(spec, Path(entry["folder"]), split.multi_label)
         results.append(evaluate(spec, student, split, entry["train_s"], entry["size_bytes"]))
         # the card written at training time, now with this student's metrics
         write_model_card(Path(entry["folder"]), student, spec.kind, str(ref), manifest, results[-1])
+        reference = _training.student_columns(student, split.labels, split.test_text)
+        for v in entry.get("variants", []):
+            small = _training.load_student(spec, Path(v["folder"]), split.multi_label)
+            results.append(
+                evaluate(spec, small, split, None, v["size_bytes"], v["name"], reference)
+            )
+            write_model_card(Path(v["folder"]), small, spec.kind, str(ref), manifest, results[-1])
     labeling = labeling or LabelingSummary.from_manifest(manifest)
     _training.warn_if_few_held_out(split)
     report = {
@@ -171,6 +190,7 @@ def _evaluate(config: Config, folder: str, labeling: LabelingSummary | None) -> 
             "version": ref.version,
             "rows": manifest["rows"],
             "train_records": len(split.train_text),
+            "calibration_records": len(split.calib_text),
             "test_records": len(split.test_text),
         },
         "labeling": labeling.report(),
@@ -185,6 +205,10 @@ def _evaluate(config: Config, folder: str, labeling: LabelingSummary | None) -> 
     path = write_report(run, report, labeling.failures)
     get_run_logger().info(
         f"report: {path}; agreement with the teacher: "
-        + ", ".join(f"{r['kind']} {r['agreement']:.1%}" for r in results)
+        + ", ".join(f"{_name(r)} {r['agreement']:.1%}" for r in results)
     )
     return path
+
+
+def _name(result: dict[str, Any]) -> str:
+    return f"{result['kind']} ({result['variant']})" if result.get("variant") else result["kind"]

@@ -14,7 +14,7 @@ from stillroom import labelers, storage
 
 from ._config import Config
 from ._ingest import read_records
-from ._teacher import task_of
+from ._teacher import task_of, terms_of
 
 LABELED_SCHEMA = pa.schema(
     [
@@ -173,7 +173,7 @@ def commit_labels(
             "multi_label": config.task.multi_label,
         },
         "teacher": {**teacher.describe(), "prompt_hash": labelers.prompt_hash(task)},
-        "terms": config.teacher.resolved_terms().model_dump(),
+        "terms": terms_of(config),
         "labeling": LabelingSummary.of(ordered, teacher.stats, 0.0).manifest(),
     }
     licence = storage.Licence(**store.manifest(source)["licence"])

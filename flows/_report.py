@@ -4,6 +4,7 @@ dataset's licence and the teacher's terms."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -44,17 +45,46 @@ _CARD_COSTS = (
     ("predict_ms_per_1k", "prediction time per 1,000 texts, ms"),
     ("size_bytes", "model file size, bytes"),
 )
+STUDENT_INFO = "student.json"
 _HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def artefact(student: students.Student | type[students.Student], folder: Path) -> Path:
+    """Where a student's model lives in its folder: a bert student is a transformers folder (the
+    student folder itself), the others one joblib file."""
+    bert = student is students.BertStudent or isinstance(student, students.BertStudent)
+    return folder if bert else folder / "model.joblib"
+
+
 def save_student(
-    student: students.Student, folder: Path, kind: str, dataset: str, manifest: dict[str, Any]
+    student: students.Student,
+    folder: Path,
+    spec: dict[str, Any],
+    dataset: str,
+    manifest: dict[str, Any],
 ) -> int:
-    """Save the model and its card (without metrics); returns the model file's size in bytes."""
+    """Save the model, its card (without metrics) and `student.json` (what it is and where it
+    came from, so it can teach); returns the model's size in bytes."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = student.save(folder / "model.joblib")
-    write_model_card(folder, student, kind, dataset, manifest)
-    return path.stat().st_size
+    path = student.save(artefact(student, folder))
+    files = [path] if path.is_file() else sorted(f for f in path.iterdir() if f.is_file())
+    files = [f for f in files if f.name not in ("README.md", STUDENT_INFO)]
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    info = {
+        "kind": spec["kind"],
+        "spec": spec,
+        "dataset": dataset,
+        "labels": list((manifest.get("task") or {}).get("labels") or []),
+        "teacher": manifest.get("teacher"),
+        "terms": manifest.get("terms"),
+        "licence": manifest.get("licence"),
+        "fingerprint": digest.hexdigest(),
+    }
+    (folder / STUDENT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    write_model_card(folder, student, spec["kind"], dataset, manifest)
+    return sum(f.stat().st_size for f in files)
 
 
 def hub_licence(spdx: str | None) -> dict[str, str]:
@@ -75,7 +105,7 @@ def _card_metadata(
 ) -> dict[str, Any]:
     model = str((manifest.get("teacher") or {}).get("model") or "")
     meta: dict[str, Any] = {
-        "library_name": "sklearn",
+        "library_name": "transformers" if kind == "bert" else "sklearn",
         "pipeline_tag": "text-classification",
         **hub_licence((manifest.get("licence") or {}).get("spdx")),
     }
@@ -148,21 +178,45 @@ def render_model_card(
     lines += [f"A stillroom `{loader}` trained on `{dataset}`, labelled by its teacher.", ""]
     lines += ["## Teacher and data", "", *_provenance(manifest), ""]
     lines += [*_evaluation(metrics), ""] if metrics else []
-    lines += [
+    return "\n".join(lines + _how_to_load(student, loader)) + "\n"
+
+
+def _how_to_load(student: students.Student, loader: str) -> list[str]:
+    if isinstance(student, students.BertStudent) and not student.is_quantized:
+        return [
+            "## How to load",
+            "",
+            "A standard transformers folder (labels in `config.json`'s `id2label`):",
+            "",
+            "```python",
+            "from transformers import pipeline",
+            "",
+            'classify = pipeline("text-classification", model=".")',
+            'classify("a text to classify")',
+            "```",
+            "",
+            '`BertStudent.load(".")` (stillroom) gives the student with its calibration '
+            "temperature, recorded in `stillroom.json`.",
+        ]
+    where = "." if isinstance(student, students.BertStudent) else "model.joblib"
+    lines = [
         "## How to load",
         "",
         "```python",
         f"from stillroom.students import {loader}",
         "",
-        f'model = {loader}.load("model.joblib")',
+        f'model = {loader}.load("{where}")',
         'model.predict(["a text to classify"])',
         "```",
         "",
+    ]
+    if isinstance(student, students.BertStudent):
+        return lines + ["int8 weights (`model-int8.pt`): it needs stillroom and torch installed."]
+    return lines + [
         "It needs stillroom installed. `model.versions.json` records the Python and library "
         "versions it was saved with; `load` warns when the installed scikit-learn differs in "
-        "major.minor version.",
+        "major.minor version."
     ]
-    return "\n".join(lines) + "\n"
 
 
 def write_model_card(
@@ -216,20 +270,35 @@ def render_report(report: dict[str, Any], failures: dict[str, int]) -> str:
         "",
         "## Students (held-out)",
         "",
-        "| student | agreement | acc. vs gold | KL | ECE | train s | ms / 1k | size |",
-        "|---|---|---|---|---|---|---|---|",
+        "| student | agreement | acc. vs gold | KL | ECE (uncalibrated → calibrated) | T "
+        "| train s | ms / 1k | size |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in report["students"]:
+        name = f"{s['kind']} ({s['variant']})" if s.get("variant") else s["kind"]
+        ece = _fmt(s["ece"])
+        if s.get("ece_uncalibrated") is not None:
+            ece = f"{_fmt(s['ece_uncalibrated'])} → {ece}"
         lines.append(
-            f"| {s['kind']} | {_fmt(s['agreement'], True)} | {_fmt(s['accuracy_vs_gold'], True)} | "
-            f"{_fmt(s['kl_teacher_student'])} | {_fmt(s['ece'])} | {_fmt(s['train_s'])} | "
-            f"{_fmt(s['predict_ms_per_1k'])} | {s['size_bytes'] / 1e6:.2f} MB |"
+            f"| {name} | {_fmt(s['agreement'], True)} | {_fmt(s['accuracy_vs_gold'], True)} | "
+            f"{_fmt(s['kl_teacher_student'])} | {ece} | {_fmt(s.get('calibration_temperature'))} "
+            f"| {_fmt(s['train_s'])} | {_fmt(s['predict_ms_per_1k'])} | "
+            f"{s['size_bytes'] / 1e6:.2f} MB |"
         )
     lines += [
         "",
         "Agreement: same top label as the teacher; KL: KL(teacher‖student) in nats; ECE: the "
-        "student's calibration against the teacher's labels.",
+        "student's calibration against the teacher's labels, before and after temperature "
+        "scaling with T fitted on a calibration slice of the training records.",
     ]
+    variants = [s for s in report["students"] if s.get("agreement_with_student") is not None]
+    if variants:
+        lines.append("")
+        lines += [
+            f"{s['kind']} ({s['variant']}): same label as the uncompressed student on "
+            f"{_fmt(s['agreement_with_student'], True)} of held-out records."
+            for s in variants
+        ]
     multi = [s for s in report["students"] if s.get("f1_micro_vs_teacher") is not None]
     if multi:
         lines.append("")

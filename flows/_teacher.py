@@ -3,6 +3,7 @@ the teacher itself, built from the config with the API key read from the environ
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -10,14 +11,13 @@ from typing import Any
 
 from stillroom import labelers, storage
 
-from ._config import Config, DataConfig
+from ._config import Config, DataConfig, student_config
+from ._errors import SetupError
 from ._ingest import read_records
+from ._report import STUDENT_INFO
+from ._training import check_students, load_student, student_columns
 
 log = logging.getLogger("stillroom")
-
-
-class SetupError(Exception):
-    """The run cannot start: a missing API key, an unusable teacher, too little data."""
 
 
 def task_of(config: Config) -> labelers.ClassifyTask:
@@ -75,6 +75,8 @@ def _single_teacher(
 ) -> labelers.Teacher:
     t = config.teacher
     assert t.model is not None  # the config fills in each provider's default model
+    if t.provider == "student":
+        return _student_teacher(config, task, cache)
     if t.provider == "transformers":
         return labelers.TransformersTeacher(task, model=t.model, cache=cache)
     if t.provider == "zero-shot":
@@ -110,6 +112,69 @@ def _single_teacher(
     )
 
 
+def _student_teacher(
+    config: Config, task: labelers.ClassifyTask, cache: labelers.ResponseCache | None
+) -> labelers.Teacher:
+    """A trained student as the teacher: its probabilities over the task's labels, free."""
+    assert config.teacher.path is not None
+    folder = Path(config.teacher.path)
+    info = student_info(folder)
+    missing = [label for label in task.labels if label not in info["labels"]]
+    if missing:
+        raise SetupError(
+            f"the student at {folder} was trained on other labels: task.labels has "
+            f"{missing[0]!r}, which it never learned"
+        )
+    spec = student_config(info["spec"])
+    loaded: list[Any] = []
+
+    def score(texts: list[str]) -> list[list[float]]:
+        if not loaded:  # loaded on first use, not when the config is checked
+            loaded.append(load_student(spec, folder))
+        rows = student_columns(loaded[0], list(task.labels), texts)
+        normalised: list[list[float]] = (rows / rows.sum(axis=1, keepdims=True)).tolist()
+        return normalised
+
+    return labelers.ScoringTeacher(
+        task,
+        model=str(folder),
+        score=score,
+        provider="student",
+        parameters={
+            "kind": spec.kind,
+            "fingerprint": info["fingerprint"],
+            "trained_on": info["dataset"],
+            "student_of": info["teacher"],
+        },
+        cache=cache,
+    )
+
+
+def student_info(folder: Path) -> dict[str, Any]:
+    """What a trained student's folder records of itself (student.json)."""
+    path = folder / STUDENT_INFO
+    if not path.is_file():
+        raise SetupError(
+            f"teacher.path {folder} is not a trained student's folder (no {STUDENT_INFO}); "
+            "give RUN/students/N-KIND from a stillroom run"
+        )
+    info: dict[str, Any] = json.loads(path.read_text())
+    return info
+
+
+def terms_of(config: Config) -> dict[str, Any]:
+    """The teacher's terms for a version's manifest; a student teacher passes on those of the
+    teacher it learned from, restrictions included."""
+    if config.teacher.provider == "student" and config.teacher.path:
+        inherited = dict(student_info(Path(config.teacher.path))["terms"])
+        inherited["statement"] = (
+            f"Labels from a stillroom student of another teacher; that teacher's terms apply: "
+            f"{inherited.get('statement', '')}"
+        )
+        return inherited
+    return config.teacher.resolved_terms().model_dump()
+
+
 def _api_key(config: Config) -> str | None:
     name = config.teacher.api_key_env
     return _env(name, "teacher.api_key_env") if name else None
@@ -131,4 +196,5 @@ def preflight(config: Config) -> labelers.Teacher:
     if cache.exists():  # a damaged cache fails now, not after the model has loaded
         open_cache(config).close()
     read_records(config.data, config.task.labels, multi_label=config.task.multi_label)
+    check_students(config)
     return build_teacher(config)

@@ -8,7 +8,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,9 @@ import pyarrow.compute as pc
 
 from stillroom import labelers, storage, students
 
-from ._config import Config, EmbeddingStudent, LogRegStudent, StudentConfig
-from ._teacher import SetupError
+from ._config import BertStudentConfig, Config, EmbeddingStudent, LogRegStudent, StudentConfig
+from ._errors import SetupError
+from ._report import artefact
 
 SEPARATOR, THRESHOLD = labelers.MULTI_LABEL_SEPARATOR, labelers.MULTI_LABEL_THRESHOLD
 log = logging.getLogger("stillroom")
@@ -27,7 +28,8 @@ log = logging.getLogger("stillroom")
 
 @dataclass
 class Split:
-    """A labeled version cut into train and test, only the records the teacher labeled."""
+    """A labeled version cut into train and test, only the records the teacher labeled; a
+    calibration slice of the training side (possibly empty) fits the students' temperatures."""
 
     labels: list[str]
     train_text: list[str]
@@ -36,6 +38,8 @@ class Split:
     test_proba: np.ndarray
     test_gold: list[str | None]
     multi_label: bool = False
+    calib_text: list[str] = field(default_factory=list)
+    calib_proba: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     def gold_sets(self) -> list[frozenset[str] | None]:
         """Multi-label gold as label sets ('a|b' -> {a, b})."""
@@ -45,8 +49,12 @@ class Split:
         ]
 
 
-def held_out(ids: Sequence[str], fraction: float, seed: int) -> np.ndarray:
-    """True for test records: a record's side depends only on its id and the seed."""
+MIN_CALIBRATION = 20
+"""Below this many records, a calibration slice is not cut: the records train the students."""
+
+
+def held_out(ids: Sequence[str], fraction: float, seed: int | str) -> np.ndarray:
+    """True for held-out records: a record's side depends only on its id and the seed."""
 
     def bucket(record_id: str) -> float:
         digest = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
@@ -56,7 +64,12 @@ def held_out(ids: Sequence[str], fraction: float, seed: int) -> np.ndarray:
 
 
 def split_dataset(
-    table: pa.Table, labels: list[str], fraction: float, seed: int, multi_label: bool = False
+    table: pa.Table,
+    labels: list[str],
+    fraction: float,
+    seed: int,
+    multi_label: bool = False,
+    calibration_fraction: float = 0.0,
 ) -> Split:
     rows = table.filter(pc.is_valid(table.column("label")))
     if rows.num_rows < 2:
@@ -66,17 +79,26 @@ def split_dataset(
         raise SetupError(
             f"{rows.num_rows} labeled records are too few for a {fraction:.0%} test split"
         )
+    ids = np.array(rows.column("id").to_pylist(), dtype=object)
     text = np.array(rows.column("text").to_pylist(), dtype=object)
     proba = np.array(rows.column("probs").to_pylist(), dtype=float)
     gold = np.array(rows.column("gold").to_pylist(), dtype=object)
+    calib = np.zeros(len(ids), dtype=bool)
+    if calibration_fraction and not multi_label:
+        calib[~test] = held_out(list(ids[~test]), calibration_fraction, f"calibration:{seed}")
+        if calib.sum() < MIN_CALIBRATION or (~test & ~calib).sum() < 2:
+            calib[:] = False
+    train = ~test & ~calib
     return Split(
         labels,
-        list(text[~test]),
-        proba[~test],
+        list(text[train]),
+        proba[train],
         list(text[test]),
         proba[test],
         list(gold[test]),
         multi_label,
+        list(text[calib]),
+        proba[calib],
     )
 
 
@@ -92,6 +114,7 @@ def load_split(
         config.evaluate.test_fraction,
         config.evaluate.seed,
         bool(manifest["task"].get("multi_label")),
+        config.evaluate.calibration_fraction,
     )
     if not split.multi_label:
         _need_two_classes(split, ref)
@@ -137,35 +160,73 @@ def _student_class(spec: StudentConfig, multi_label: bool) -> type[students.Stud
         )
     if isinstance(spec, EmbeddingStudent):
         return students.EmbeddingLogReg
+    if isinstance(spec, BertStudentConfig):
+        return students.BertStudent
     raise SetupError(f"unknown student kind {spec.kind!r}")
 
 
+def check_students(config: Config) -> None:
+    """Refuse, before anything is labeled, a student that could not be trained: a bert base
+    folder that is not a BERT-style encoder."""
+    for i, spec in enumerate(config.students):
+        if isinstance(spec, BertStudentConfig):
+            try:
+                students.BertStudent(**spec.parameters()).check_base()
+            except ValueError as exc:
+                raise SetupError(f"students.{i}: {exc}") from None
+
+
 def make_student(
-    spec: StudentConfig, multi_label: bool = False, cache_dir: str | None = None
+    spec: StudentConfig, multi_label: bool = False, store: str | Path | None = None
 ) -> students.Student:
-    """A new, unfitted student with the config's parameters; embedding students keep their
-    embeddings in `cache_dir`."""
-    extra = {"cache_dir": cache_dir} if isinstance(spec, EmbeddingStudent) else {}
+    """A new, unfitted student with the config's parameters; in `store`, embedding students keep
+    their embeddings and bert students their epoch checkpoints."""
+    extra: dict[str, Any] = {}
+    if store is not None and isinstance(spec, EmbeddingStudent):
+        extra["cache_dir"] = str(Path(store) / "embeddings")
+    if store is not None and isinstance(spec, BertStudentConfig):
+        extra["checkpoint_dir"] = str(Path(store) / "checkpoints")
     return _student_class(spec, multi_label)(**spec.parameters(), **extra)
 
 
-def load_student(spec: StudentConfig, path: Path, multi_label: bool = False) -> students.Student:
-    return _student_class(spec, multi_label).load(path)
+def load_student(spec: StudentConfig, folder: Path, multi_label: bool = False) -> students.Student:
+    cls = _student_class(spec, multi_label)
+    return cls.load(artefact(cls, folder))
 
 
 def train_student(
-    spec: StudentConfig, split: Split, cache_dir: str | None = None
+    spec: StudentConfig, split: Split, store: str | Path | None = None
 ) -> tuple[students.Student, float]:
-    """Fit one student on the teacher's labels; returns it and the training seconds."""
-    student = make_student(spec, split.multi_label, cache_dir)
-    start = time.perf_counter()
-    if spec.soft:
-        student.fit_soft(split.train_text, split.train_proba, split.labels)
-    elif split.multi_label:
-        student.fit_soft(split.train_text, (split.train_proba >= THRESHOLD) * 1.0, split.labels)
-    else:
-        student.fit(split.train_text, np.asarray(split.labels)[split.train_proba.argmax(axis=1)])
-    return student, time.perf_counter() - start
+    """Fit one student on the teacher's labels, then its calibration temperature on the
+    calibration slice (when there is one); returns it and the training seconds."""
+    try:
+        student = make_student(spec, split.multi_label, store)
+        start = time.perf_counter()
+        if spec.soft:
+            student.fit_soft(split.train_text, split.train_proba, split.labels)
+        elif split.multi_label:
+            student.fit_soft(split.train_text, (split.train_proba >= THRESHOLD) * 1.0, split.labels)
+        else:
+            student.fit(
+                split.train_text, np.asarray(split.labels)[split.train_proba.argmax(axis=1)]
+            )
+    except ValueError as exc:  # the student's own checks: a bad base folder, one class only
+        raise SetupError(f"student {spec.kind}: {exc}") from None
+    train_s = time.perf_counter() - start
+    if split.calib_text:
+        raw = student_columns(student, split.labels, split.calib_text)
+        student.calibration_temperature_ = students.fit_temperature(raw, split.calib_proba)  # type: ignore[attr-defined]
+    return student, train_s
+
+
+def compressed(
+    spec: StudentConfig, student: students.Student
+) -> list[tuple[str, students.Student]]:
+    """The compressed copies the config asks for, by name (a bert student's `quantize: int8`)."""
+    if isinstance(spec, BertStudentConfig) and spec.quantize == "int8":
+        assert isinstance(student, students.BertStudent)
+        return [("int8", student.quantized())]
+    return []
 
 
 def student_columns(student: students.Student, labels: list[str], texts: list[str]) -> np.ndarray:
@@ -180,8 +241,17 @@ def student_columns(student: students.Student, labels: list[str], texts: list[st
 
 
 def evaluate_student(
-    spec: StudentConfig, student: students.Student, split: Split, train_s: float, size_bytes: int
+    spec: StudentConfig,
+    student: students.Student,
+    split: Split,
+    train_s: float | None,
+    size_bytes: int,
+    variant: str | None = None,
+    reference: np.ndarray | None = None,
 ) -> dict[str, Any]:
+    """The student's report entry: closeness to the teacher (and gold) on the held-out records,
+    before and after calibration, its cost; a compressed `variant` also reports its agreement
+    with the `reference` probabilities of the student it was made from."""
     proba = student_columns(student, split.labels, split.test_text)
     if split.multi_label:
         scores = students.multilabel_closeness(
@@ -189,15 +259,52 @@ def evaluate_student(
         )
     else:
         scores = students.closeness(split.test_proba, proba, split.labels, split.test_gold)
-    return {
+    entry: dict[str, Any] = {
         "kind": spec.kind,
-        **{k: (None if v is None else round(v, 6)) for k, v in scores.items()},
-        "train_s": round(train_s, 3),
+        "variant": variant,
+        **_rounded(scores),
+        "train_s": None if train_s is None else round(train_s, 3),
         "predict_ms_per_1k": round(
             students.predict_ms_per_1k(_uncached(student), split.test_text), 3
         ),
         "size_bytes": size_bytes,
     }
+    if reference is not None:
+        entry["agreement_with_student"] = round(
+            students.agreement(reference.argmax(axis=1), proba.argmax(axis=1)), 6
+        )
+    if not split.multi_label:
+        entry.update(_calibration(student, split, proba))
+    return entry
+
+
+def _calibration(student: students.Student, split: Split, proba: np.ndarray) -> dict[str, Any]:
+    """ECE and KL before calibration, the temperature, and the reliability bins before/after."""
+    raw = student_columns(_uncalibrated(student), split.labels, split.test_text)
+    before = students.closeness(split.test_proba, raw, split.labels)
+    target = split.test_proba.argmax(axis=1)
+    fitted = bool(split.calib_text)
+    return {
+        "calibration_temperature": (
+            round(float(getattr(student, "calibration_temperature_", 1.0)), 6) if fitted else None
+        ),
+        "ece_uncalibrated": round(before["ece"] or 0.0, 6),
+        "kl_uncalibrated": round(before["kl_teacher_student"] or 0.0, 6),
+        "reliability": {
+            "before": students.reliability_bins(raw, target),
+            "after": students.reliability_bins(proba, target),
+        },
+    }
+
+
+def _rounded(scores: dict[str, float | None]) -> dict[str, float | None]:
+    return {k: (None if v is None else round(v, 6)) for k, v in scores.items()}
+
+
+def _uncalibrated(student: students.Student) -> students.Student:
+    twin = copy.copy(student)
+    twin.calibration_temperature_ = 1.0  # type: ignore[attr-defined]
+    return twin
 
 
 def _uncached(student: students.Student) -> students.Student:

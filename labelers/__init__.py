@@ -4,7 +4,7 @@ Any OpenAI-compatible endpoint, a local causal LM, or a zero-shot sentence embed
 follows the `Teacher` protocol.
 """
 
-from ._local import TransformersTeacher, ZeroShotTeacher
+from ._local import ScoringTeacher, TransformersTeacher, ZeroShotTeacher
 from ._multi import MultiLabelTeacher, binary_task
 from ._openai import OpenAIOptions, OpenAITeacher, ResponseFormat, check_base_url
 from ._parse import TokenStep, canonical, label_distribution, match_label
@@ -42,6 +42,7 @@ __all__ = [
     "Price",
     "ResponseCache",
     "ResponseFormat",
+    "ScoringTeacher",
     "Teacher",
     "TokenStep",
     "TransformersTeacher",

@@ -10,7 +10,7 @@ import copy
 import functools
 import importlib.util
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -327,3 +327,46 @@ def resolve_embedder(model: str) -> str:
             f"embedding model folder not found: {model} (no model hub here: give a local folder)"
         )
     return model
+
+
+class ScoringTeacher(_LocalTeacher):
+    """A teacher made of any function that scores texts, e.g. a trained student teaching the next
+    one: each answer is the function's probability row over the task's labels. Answers go
+    through the same cache and labeling path as every local teacher's; they cost nothing.
+
+    Parameters
+    ----------
+    task : the classification task; `score` returns one probability per label, in its order.
+    model : what scores (a path), recorded as the teacher's model and part of the cache key.
+    score : texts -> one probability row per text.
+    provider : the provider name recorded in provenance.
+    parameters : what else identifies the scorer (recorded, and part of the cache key).
+    """
+
+    def __init__(
+        self,
+        task: ClassifyTask,
+        *,
+        model: str,
+        score: Callable[[list[str]], Sequence[Sequence[float]]],
+        provider: str = "function",
+        parameters: dict[str, Any] | None = None,
+        cache: ResponseCache | None = None,
+        batch_size: int = 256,
+    ) -> None:
+        super().__init__(task, model, cache, batch_size=batch_size)
+        self.provider = provider
+        self.score = score
+        self.parameters = dict(parameters or {})
+
+    def _parameters(self) -> dict[str, Any]:
+        return self.parameters
+
+    def _score(self, texts: list[str]) -> list[list[float]]:
+        rows = [[float(p) for p in row] for row in self.score(texts)]
+        if len(rows) != len(texts) or any(len(r) != len(self.task.labels) for r in rows):
+            raise LabelerError(
+                f"{self.provider} teacher {self.model} gave rows of the wrong shape: one row of "
+                f"{len(self.task.labels)} probabilities per text expected"
+            )
+        return rows

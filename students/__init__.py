@@ -4,13 +4,17 @@ Students follow the scikit-learn estimator contract (fit / predict_proba / class
 """
 
 from ._bert import BertStudent, kd_loss
-from ._calibration import fit_temperature, reliability_bins, temperature_scale
+from ._calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    reliability_bins,
+    temperature_scale,
+)
 from ._embedding import EmbeddingLogReg, SentenceEncoder
 from ._logreg import TfidfLogReg, TfidfLogRegMultiLabel
 from ._metrics import (
     agreement,
     closeness,
-    expected_calibration_error,
     kl_divergence,
     multilabel_closeness,
     predict_ms_per_1k,

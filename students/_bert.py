@@ -78,9 +78,12 @@ class BertStudent(ClassifierMixin, BaseEstimator):
         The distillation temperature T of `kd_loss`.
     alpha : float, default=0.5
         Weight of the cross-entropy with the teacher's top label; 1 - alpha weighs the KL term.
-    learning_rate : float, default=5e-5
-        AdamW's peak learning rate (linear warm-up over `warmup_ratio` of the steps, then decay).
-    batch_size : int, default=32
+    learning_rate : float, default=1e-4
+        AdamW's peak learning rate for the pretrained encoder (linear warm-up over
+        `warmup_ratio` of the steps, then decay).
+    head_learning_rate : float, default=2e-3
+        The peak learning rate of the new classification head and the pooler.
+    batch_size : int, default=16
         Texts per training step.
     max_length : int, default=128
         Tokens kept per text.
@@ -128,8 +131,9 @@ class BertStudent(ClassifierMixin, BaseEstimator):
         epochs: int = 3,
         temperature: float = 2.0,
         alpha: float = 0.5,
-        learning_rate: float = 5e-5,
-        batch_size: int = 32,
+        learning_rate: float = 1e-4,
+        head_learning_rate: float = 2e-3,
+        batch_size: int = 16,
         max_length: int = 128,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
@@ -145,6 +149,7 @@ class BertStudent(ClassifierMixin, BaseEstimator):
         self.temperature = temperature
         self.alpha = alpha
         self.learning_rate = learning_rate
+        self.head_learning_rate = head_learning_rate
         self.batch_size = batch_size
         self.max_length = max_length
         self.weight_decay = weight_decay
@@ -162,6 +167,10 @@ class BertStudent(ClassifierMixin, BaseEstimator):
         tags.input_tags.two_d_array = False
         tags.non_deterministic = False
         return tags
+
+    def check_base(self) -> str:
+        """The folder of `base`; a ValueError saying why when it is not a BERT-style encoder."""
+        return resolve_base(self.base)
 
     # -- fitting --------------------------------------------------------------------------------
 
@@ -297,7 +306,9 @@ class BertStudent(ClassifierMixin, BaseEstimator):
         folder.mkdir(parents=True, exist_ok=True)
         if self.is_quantized:
             self.model_.config.save_pretrained(folder)
-            torch.save(self.model_.state_dict(), folder / INT8_WEIGHTS)
+            with warnings.catch_warnings():  # quantized tensors still use TypedStorage
+                warnings.simplefilter("ignore", UserWarning)
+                torch.save(self.model_.state_dict(), folder / INT8_WEIGHTS)
         else:
             with _quiet(transformers):
                 self.model_.save_pretrained(folder)
@@ -330,7 +341,9 @@ class BertStudent(ClassifierMixin, BaseEstimator):
                 model = _quantize(
                     transformers.AutoModelForSequenceClassification.from_config(config)
                 )
-                model.load_state_dict(torch.load(folder / INT8_WEIGHTS, weights_only=True))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    model.load_state_dict(torch.load(folder / INT8_WEIGHTS, weights_only=True))
             else:
                 model = transformers.AutoModelForSequenceClassification.from_pretrained(folder)
         student.model_ = model.eval()
@@ -361,18 +374,27 @@ class _Run:
         n_val = round(owner.validation_fraction * len(ids)) if len(ids) >= 50 else 0
         self.val, self.train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
         self.steps_per_epoch = -(-len(self.train_rows) // owner.batch_size)
+        # the head starts from random weights and the pooler was never trained for this task:
+        # they learn at their own, larger rate while the pretrained encoder moves slowly
+        new = [p for n, p in model.named_parameters() if _is_head(n)]
+        old = [p for n, p in model.named_parameters() if not _is_head(n)]
+        groups: list[dict[str, Any]] = [
+            {"params": old},
+            {"params": new, "lr": owner.head_learning_rate},
+        ]
         self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=owner.learning_rate, weight_decay=owner.weight_decay
+            groups,
+            lr=owner.learning_rate,
+            weight_decay=owner.weight_decay,
         )
-        from transformers import get_linear_schedule_with_warmup
+        import transformers
 
+        schedule: Any = transformers.get_linear_schedule_with_warmup
         total = self.steps_per_epoch * owner.epochs
-        self.scheduler = get_linear_schedule_with_warmup(
-            self.optimizer, round(owner.warmup_ratio * total), total
-        )
+        self.scheduler = schedule(self.optimizer, round(owner.warmup_ratio * total), total)
 
     def train(self) -> list[dict[str, Any]]:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
         owner = self.owner
         state = self._resume() or {
@@ -421,7 +443,7 @@ class _Run:
             batch = _pad(self.tokenizer, [self.ids[i] for i in rows], self.device)
             target = torch.as_tensor(self.proba[rows], dtype=torch.float32, device=self.device)
             loss = kd_loss(self.model(**batch).logits, target, owner.temperature, owner.alpha)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.optimizer.step()
             self.scheduler.step()
@@ -470,7 +492,9 @@ class _Run:
 
         if self.checkpoint is None or not (self.checkpoint / CHECKPOINT).is_file():
             return None
-        payload = torch.load(self.checkpoint / CHECKPOINT, map_location="cpu", weights_only=False)
+        payload: dict[str, Any] = torch.load(
+            self.checkpoint / CHECKPOINT, map_location="cpu", weights_only=False
+        )
         self.model.load_state_dict(payload.pop("model"))
         self.optimizer.load_state_dict(payload.pop("optimizer"))
         self.scheduler.load_state_dict(payload.pop("scheduler"))
@@ -499,6 +523,10 @@ def resolve_base(base: str) -> str:
     return folder
 
 
+def _is_head(name: str) -> bool:
+    return name.startswith(("classifier.", "pre_classifier.")) or ".pooler." in name
+
+
 def _batches(
     rows: np.ndarray, ids: list[list[int]], size: int, rng: np.random.Generator
 ) -> Iterator[np.ndarray]:
@@ -524,7 +552,8 @@ def _quantize(model: Any) -> Any:
     words = next(name for name, m in model.named_modules() if m is model.get_input_embeddings())
     with warnings.catch_warnings(), contextlib.redirect_stdout(None):
         warnings.simplefilter("ignore")
-        out = q.quantize_dynamic(
+        quantize: Any = q.quantize_dynamic
+        out = quantize(
             model,
             {nn.Linear: q.default_dynamic_qconfig, words: q.float_qparams_weight_only_qconfig},
         )

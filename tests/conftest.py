@@ -32,6 +32,52 @@ def banking_labels() -> list[str]:
     return yaml.safe_load(EXAMPLE.read_text())["task"]["labels"]
 
 
+TINY_BERT_WORDS = [
+    "good",
+    "great",
+    "fun",
+    "bad",
+    "awful",
+    "dull",
+    "film",
+    "movie",
+    "story",
+    "a",
+    "the",
+    "and",
+    "very",
+    "not",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory, banking_rows: list[dict[str, str]]) -> str:
+    """A 2-layer, 32-wide BERT with random weights and a WordPiece vocabulary of the test words
+    and the bundled data's 400 most common words, saved as a transformers folder."""
+    from collections import Counter
+
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    counts = Counter(w for r in banking_rows for w in r["text"].lower().split() if w.isalpha())
+    words = list(dict.fromkeys(TINY_BERT_WORDS + [w for w, _ in counts.most_common(400)]))
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    (folder / "vocab.txt").write_text("\n".join(special + words) + "\n")
+    BertTokenizer(vocab=str(folder / "vocab.txt")).save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(special) + len(words),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.fixture
 def fake_openai(
     banking_rows: list[dict[str, str]],

@@ -111,6 +111,27 @@ CASES = {
         "label 'a|b' contains '|', which joins the labels of a multi-label answer",
     ),
     "unknown provider": ({"teacher.provider": "magic"}, "config key 'teacher.provider'"),
+    # students and student teachers
+    "bert base that is not an encoder": (
+        {"students": [{"kind": "logreg"}, {"kind": "bert", "base": "/nonexistent/llama"}]},
+        "students.1: bert student base '/nonexistent/llama' is not a transformers model folder",
+    ),
+    "bert alpha out of range": (
+        {"students": [{"kind": "bert", "alpha": 1.5}]},
+        "config key 'students.0.alpha': Input should be less than or equal to 1",
+    ),
+    "student teacher without a path": (
+        {"teacher": {"provider": "student"}},
+        "teacher.path is required for provider 'student'",
+    ),
+    "student teacher folder that is not a student": (
+        {"teacher": {"provider": "student", "path": "/tmp"}},
+        "teacher.path /tmp is not a trained student's folder (no student.json)",
+    ),
+    "student teacher with its own terms": (
+        {"teacher": {"provider": "student", "path": "/tmp", "terms": "apache-2.0"}},
+        "a student teacher inherits the terms of the teacher it learned from",
+    ),
 }
 
 

@@ -16,7 +16,11 @@ from stillroom.flows import ConfigError, load_config
         ({"teacher.price": "free"}, "config key 'teacher.price'"),
         ({"teacher.terms": "mystery"}, "unknown terms profile 'mystery'"),
         ({"task.labels": ["a", "b", "a"]}, "duplicate label 'a'"),
-        ({"students": [{"kind": "bert"}]}, "config key 'students.0"),
+        ({"students": [{"kind": "gpt"}]}, "config key 'students.0"),
+        (
+            {"students": [{"kind": "bert", "alpha": 2}]},
+            "students.0.alpha': Input should be less than or equal to 1",
+        ),
         ({"task.multi_label": True}, "task.multi_label needs a teacher that can answer yes/no"),
     ],
 )

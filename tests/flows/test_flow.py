@@ -28,7 +28,9 @@ def test_distill_then_train_and_evaluate_a_stored_version(write_config, tmp_path
     dataset = report["dataset"]
     assert (dataset["name"], dataset["version"], dataset["rows"]) == ("banking77", "v1", 400)
     assert (
-        dataset["train_records"] + dataset["test_records"] == 400 and dataset["test_records"] > 30
+        dataset["train_records"] + dataset["calibration_records"] + dataset["test_records"] == 400
+        and dataset["test_records"] > 30
+        and dataset["calibration_records"] >= 20
     )
     lab = report["labeling"]
     assert (lab["records"], lab["labeled"], lab["failed"], lab["teacher_calls"]) == (
@@ -42,6 +44,11 @@ def test_distill_then_train_and_evaluate_a_stored_version(write_config, tmp_path
     (student,) = report["students"]
     assert student["kind"] == "logreg" and 0.2 < student["agreement"] <= 1.0
     assert student["kl_teacher_student"] > 0 and 0 <= student["ece"] <= 1
+    # calibrated on the calibration slice: a temperature, and ECE/KL before and after it
+    assert student["calibration_temperature"] > 0 and student["variant"] is None
+    assert 0 <= student["ece_uncalibrated"] <= 1 and student["kl_uncalibrated"] > 0
+    bins = student["reliability"]["after"]
+    assert sum(b["count"] for b in bins) == dataset["test_records"] and len(bins) == 15
     assert (tmp_path / "run" / "report.md").read_text().startswith("# banking77")
     card = (tmp_path / "run" / "students" / "0-logreg" / "README.md").read_text()
     meta = yaml.safe_load(card.split("---\n")[1])
@@ -224,3 +231,65 @@ def test_multi_label_asks_one_yes_no_question_per_label(
     manifest = Store(config.store).manifest(Store(config.store).resolve("banking77"))
     assert manifest["task"]["multi_label"] is True
     assert manifest["teacher"]["multi_label"] == "one yes/no question per label"
+
+
+def test_a_bert_student_is_calibrated_quantized_and_saved_as_a_transformers_folder(
+    write_config, tmp_path, tiny_bert
+):
+    from transformers import AutoModelForSequenceClassification
+
+    from stillroom.students import BertStudent
+
+    spec = {"kind": "bert", "base": tiny_bert, "epochs": 2, "quantize": "int8", "seed": 3}
+    config = load_config(write_config({"data.limit": 300, "students": [spec]}))
+    report = json.loads(distill(config, str(tmp_path / "run")).read_text())
+    bert, int8 = report["students"]
+    assert (bert["kind"], bert["variant"], int8["variant"]) == ("bert", None, "int8")
+    assert bert["calibration_temperature"] > 0 and bert["train_s"] > 0
+    assert int8["train_s"] is None and 0.0 <= int8["agreement_with_student"] <= 1.0
+    assert int8["size_bytes"] < bert["size_bytes"]
+    folder = tmp_path / "run" / "students" / "0-bert"
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    assert model.config.id2label[0] == config.task.labels[0]
+    assert len(model.config.id2label) == len(config.task.labels)
+    student = BertStudent.load(folder)
+    assert student.calibration_temperature_ == pytest.approx(bert["calibration_temperature"])
+    assert (student.get_params()["seed"], student.get_params()["epochs"]) == (3, 2)
+    assert BertStudent.load(folder / "int8").is_quantized
+    card = (folder / "README.md").read_text()
+    assert "library_name: transformers" in card and 'pipeline("text-classification"' in card
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "| bert (int8) |" in md and "same label as the uncompressed student" in md
+    assert not list((tmp_path / "store" / "checkpoints").glob("*/checkpoint.pt"))
+
+
+def test_a_trained_student_teaches_the_next_one_free_and_passes_on_its_terms(
+    write_config, tmp_path
+):
+    first = load_config(write_config({"data.limit": 300}))
+    distill(first, str(tmp_path / "run1"))
+    folder = tmp_path / "run1" / "students" / "0-logreg"
+    info = json.loads((folder / "student.json").read_text())
+    assert info["dataset"] == "banking77@v1" and info["teacher"]["provider"] == "zero-shot"
+
+    teacher = {"provider": "student", "path": str(folder)}
+    changes = {"name": "pool", "data.limit": 600, "teacher": teacher}
+    second = load_config(write_config(changes, name="pool.yaml"))
+    report = json.loads(distill(second, str(tmp_path / "run2")).read_text())
+    lab = report["labeling"]
+    assert (lab["labeled"], lab["teacher_calls"], lab["cost_usd"]) == (600, 600, 0.0)
+    # the pool's student learns the teaching student's labels, which are easy to imitate
+    assert report["students"][0]["agreement"] > 0.8
+
+    store = Store(second.store)
+    manifest = store.manifest(store.resolve("pool"))
+    recorded = manifest["teacher"]
+    assert (recorded["provider"], recorded["model"]) == ("student", str(folder))
+    assert recorded["parameters"]["trained_on"] == "banking77@v1"
+    assert recorded["parameters"]["student_of"]["model"] == "all-minilm-l6-v2"
+    assert manifest["terms"]["profile"] == "apache-2.0"
+    assert manifest["terms"]["statement"].startswith("Labels from a stillroom student")
+
+    # the same labeling path: a second run is served from the cache
+    again = json.loads(distill(second, str(tmp_path / "run3")).read_text())
+    assert (again["labeling"]["teacher_calls"], again["labeling"]["cache_hits"]) == (0, 600)

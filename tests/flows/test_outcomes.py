@@ -86,7 +86,9 @@ def test_few_held_out_records_are_counted_in_the_report_and_warned_about(write_c
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     dataset = report["dataset"]
+    # 60 records leave too few for a calibration slice: every training record trains
     assert dataset["train_records"] + dataset["test_records"] == 60
+    assert dataset["calibration_records"] == 0
     assert 0 < dataset["test_records"] < 30
     assert (
         f"stillroom: warning: only {dataset['test_records']} held-out record(s) measure the "

@@ -1,48 +1,28 @@
-"""The bert student on a tiny BERT built here (random weights, a 40-word vocabulary): the
-distillation loss, training, save/load as a transformers folder, resume after a kill, int8."""
+"""The bert student on a tiny BERT built in the tests (random weights, a small vocabulary; see
+`tiny_bert` in conftest.py): the distillation loss, training, save/load as a transformers
+folder, resume after a kill, int8."""
 
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
-from transformers import AutoModelForSequenceClassification, BertConfig, BertModel, BertTokenizer
+from transformers import AutoModelForSequenceClassification
 
 from stillroom.students import BertStudent, _bert, kd_loss
 
 POS = ["good fun film", "great good movie", "fun great story", "good story fun", "great film"]
 NEG = ["bad dull film", "awful bad movie", "dull awful story", "bad story dull", "awful film"]
 TEXTS, LABELS = POS + NEG, ["pos"] * 5 + ["neg"] * 5
-WORDS = "good great fun bad awful dull film movie story a the and very not".split()
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 2-layer, 32-wide BERT and its WordPiece tokenizer, saved as a transformers folder."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    BertTokenizer(vocab=str(vocab)).save_pretrained(folder)
-    config = BertConfig(
-        vocab_size=5 + len(WORDS),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    return str(folder)
 
 
 def student(base: str, **kwargs) -> BertStudent:
     return BertStudent(
         base=base, epochs=kwargs.pop("epochs", 10), learning_rate=kwargs.pop("learning_rate", 1e-2),
+        head_learning_rate=1e-2,
         batch_size=4,
         progress=False, **kwargs,
     )  # fmt: skip
@@ -189,7 +169,9 @@ def test_bad_input_is_one_clear_error(tiny_bert, texts, labels, message):
 def test_a_base_that_is_not_a_bert_style_encoder_is_refused(tmp_path):
     from transformers import LlamaConfig
 
-    LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path / "llama")
+    LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2).save_pretrained(
+        tmp_path / "llama"
+    )
     with pytest.raises(ValueError, match="is a llama model, not a BERT-style encoder"):
         BertStudent(base=str(tmp_path / "llama")).fit(TEXTS, LABELS)
     with pytest.raises(ValueError, match="is not a transformers model folder"):
