@@ -155,3 +155,47 @@ def test_smollm2_gguf_teacher_scores_real_labels():
     )
     assert all(a.ok and sum(a.probs) == pytest.approx(1.0) for a in answers)
     assert answers[0].probs[0] > answers[1].probs[0]  # more positive for the praising review
+
+
+def test_a_scoring_function_teaches_through_the_cache(tmp_path):
+    from stillroom.labelers import ScoringTeacher
+
+    task = ClassifyTask(("neg", "pos"))
+    calls = []
+
+    def score(texts):
+        calls.append(list(texts))
+        return [[0.2, 0.8] if "good" in t else [0.9, 0.1] for t in texts]
+
+    records = [("1", "good film"), ("2", "bad film"), ("3", "good plot")]
+    with ResponseCache(tmp_path / "cache.sqlite") as cache:
+        teacher = ScoringTeacher(
+            task, model="rules-v1", score=score, provider="rules", parameters={"v": 1}, cache=cache
+        )
+        answers = teacher.label(records)
+        assert [a.label for a in answers] == ["pos", "neg", "pos"]
+        assert answers[0].probs == (0.2, 0.8) and answers[0].usage.cost_usd == 0.0
+        assert teacher.describe() == {
+            "provider": "rules",
+            "model": "rules-v1",
+            "endpoint_host": None,
+            "parameters": {"v": 1},
+        }
+        again = ScoringTeacher(task, model="rules-v1", score=score, provider="rules",
+                               parameters={"v": 1}, cache=cache)  # fmt: skip
+        assert [a.cached for a in again.label(records)] == [True] * 3
+        assert len(calls) == 1 and again.stats.cache_hits == 3
+        # other parameters (another scorer) are another cache key
+        other = ScoringTeacher(
+            task, model="rules-v1", score=score, parameters={"v": 2}, cache=cache
+        )
+        other.label(records[:1])
+        assert len(calls) == 2
+
+
+def test_a_scoring_function_of_the_wrong_shape_is_an_error():
+    from stillroom.labelers import ScoringTeacher
+
+    teacher = ScoringTeacher(ClassifyTask(("a", "b", "c")), model="m", score=lambda t: [[1.0]])
+    with pytest.raises(LabelerError, match="one row of 3 probabilities per text expected"):
+        teacher.label([("1", "x")])
