@@ -151,12 +151,17 @@ def _train(config: Config, dataset: str, out: str | None) -> Path:
                 "spec": spec.model_dump(),
                 "train_s": train_s,
                 "size_bytes": size,
+                "calibrated": bool(split.calib_text),
                 "variants": variants,
             }
         )
-    (folder / "train.json").write_text(
-        json.dumps({"dataset": str(ref), "students": trained}, indent=2)
-    )
+    record = {
+        "dataset": str(ref),
+        "train_records": len(split.train_text),
+        "calibration_records": len(split.calib_text),
+        "students": trained,
+    }
+    (folder / "train.json").write_text(json.dumps(record, indent=2))
     return folder
 
 
@@ -171,14 +176,19 @@ def _evaluate(config: Config, folder: str, labeling: LabelingSummary | None) -> 
     for entry in trained["students"]:
         spec = student_config(entry["spec"])
         student = _training.load_student(spec, Path(entry["folder"]), split.multi_label)
-        results.append(evaluate(spec, student, split, entry["train_s"], entry["size_bytes"]))
+        calibrated = entry.get("calibrated", False)
+        results.append(
+            evaluate(spec, student, split, entry["train_s"], entry["size_bytes"], calibrated)
+        )
         # the card written at training time, now with this student's metrics
         write_model_card(Path(entry["folder"]), student, spec.kind, str(ref), manifest, results[-1])
         reference = _training.student_columns(student, split.labels, split.test_text)
         for v in entry.get("variants", []):
             small = _training.load_student(spec, Path(v["folder"]), split.multi_label)
             results.append(
-                evaluate(spec, small, split, None, v["size_bytes"], v["name"], reference)
+                evaluate(
+                    spec, small, split, None, v["size_bytes"], calibrated, v["name"], reference
+                )
             )
             write_model_card(Path(v["folder"]), small, spec.kind, str(ref), manifest, results[-1])
     labeling = labeling or LabelingSummary.from_manifest(manifest)
@@ -189,8 +199,9 @@ def _evaluate(config: Config, folder: str, labeling: LabelingSummary | None) -> 
             "name": ref.name,
             "version": ref.version,
             "rows": manifest["rows"],
-            "train_records": len(split.train_text),
-            "calibration_records": len(split.calib_text),
+            # as the students were trained (the config may have changed since)
+            "train_records": trained.get("train_records", len(split.train_text)),
+            "calibration_records": trained.get("calibration_records", 0),
             "test_records": len(split.test_text),
         },
         "labeling": labeling.report(),

@@ -119,11 +119,17 @@ def _student_teacher(
     assert config.teacher.path is not None
     folder = Path(config.teacher.path)
     info = student_info(folder)
-    missing = [label for label in task.labels if label not in info["labels"]]
-    if missing:
+    extra = [label for label in task.labels if label not in info["labels"]]
+    lacking = [label for label in info["labels"] if label not in task.labels]
+    if extra or lacking:
+        problem = (
+            f"task.labels has {extra[0]!r}, which it never learned"
+            if extra
+            else f"task.labels lacks {lacking[0]!r}, which it predicts"
+        )
         raise SetupError(
-            f"the student at {folder} was trained on other labels: task.labels has "
-            f"{missing[0]!r}, which it never learned"
+            f"the student at {folder} was trained on other labels: {problem}; give the task the "
+            "labels of the version it learned from"
         )
     spec = student_config(info["spec"])
     loaded: list[Any] = []
@@ -131,9 +137,8 @@ def _student_teacher(
     def score(texts: list[str]) -> list[list[float]]:
         if not loaded:  # loaded on first use, not when the config is checked
             loaded.append(load_student(spec, folder))
-        rows = student_columns(loaded[0], list(task.labels), texts)
-        normalised: list[list[float]] = (rows / rows.sum(axis=1, keepdims=True)).tolist()
-        return normalised
+        rows: list[list[float]] = student_columns(loaded[0], list(task.labels), texts).tolist()
+        return rows
 
     return labelers.ScoringTeacher(
         task,
@@ -158,7 +163,14 @@ def student_info(folder: Path) -> dict[str, Any]:
             f"teacher.path {folder} is not a trained student's folder (no {STUDENT_INFO}); "
             "give RUN/students/N-KIND from a stillroom run"
         )
-    info: dict[str, Any] = json.loads(path.read_text())
+    try:
+        info: dict[str, Any] = json.loads(path.read_text())
+        student_config(info["spec"])
+        if not isinstance(info["terms"], dict) or not isinstance(info["labels"], list):
+            raise ValueError
+        info["dataset"], info["teacher"], info["fingerprint"]  # noqa: B018
+    except (ValueError, KeyError, TypeError):
+        raise SetupError(f"{path} is damaged: write the student again (stillroom train)") from None
     return info
 
 

@@ -246,12 +246,14 @@ def evaluate_student(
     split: Split,
     train_s: float | None,
     size_bytes: int,
+    calibrated: bool = False,
     variant: str | None = None,
     reference: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The student's report entry: closeness to the teacher (and gold) on the held-out records,
-    before and after calibration, its cost; a compressed `variant` also reports its agreement
-    with the `reference` probabilities of the student it was made from."""
+    before and after calibration (when it was `calibrated` at training), its cost; a compressed
+    `variant` also reports its agreement with the `reference` probabilities of the student it
+    was made from."""
     proba = student_columns(student, split.labels, split.test_text)
     if split.multi_label:
         scores = students.multilabel_closeness(
@@ -274,20 +276,20 @@ def evaluate_student(
             students.agreement(reference.argmax(axis=1), proba.argmax(axis=1)), 6
         )
     if not split.multi_label:
-        entry.update(_calibration(student, split, proba))
+        entry.update(_calibration(student, split, proba, calibrated))
     return entry
 
 
-def _calibration(student: students.Student, split: Split, proba: np.ndarray) -> dict[str, Any]:
+def _calibration(
+    student: students.Student, split: Split, proba: np.ndarray, calibrated: bool
+) -> dict[str, Any]:
     """ECE and KL before calibration, the temperature, and the reliability bins before/after."""
     raw = student_columns(_uncalibrated(student), split.labels, split.test_text)
     before = students.closeness(split.test_proba, raw, split.labels)
     target = split.test_proba.argmax(axis=1)
-    fitted = bool(split.calib_text)
+    temperature = float(getattr(student, "calibration_temperature_", 1.0))
     return {
-        "calibration_temperature": (
-            round(float(getattr(student, "calibration_temperature_", 1.0)), 6) if fitted else None
-        ),
+        "calibration_temperature": round(temperature, 6) if calibrated else None,
         "ece_uncalibrated": round(before["ece"] or 0.0, 6),
         "kl_uncalibrated": round(before["kl_teacher_student"] or 0.0, 6),
         "reliability": {

@@ -369,4 +369,10 @@ class ScoringTeacher(_LocalTeacher):
                 f"{self.provider} teacher {self.model} gave rows of the wrong shape: one row of "
                 f"{len(self.task.labels)} probabilities per text expected"
             )
+        for text, row in zip(texts, rows, strict=True):
+            if not all(math.isfinite(p) and p >= 0 for p in row) or not math.isclose(sum(row), 1):
+                raise LabelerError(
+                    f"{self.provider} teacher {self.model} gave {row[:5]} for {text[:40]!r}: not "
+                    "a probability distribution over the task's labels"
+                )
         return rows

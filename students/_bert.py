@@ -169,7 +169,17 @@ class BertStudent(ClassifierMixin, BaseEstimator):
         return tags
 
     def check_base(self) -> str:
-        """The folder of `base`; a ValueError saying why when it is not a BERT-style encoder."""
+        """The folder of `base`, once torch, transformers and `device` are known to work; a
+        ValueError saying why otherwise (a base that is not a BERT-style encoder, ...)."""
+        torch, _ = _import_torch()
+        if self.device is not None:
+            try:
+                torch.empty(0, device=self.device)
+            except (RuntimeError, AssertionError) as exc:
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ValueError(
+                    f"bert student device {self.device!r} is unusable: {first}"
+                ) from None
         return resolve_base(self.base)
 
     # -- fitting --------------------------------------------------------------------------------
@@ -204,7 +214,7 @@ class BertStudent(ClassifierMixin, BaseEstimator):
                 f"got only {classes[present[0]]!r}"
             )
         torch, transformers = _import_torch()
-        folder = resolve_base(self.base)
+        folder = self.check_base()
         device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         _set_threads(torch)
         torch.manual_seed(self.seed)
@@ -245,6 +255,12 @@ class BertStudent(ClassifierMixin, BaseEstimator):
             return None
         params = {k: v for k, v in self.get_params().items() if k not in _RUNTIME}
         digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+        # the base's files, by name, size and mtime: a changed base never resumes an old fit
+        folder = Path(resolve_base(self.base))
+        for path in sorted(folder.iterdir()):
+            if path.is_file():
+                stat = path.stat()
+                digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}\0".encode())
         for text in texts:
             digest.update(text.encode() + b"\0")
         digest.update(np.ascontiguousarray(proba, dtype=np.float64).tobytes())
@@ -316,7 +332,7 @@ class BertStudent(ClassifierMixin, BaseEstimator):
         settings = {
             "class": type(self).__name__,
             "params": {k: v for k, v in self.get_params().items() if k != "checkpoint_dir"},
-            "classes": [str(c) for c in self.classes_],
+            "classes": self.classes_.tolist(),
             "calibration_temperature": self.calibration_temperature_,
             "quantized": "int8" if self.is_quantized else None,
             "history": getattr(self, "history_", []),
@@ -372,6 +388,7 @@ class _Run:
         self.ids, self.proba, self.checkpoint = ids, proba, checkpoint
         order = np.random.default_rng(owner.seed).permutation(len(ids))
         n_val = round(owner.validation_fraction * len(ids)) if len(ids) >= 50 else 0
+        n_val = min(n_val, len(ids) // 2)  # most records always train
         self.val, self.train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
         self.steps_per_epoch = -(-len(self.train_rows) // owner.batch_size)
         # the head starts from random weights and the pooler was never trained for this task:

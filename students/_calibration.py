@@ -10,8 +10,6 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-_EPS = 1e-12
-
 
 def temperature_scale(proba: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(log p / T): the probabilities a softmax model gives with its logits divided by T
@@ -29,15 +27,19 @@ def temperature_scale(proba: np.ndarray, temperature: float) -> np.ndarray:
 def fit_temperature(proba: np.ndarray, teacher_proba: np.ndarray) -> float:
     """The T in [0.05, 20] that minimises the cross-entropy between the teacher's distribution and
     the student's tempered one (the KL to the teacher, up to a constant); with one-hot teacher
-    rows, the usual NLL of temperature scaling."""
+    rows, the usual NLL of temperature scaling. Classes the student gives probability 0 keep it
+    at every T (as in `temperature_scale`), so they are left out of the fit."""
     p = np.asarray(teacher_proba, dtype=float)
-    log_q = np.log(np.clip(np.asarray(proba, dtype=float), _EPS, 1.0))
+    q = np.asarray(proba, dtype=float)
+    support = q > 0
+    with np.errstate(divide="ignore"):
+        log_q = np.where(support, np.log(np.where(support, q, 1.0)), -np.inf)
 
     def loss(log_t: float) -> float:
         z = log_q / np.exp(log_t)
         z = z - z.max(axis=1, keepdims=True)
         log_softmax = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        return float(-(p * log_softmax).sum(axis=1).mean())
+        return float(-(p * np.where(support, log_softmax, 0.0)).sum(axis=1).mean())
 
     found = minimize_scalar(loss, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(found.x))

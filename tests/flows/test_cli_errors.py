@@ -378,3 +378,27 @@ def test_a_hand_edited_manifest_fails_verify_and_is_not_trained_on(tmp_path, wri
     assert code == 1 and "manifest: rows is 999 but data.parquet has 40" in err
     code, err, _ = run_cli("train", str(write_config()), "--dataset", str(ref))
     assert code == 2 and "banking77@v1 is damaged" in err and len(err.splitlines()) == 1
+
+
+def test_a_student_teacher_must_know_the_tasks_labels(tmp_path, write_config, seeded_store):
+    folder = tmp_path / "students" / "0-logreg"
+    folder.mkdir(parents=True)
+    info = {
+        "kind": "logreg",
+        "spec": {"kind": "logreg"},
+        "dataset": "other@v1",
+        "labels": ["card_arrival", "spam"],
+        "teacher": {"provider": "openai", "model": "x"},
+        "terms": {"profile": "openai", "statement": "s", "restrictions": []},
+        "fingerprint": "0" * 64,
+    }
+    (folder / "student.json").write_text(json.dumps(info))
+    before = snapshot(seeded_store)
+    config = write_config({"teacher": {"provider": "student", "path": str(folder)}})
+    code, err, _ = run_cli("run", str(config))
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "was trained on other labels: task.labels has 'card_linking', which it never" in err
+    (folder / "student.json").write_text('{"kind": "logreg"')
+    code, err, _ = run_cli("run", str(config))
+    assert code == 2 and f"{folder / 'student.json'} is damaged" in err
+    assert snapshot(seeded_store) == before

@@ -199,3 +199,12 @@ def test_a_scoring_function_of_the_wrong_shape_is_an_error():
     teacher = ScoringTeacher(ClassifyTask(("a", "b", "c")), model="m", score=lambda t: [[1.0]])
     with pytest.raises(LabelerError, match="one row of 3 probabilities per text expected"):
         teacher.label([("1", "x")])
+
+
+@pytest.mark.parametrize("row", [[0.5, float("nan")], [0.0, 0.0], [1.5, -0.5], [0.3, 0.3]])
+def test_a_scoring_function_must_give_distributions(row):
+    from stillroom.labelers import ScoringTeacher
+
+    teacher = ScoringTeacher(ClassifyTask(("a", "b")), model="m", score=lambda t: [row])
+    with pytest.raises(LabelerError, match="not a probability distribution over the task's"):
+        teacher.label([("1", "x")])

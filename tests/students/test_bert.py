@@ -227,3 +227,9 @@ def test_the_bundled_minilm_learns_banking_intents_and_survives_int8(banking_row
     assert (small.predict(texts) == model.predict(texts)).mean() >= 0.95
     classify = pipeline("text-classification", model=str(model.save(tmp_path / "bert")))
     assert classify(texts[0])[0]["label"] == model.predict(texts[:1])[0]
+
+
+def test_integer_classes_stay_integers_after_load(tiny_bert, tmp_path):
+    model = student(tiny_bert, epochs=1).fit(TEXTS, [1 if y == "pos" else 0 for y in LABELS])
+    loaded = BertStudent.load(model.save(tmp_path / "ints"))
+    assert loaded.classes_.tolist() == [0, 1] and loaded.predict(TEXTS[:1])[0] in (0, 1)

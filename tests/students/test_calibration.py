@@ -57,3 +57,17 @@ def test_a_calibrated_logreg_changes_its_confidence_not_its_answers():
     assert np.allclose(after, temperature_scale(before, 2.0))
     assert after.max(axis=1).mean() < before.max(axis=1).mean()
     assert np.array_equal(after.argmax(axis=1), before.argmax(axis=1))
+
+
+def test_classes_a_student_never_predicts_are_left_out_of_the_fit():
+    # a logreg fitted on soft labels gives exactly 0 to classes the teacher never favoured: the
+    # fitted T is the one that, applied as temperature_scale applies it, matches the teacher
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(1000, 4)) * 2
+    teacher = np.zeros((1000, 10))
+    teacher[:, :4] = softmax(z)
+    student = np.zeros((1000, 10))
+    student[:, :4] = softmax(4.0 * z)
+    found = fit_temperature(student, teacher)
+    assert found == pytest.approx(4.0, rel=0.01)
+    assert np.allclose(temperature_scale(student, found)[:, :4], teacher[:, :4], atol=1e-3)
