@@ -61,10 +61,13 @@ def evaluate(
     split: _training.Split,
     train_s: float | None,
     size_bytes: int,
+    calibrated: bool = False,
     variant: str | None = None,
     reference: Any = None,
 ) -> dict[str, Any]:
-    return _training.evaluate_student(spec, student, split, train_s, size_bytes, variant, reference)
+    return _training.evaluate_student(
+        spec, student, split, train_s, size_bytes, calibrated, variant, reference
+    )
 
 
 @flow(name="label")
