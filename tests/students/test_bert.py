@@ -5,6 +5,7 @@ folder, resume after a kill, int8."""
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,6 +127,46 @@ def test_a_killed_fit_resumes_to_the_same_weights(tiny_bert, tmp_path, monkeypat
     # another fit (other data) never resumes from someone else's checkpoint
     other = student(tiny_bert, epochs=1, checkpoint_dir=str(tmp_path)).fit(TEXTS[:9], LABELS[:9])
     assert saves[-1] == 1 and other.history_[0]["epoch"] == 1
+
+
+KILLED_CHILD = """
+import os, signal, sys
+from stillroom.students import BertStudent, _bert
+from tests.students.test_bert import LABELS, TEXTS, student
+
+real_save = _bert._Run._save
+
+def save_then_die(run, state):
+    real_save(run, state)
+    if state["epoch"] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: as a kill -9 or the OOM killer
+
+_bert._Run._save = save_then_die
+student(sys.argv[1], epochs=3, checkpoint_dir=sys.argv[2]).fit(TEXTS, LABELS)
+"""
+
+
+def test_a_fit_killed_with_sigkill_resumes_to_the_same_weights(tiny_bert, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_CHILD, tiny_bert, str(tmp_path)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    (checkpoint,) = tmp_path.glob("*/checkpoint.pt")
+    assert not list(tmp_path.glob("*/*.partial"))
+    assert torch.load(checkpoint, weights_only=False)["epoch"] == 2
+    resumed = student(tiny_bert, epochs=3, checkpoint_dir=str(tmp_path)).fit(TEXTS, LABELS)
+    uninterrupted = student(tiny_bert, epochs=3).fit(TEXTS, LABELS)
+    for name, tensor in weights(uninterrupted).items():
+        assert torch.equal(tensor, weights(resumed)[name]), name
 
 
 def test_early_stopping_keeps_the_best_epoch(tiny_bert):
