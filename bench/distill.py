@@ -75,7 +75,13 @@ def make(kind: str, cache: str, **extra: Any) -> Any:
 
 
 def measure(student: Any, data: dict[str, Any], labels: list[str]) -> dict[str, Any]:
-    proba = student.predict_proba(data["test_text"])
+    # a student fitted on hard labels has a column per class it saw, in sorted order
+    raw = student.predict_proba(data["test_text"])
+    column = {str(c): j for j, c in enumerate(student.classes_)}
+    proba = np.zeros((len(raw), len(labels)))
+    for i, label in enumerate(labels):
+        if label in column:
+            proba[:, i] = raw[:, column[label]]
     scores = closeness(data["test_proba"], proba, labels, data["test_gold"])
     return {k: round(v, 4) for k, v in scores.items() if v is not None}
 
@@ -184,6 +190,73 @@ def chain(args: argparse.Namespace, data: dict[str, Any], labels: list[str], out
     save(args, out)
 
 
+def render(out: dict[str, Any]) -> str:
+    """The results as the Markdown tables of bench/README.md."""
+    setup = out["setup"]
+    lines = [
+        f"**{setup['data']}** ({setup['records']:,} records, {setup['labels']} labels; "
+        f"{setup['test']:,} held out; teacher: {setup['teacher']}, "
+        f"{setup['teacher_accuracy_vs_gold']:.1%} accurate vs gold on them)",
+        "",
+        "| records | " + " | ".join(f"{k} agreement / vs gold / train s" for k in KINDS) + " |",
+        "|---|" + "---|" * len(KINDS),
+    ]
+    sizes = sorted({r["n"] for r in out["curve"].values()})
+    for n in sizes:
+        cells = []
+        for kind in KINDS:
+            r = out["curve"].get(f"{kind}@{n}")
+            cells.append(
+                "–"
+                if r is None
+                else f"{r['agreement']:.1%} / {r['accuracy_vs_gold']:.1%} / {r['train_s']:.0f}"
+            )
+        lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
+    if out.get("kd"):
+        lines += ["", "| bert, same records and epochs | agreement | KL | ECE | vs gold |"]
+        lines.append("|---|---|---|---|---|")
+        for name, r in out["kd"].items():
+            label = "hard labels" if name == "hard" else "soft labels, T = 2, α = 0.5"
+            lines.append(
+                f"| {label} ({r['n']:,} records) | {r['agreement']:.1%} | "
+                f"{r['kl_teacher_student']:.3f} | {r['ece']:.3f} | {r['accuracy_vs_gold']:.1%} |"
+            )
+    if out.get("int8"):
+        lines += ["", "| bert | weights | ms / 1k records | agreement with fp32 | agreement |"]
+        lines.append("|---|---|---|---|---|")
+        for name, r in out["int8"].items():
+            lines.append(
+                f"| {name} ({r['n']:,} records) | {r['weights_bytes'] / 1e6:.1f} MB | "
+                f"{r['predict_ms_per_1k']:,.0f} | {r['agreement_with_fp32']:.1%} | "
+                f"{r['agreement']:.1%} |"
+            )
+    if out.get("logreg"):
+        r = out["logreg"]
+        lines += [
+            "",
+            f"logreg on one core: trains on {r['n']:,} records in {r['train_s']:.1f} s and "
+            f"predicts {r['predict_per_s']:,} records/s.",
+        ]
+    if out.get("chain"):
+        c = out["chain"]
+        lines += [
+            "",
+            f"| chain ({c['teacher_labels']:,} teacher labels; pool {c['pool']:,}) "
+            "| agreement | vs gold |",
+            "|---|---|---|",
+        ]
+        for key, name in (
+            ("logreg_on_teacher_labels", "logreg on the teacher's labels"),
+            ("bert", "bert on the teacher's labels"),
+            ("logreg_on_bert_labels", "logreg on bert's labels of the whole pool"),
+        ):
+            lines.append(
+                f"| {name} | {c[key]['agreement']:.1%} | {c[key]['accuracy_vs_gold']:.1%} |"
+            )
+        lines.append(f"\nbert labeled the pool in {c['bert_labeling_s']:.0f} s.")
+    return "\n".join(lines)
+
+
 def save(args: argparse.Namespace, out: dict) -> None:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(out, indent=2) + "\n")
@@ -199,8 +272,12 @@ def main() -> None:
     parser.add_argument("--chain-size", type=int, default=1000)
     parser.add_argument("--teacher-accuracy", type=float, default=0.9)
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "stillroom-bench"))
+    parser.add_argument("--render", action="store_true", help="print the saved results only")
     args = parser.parse_args()
     args.results = ROOT / "bench" / "results" / f"{args.data}.json"
+    if args.render:
+        print(render(json.loads(args.results.read_text())))
+        return
     folder = ROOT / "bench" / "data" / args.data
     labels = json.loads((folder / "labels.json").read_text())
     rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
@@ -238,6 +315,7 @@ def main() -> None:
             logreg_speed(args, rows, out)
         else:
             steps[step](args, data, labels, out)
+    print(render(out))
 
 
 if __name__ == "__main__":
