@@ -269,9 +269,11 @@ class BertStudentConfig(_Model):
     temperature: float | None = Field(default=None, gt=0)
     alpha: float | None = Field(default=None, ge=0, le=1)
     learning_rate: float | None = Field(default=None, gt=0)
+    head_learning_rate: float | None = Field(default=None, gt=0)
     batch_size: int | None = Field(default=None, ge=1)
     max_length: int | None = Field(default=None, ge=2)
     patience: int | None = Field(default=None, ge=1)
+    probe_epochs: int | None = Field(default=None, ge=0)
     seed: int | None = None
     device: str | None = None
     quantize: Literal["int8"] | None = None  # also save and measure an int8 copy

@@ -274,3 +274,22 @@ def test_integer_classes_stay_integers_after_load(tiny_bert, tmp_path):
     model = student(tiny_bert, epochs=1).fit(TEXTS, [1 if y == "pos" else 0 for y in LABELS])
     loaded = BertStudent.load(model.save(tmp_path / "ints"))
     assert loaded.classes_.tolist() == [0, 1] and loaded.predict(TEXTS[:1])[0] in (0, 1)
+
+
+def test_linear_probing_trains_the_head_alone(tiny_bert):
+    model = student(tiny_bert, epochs=1, probe_epochs=2).fit(TEXTS, LABELS)
+    assert model.get_params()["probe_epochs"] == 2
+    # the probe itself: only the head (and pooler) move, and the encoder is trainable after it
+    run_owner = student(tiny_bert, probe_epochs=3)
+    texts_ids = model.tokenizer_(TEXTS)["input_ids"]
+    proba = np.array([[1.0, 0.0] if y == "neg" else [0.0, 1.0] for y in LABELS])
+    fresh = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    run = _bert._Run(
+        run_owner, fresh, model.tokenizer_, texts_ids, proba, torch.device("cpu"), None
+    )
+    run._probe()
+    after = fresh.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(_bert._is_head(k) for k in moved)
+    assert all(p.requires_grad for p in fresh.parameters())
