@@ -1,4 +1,5 @@
-"""Teacher clients: a record's text in, a label with a probability per label out.
+"""Teacher clients: a record's text in, a label with a probability per label out (or, for a
+generation task, a completion with its tokens).
 
 Any OpenAI-compatible endpoint, a local causal LM, or a zero-shot sentence embedder; each
 follows the `Teacher` protocol.
@@ -12,11 +13,14 @@ from ._prompt import build_messages, prompt_hash, system_prompt
 from ._tokens import count_message_tokens, token_counter
 from ._types import (
     BUDGET_EXHAUSTED,
+    EMPTY_COMPLETION,
     MULTI_LABEL_SEPARATOR,
     MULTI_LABEL_THRESHOLD,
+    REFUSAL,
     Answer,
     Budget,
     ClassifyTask,
+    GenerateTask,
     LabelerError,
     LabelStats,
     OnAnswer,
@@ -28,11 +32,14 @@ from ._types import (
 
 __all__ = [
     "BUDGET_EXHAUSTED",
+    "EMPTY_COMPLETION",
     "MULTI_LABEL_SEPARATOR",
     "MULTI_LABEL_THRESHOLD",
+    "REFUSAL",
     "Answer",
     "Budget",
     "ClassifyTask",
+    "GenerateTask",
     "LabelStats",
     "LabelerError",
     "MultiLabelTeacher",

@@ -1,4 +1,5 @@
-"""The teacher behind any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, ...).
+"""The teacher behind any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, ...),
+for classification (a label and its distribution) and generation (a completion and its tokens).
 
 Async over httpx with a concurrency cap, timeouts and retries; every paid answer goes into the
 response cache before it is used, so a re-run or a crash never pays for the same request twice.
@@ -15,7 +16,7 @@ import socket
 import time
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Generic, Literal, TypeVar, get_args
 from urllib.parse import urlparse
 
 import httpx
@@ -26,9 +27,12 @@ from ._prompt import build_messages
 from ._tokens import count_message_tokens
 from ._types import (
     BUDGET_EXHAUSTED,
+    EMPTY_COMPLETION,
+    REFUSAL,
     Answer,
     Budget,
     ClassifyTask,
+    GenerateTask,
     LabelerError,
     LabelStats,
     OnAnswer,
@@ -49,6 +53,8 @@ _FATAL_STATUS = {
 
 
 T = TypeVar("T")
+# bound, not constrained: a task typed as the union (read from a config) is accepted too
+TaskT = TypeVar("TaskT", bound=ClassifyTask | GenerateTask)
 ResponseFormat = Literal["text", "json_schema", "auto"]
 
 
@@ -82,12 +88,14 @@ class _Transient(Exception):
         self.maybe_billed = maybe_billed
 
 
-class OpenAITeacher:
-    """Label texts with a chat model behind an OpenAI-compatible API.
+class OpenAITeacher(Generic[TaskT]):
+    """Label texts with a chat model behind an OpenAI-compatible API, or have it write completions.
 
     Parameters
     ----------
-    task : the classification task (labels, instructions).
+    task : the classification task (labels, instructions) or the generation task; a generation
+        task brings its own temperature, max_tokens, stop and top_logprobs (the arguments of the
+        same names here are for classification) and is never asked again (answer_retries).
     model : the model name the endpoint knows.
     base_url : the API root, e.g. ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1``.
     api_key : the key, read by the caller from the environment; sent only as a bearer header.
@@ -117,7 +125,7 @@ class OpenAITeacher:
 
     def __init__(
         self,
-        task: ClassifyTask,
+        task: TaskT,
         *,
         model: str,
         base_url: str = _D.base_url,
@@ -191,22 +199,31 @@ class OpenAITeacher:
             "provider": "openai",
             "model": self.model,
             "endpoint_host": self.endpoint_host,
-            "parameters": {"temperature": self.temperature, "top_logprobs": self.top_logprobs},
+            "parameters": self._parameters(),
         }
+
+    def _parameters(self) -> dict[str, Any]:
+        if isinstance(self.task, GenerateTask):
+            return {
+                "temperature": self.task.temperature,
+                "top_logprobs": self.task.top_logprobs,
+                "max_tokens": self.task.max_tokens,
+                "stop": list(self.task.stop),
+            }
+        return {"temperature": self.temperature, "top_logprobs": self.top_logprobs}
 
     def build_request(self, text: str) -> dict[str, Any]:
         """The chat-completions body for one text (also the cache key's content)."""
-        longest = max(len(label) for label in self.task.labels)
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": build_messages(self.task, text),
-            "temperature": self.temperature,
-            # room for the longest label even at one character per token, plus a closing token
-            "max_tokens": min(longest + 4, 256),
-        }
-        if self.top_logprobs > 0:
-            body["logprobs"] = True
-            body["top_logprobs"] = self.top_logprobs
+        messages = build_messages(self.task, text)
+        if isinstance(self.task, GenerateTask):
+            return _generate_body(self.model, messages, self.task)
+        return self._classify_body(messages)
+
+    def _classify_body(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+        longest = max(len(label) for label in self._labels())
+        # room for the longest label even at one character per token, plus a closing token
+        body = _chat_body(self.model, messages, self.temperature, min(longest + 4, 256))
+        _ask_logprobs(body, self.top_logprobs)
         if self._json:
             body["max_tokens"] += 16  # the JSON around the label
             body["response_format"] = {
@@ -216,7 +233,7 @@ class OpenAITeacher:
                     "strict": True,
                     "schema": {
                         "type": "object",
-                        "properties": {"label": {"type": "string", "enum": list(self.task.labels)}},
+                        "properties": {"label": {"type": "string", "enum": list(self._labels())}},
                         "required": ["label"],
                         "additionalProperties": False,
                     },
@@ -229,7 +246,8 @@ class OpenAITeacher:
         records: Sequence[tuple[str, str]],
         on_answer: OnAnswer | None = None,
     ) -> list[Answer]:
-        """Label (id, text) pairs; answers come back in the same order."""
+        """Label (id, text) pairs, or write a completion for each for a generation task; answers
+        come back in the same order."""
         return _run_sync(self.alabel(records, on_answer))
 
     async def alabel(
@@ -278,7 +296,9 @@ class OpenAITeacher:
         body = self.build_request(text)
         spent = Usage()
         attempts = 0
-        for round_ in range(self.answer_retries + 1):
+        # a completion is not wrong the way an off-label answer is: it is never asked again
+        asks = self.answer_retries + 1 if isinstance(self.task, ClassifyTask) else 1
+        for round_ in range(asks):
             response, tries, cached, error = await self._fetch(client, body)
             attempts += tries
             if error == _UNSUPPORTED and self.response_format == "json_schema":
@@ -297,7 +317,7 @@ class OpenAITeacher:
                 return Answer(record_id, None, error=error, usage=spent, attempts=attempts)
             answer = self.parse_response(record_id, response, cached=cached)
             spent += answer.usage
-            if answer.ok or round_ == self.answer_retries:
+            if answer.ok or round_ == asks - 1:
                 return replace(answer, usage=spent, attempts=attempts)
             body = self.follow_up(body, answer.raw or "")
         raise AssertionError("unreachable")
@@ -311,7 +331,7 @@ class OpenAITeacher:
     def follow_up(self, body: dict[str, Any], raw: str) -> dict[str, Any]:
         """The request that asks again after an answer that named no label."""
         reminder = "That is not one of the labels. Answer with exactly one of: " + ", ".join(
-            self.task.labels
+            self._labels()
         )
         messages = [
             *body["messages"],
@@ -419,27 +439,73 @@ class OpenAITeacher:
         ceiling = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)  # jitter spreads retries from many clients
 
+    def _labels(self) -> tuple[str, ...]:
+        if not isinstance(self.task, ClassifyTask):
+            raise LabelerError(
+                "a GenerateTask has no labels: labels and follow-up asks are for a ClassifyTask"
+            )
+        return self.task.labels
+
     def parse_response(
         self, record_id: str, response: dict[str, Any], *, cached: bool = False
     ) -> Answer:
-        """Label and distribution from a chat-completions response; never coerces an off-label answer."""
+        """The Answer in a chat-completions response: a label and its distribution (never coerced
+        from an off-label answer), or for a generation task the completion (`parse_completion`)."""
         spent = self._usage(response)
         choice = response["choices"][0]
+        if isinstance(self.task, GenerateTask):
+            return parse_completion(record_id, choice, spent, cached=cached)
+        labels = self._labels()
         raw = (choice.get("message") or {}).get("content") or ""
         steps = _token_steps(choice.get("logprobs"))
         said = raw
         if raw.lstrip().startswith("{"):
             said, steps = _from_json(raw, steps)
-        label = match_label(said, self.task.labels)
+        label = match_label(said, labels)
         if label is None:
             reason = "empty answer" if not raw.strip() else "off-label answer"
             return Answer(record_id, None, raw=raw, error=reason, usage=spent, cached=cached)
-        dist = label_distribution(steps, self.task.labels) if steps else None
+        dist = label_distribution(steps, labels) if steps else None
         if dist is None:
-            one_hot = tuple(1.0 if lab == label else 0.0 for lab in self.task.labels)
+            one_hot = tuple(1.0 if lab == label else 0.0 for lab in labels)
             return Answer(record_id, label, one_hot, None, raw=raw, usage=spent, cached=cached)
         probs, coverage = dist
         return Answer(record_id, label, tuple(probs), coverage, raw=raw, usage=spent, cached=cached)
+
+
+def parse_completion(
+    record_id: str, choice: dict[str, Any], usage: Usage, *, cached: bool = False
+) -> Answer:
+    """A generation's Answer from one response choice; nothing said is dropped.
+
+    The text is kept exactly as sent; a refusal (``message.refusal`` or ``finish_reason
+    content_filter``) and a text with nothing but white space are kept as failures with their
+    reason.
+    """
+    message = choice.get("message") or {}
+    content = message.get("content")
+    text = content if isinstance(content, str) else None
+    finish = choice.get("finish_reason")
+    logprobs = choice.get("logprobs")
+    answered = isinstance(logprobs, dict) and logprobs.get("content") is not None
+    answer = Answer(
+        record_id,
+        None,
+        raw=text,
+        usage=usage,
+        cached=cached,
+        completion=text,
+        finish_reason=finish if isinstance(finish, str) else None,
+        tokens=tuple(_token_steps(logprobs)) if answered else None,
+    )
+    refusal = message.get("refusal")
+    if refusal:
+        return replace(answer, raw=str(refusal), error=REFUSAL)
+    if finish == "content_filter":
+        return replace(answer, error=f"{REFUSAL}: content_filter")
+    if not (text or "").strip():
+        return replace(answer, raw=text or "", completion=text or "", error=EMPTY_COMPLETION)
+    return answer
 
 
 def check_base_url(url: str) -> None:
@@ -483,6 +549,33 @@ def _from_json(raw: str, steps: list[TokenStep]) -> tuple[str, list[TokenStep]]:
             return value["label"], ([first] if first.token else []) + list(steps[i + 1 :])
         text += step.token
     return value["label"], []
+
+
+def _chat_body(
+    model: str, messages: list[dict[str, str]], temperature: float, max_tokens: int
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": messages,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+    }
+
+
+def _ask_logprobs(body: dict[str, Any], top_logprobs: int) -> None:
+    if top_logprobs > 0:
+        body["logprobs"] = True
+        body["top_logprobs"] = top_logprobs
+
+
+def _generate_body(
+    model: str, messages: list[dict[str, str]], task: GenerateTask
+) -> dict[str, Any]:
+    body = _chat_body(model, messages, task.temperature, task.max_tokens)
+    _ask_logprobs(body, task.top_logprobs)
+    if task.stop:  # some endpoints refuse an empty list
+        body["stop"] = list(task.stop)
+    return body
 
 
 def _token_steps(logprobs: Any) -> list[TokenStep]:

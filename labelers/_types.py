@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
+from ._parse import TokenStep
+
 MULTI_LABEL_SEPARATOR = "|"
 """How a multi-label answer joins the labels that apply (``"billing|refund"``)."""
 
@@ -15,6 +17,15 @@ MULTI_LABEL_THRESHOLD = 0.5
 
 BUDGET_EXHAUSTED = "budget exhausted"
 """The failure reason of a record whose request was not sent because it would pass the budget."""
+
+EMPTY_COMPLETION = "empty completion"
+"""The failure reason of a generation that came back with no text (or only white space)."""
+
+REFUSAL = "refusal"
+"""How the failure reason of a refused generation starts (the model's refusal text is in `raw`)."""
+
+MAX_TOP_LOGPROBS = 20
+"""The most alternatives per token that OpenAI-compatible endpoints return."""
 
 
 class LabelerError(Exception):
@@ -58,6 +69,61 @@ class ClassifyTask:
         unknown = set(self.descriptions) - set(self.labels)
         if unknown:
             raise LabelerError(f"descriptions given for unknown labels: {sorted(unknown)}")
+
+
+@dataclass(frozen=True)
+class GenerateTask:
+    """What the teacher is asked: write a completion for each text (the text is the user turn).
+
+    Parameters
+    ----------
+    system : str, default=""
+        A system prompt (e.g. a persona or policy).
+    instructions : str, default=""
+        What to write, placed after `system` in the same system message (no system message is
+        sent when both are empty).
+    examples : tuple of (prompt, completion), default=()
+        Few-shot pairs, shown as earlier user/assistant turns of the conversation.
+    max_tokens : int, default=256
+        The most tokens a completion may have; a completion cut there is kept, with
+        ``finish_reason == "length"``.
+    temperature : float, default=0.0
+        Sampling temperature.
+    stop : tuple of str, default=()
+        Sequences at which the endpoint stops generating.
+    top_logprobs : int, default=0
+        Alternatives per generated token to ask for (at most 20); 0 asks for no logprobs.
+
+    Examples
+    --------
+    >>> task = GenerateTask(instructions="Summarise the text in one sentence.", max_tokens=64)
+    >>> task.top_logprobs
+    0
+    """
+
+    system: str = ""
+    instructions: str = ""
+    examples: tuple[tuple[str, str], ...] = ()
+    max_tokens: int = 256
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+    top_logprobs: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise LabelerError(f"a generation task needs max_tokens >= 1, got {self.max_tokens}")
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise LabelerError(
+                f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {self.top_logprobs}"
+            )
+        if self.temperature < 0:
+            raise LabelerError(f"temperature must be >= 0, got {self.temperature}")
+        if any(not sequence for sequence in self.stop):
+            raise LabelerError("a stop sequence must not be empty")
+
+
+Task = ClassifyTask | GenerateTask
+"""Either kind of task a teacher may be asked."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +227,13 @@ class Answer:
     share of the teacher's probability that fell on the label set before renormalising (None
     when the teacher gave no probabilities and `probs` is one-hot). A failure has `label=None`,
     `error` set to a short reason and `raw` holding what the teacher said.
+
+    The answer to a `GenerateTask` has `label` and `probs` None and fills the last three fields:
+    `completion` is the message's text exactly as sent (None when it had none, as in a refusal),
+    `finish_reason` the endpoint's (``stop``, ``length``, ``content_filter``, ...) and `tokens`
+    the generated tokens with their logprobs when they were asked for and returned. A completion
+    cut at max_tokens is a success (``finish_reason == "length"``); an empty one fails with
+    ``empty completion``; a refusal fails with a reason starting ``refusal``, its text in `raw`.
     """
 
     id: str
@@ -172,6 +245,9 @@ class Answer:
     usage: Usage = Usage()
     cached: bool = False
     attempts: int = 1
+    completion: str | None = None
+    finish_reason: str | None = None
+    tokens: tuple[TokenStep, ...] | None = None
 
     @property
     def ok(self) -> bool:
@@ -186,10 +262,14 @@ OnAnswer = Callable[[Answer], None]
 class Teacher(Protocol):
     """What a flow may ask of any teacher: label records, say what it is, say what it cost.
 
-    `OpenAITeacher`, `TransformersTeacher`, `ZeroShotTeacher` and `MultiLabelTeacher` follow it.
+    `OpenAITeacher`, `TransformersTeacher`, `ZeroShotTeacher` and `MultiLabelTeacher` follow it;
+    only `OpenAITeacher` also takes a `GenerateTask`.
     """
 
-    task: ClassifyTask
+    @property
+    def task(self) -> Task:
+        """What the teacher is asked (read-only here, so a classification teacher fits too)."""
+        ...
 
     @property
     def stats(self) -> LabelStats:

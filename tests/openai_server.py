@@ -4,6 +4,21 @@ It answers classification prompts (labels read from the system prompt) with toke
 built from a known label distribution, counts what it bills per prompt, and can answer 429
 with Retry-After, 500, 503, time out, send malformed JSON, answer off-label or drop the line.
 Used by the tests and by bench/.
+
+Any other request (no system message carries stillroom's label list, see `is_generation`) is a
+generation: the completion is a run of words from `WORDS`, one token per word (the first bare,
+the others with a leading space), drawn from sha256 of the last user message, 1 to 48 tokens
+long; `max_tokens` (or `max_completion_tokens`) cuts it with finish_reason ``length``, `stop`
+sequences end it at the last token before them, and ``logprobs``/``top_logprobs`` bring exact
+per-token logprobs (6 decimals; `top_logprobs` lists the chosen token first, then the
+alternatives in descending order, all below it). `expected_generation(body)` returns exactly
+what is sent. Words in the last user message trigger edge cases:
+
+- ``REFUSE``: a refusal (``message.refusal`` set, content null);
+- ``EMPTY``: an empty completion (content "", finish_reason ``stop``);
+- ``FILTER``: half the completion, then finish_reason ``content_filter``.
+
+The faults apply to generations too, except ``off_label``, which only means something for a label.
 """
 
 from __future__ import annotations
@@ -24,6 +39,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 FAULTS = ("429", "500", "503", "timeout", "malformed", "drop", "off_label")
+CLASSIFY_MARKER = "Answer with exactly one of these labels"
+_VOCABULARY = (
+    "the a river stone light slowly bright under over and quiet house green runs falls of night "
+    "small open door warm wind through still"
+)
+WORDS = tuple(_VOCABULARY.split())
+"""What the fake model writes with: more words than the 20 alternatives a token may list."""
+REFUSAL_TEXT = "I can't help with that."
+MAX_WORDS = 48
 
 
 def chunks(label: str, leading_space: bool) -> list[str]:
@@ -35,10 +59,114 @@ def chunks(label: str, leading_space: bool) -> list[str]:
 
 
 def labels_from_prompt(system: str) -> list[str]:
-    """The labels listed in an stillroom system prompt; a prompt without any (another tool's)
-    is answered as a sentiment question."""
+    """The labels listed in an stillroom system prompt; sentiment labels when it lists none."""
     labels = [line[2:].split(": ", 1)[0] for line in system.splitlines() if line.startswith("- ")]
     return labels or ["negative", "positive"]
+
+
+def is_generation(body: dict[str, Any]) -> bool:
+    """True unless a system message carries the label list of stillroom's classification prompt
+    (so another tool's prompt, too, is answered as a generation)."""
+    return not any(
+        m.get("role") == "system" and CLASSIFY_MARKER in (m.get("content") or "")
+        for m in body["messages"]
+    )
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """What the fake tokenizer counts for a request's messages."""
+    return sum(len(m["content"]) // 4 + 4 for m in body["messages"])
+
+
+def generation_steps(text: str) -> list[dict[str, Any]]:
+    """The whole completion the fake model would write for `text`, before max_tokens and stop:
+    per token its logprob and 20 alternatives, all fixed by sha256 of the text."""
+    rng = random.Random(hashlib.sha256(text.encode()).digest())
+    steps = []
+    for i in range(1 + rng.randrange(MAX_WORDS)):
+        space = " " if i else ""
+        word = rng.choice(WORDS)
+        chosen = -rng.uniform(0.001, 0.69)  # above log(0.5): the rest sums to less than it
+        alt = math.log(1.0 - math.exp(chosen))
+        alternatives = []
+        # each step down is at least 0.7 nats: the alternatives sum to under the rest's mass
+        for other in rng.sample([w for w in WORDS if w != word], 20):
+            alt -= rng.uniform(0.7, 1.5)
+            alternatives.append((space + other, round(alt, 6)))
+        steps.append(
+            {"token": space + word, "logprob": round(chosen, 6), "alternatives": alternatives}
+        )
+    return steps
+
+
+def _cut(tokens: list[str], max_tokens: int, stop: list[str]) -> tuple[int, str]:
+    """(tokens kept, finish_reason): the first of max_tokens reached or a stop sequence written;
+    a stop sequence ends the text at the last token that ends before it."""
+    text, ends = "", []
+    for i, token in enumerate(tokens):
+        if i == max_tokens:
+            return i, "length"
+        text += token
+        ends.append(len(text))
+        hits = [text.find(seq) for seq in stop if seq in text]
+        if hits:
+            return sum(end <= min(hits) for end in ends), "stop"
+    return len(tokens), "stop"
+
+
+def expected_generation(body: dict[str, Any]) -> dict[str, Any]:
+    """Exactly the response the server sends to the generation request `body`."""
+    text = body["messages"][-1]["content"]
+    if "REFUSE" in text:
+        message = {"role": "assistant", "content": None, "refusal": REFUSAL_TEXT}
+        choice = {"index": 0, "finish_reason": "stop", "message": message}
+        return _envelope(body, choice, len(REFUSAL_TEXT.split()))
+    steps = [] if "EMPTY" in text else generation_steps(text)
+    limit = body.get("max_completion_tokens") or body.get("max_tokens") or len(steps)
+    stop = body.get("stop") or []
+    kept, finish = _cut(
+        [s["token"] for s in steps], limit, [stop] if isinstance(stop, str) else stop
+    )
+    if "FILTER" in text:
+        kept, finish = kept // 2, "content_filter"
+    steps = steps[:kept]
+    content = "".join(s["token"] for s in steps)
+    choice = {
+        "index": 0,
+        "finish_reason": finish,
+        "message": {"role": "assistant", "content": content},
+    }
+    if body.get("logprobs"):
+        choice["logprobs"] = {"content": [_token_logprobs(s, body) for s in steps]}
+    return _envelope(body, choice, len(steps))
+
+
+def _token_logprobs(step: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    k = int(body.get("top_logprobs") or 0)
+    top = [(step["token"], step["logprob"]), *step["alternatives"]][:k]
+    return {
+        "token": step["token"],
+        "logprob": step["logprob"],
+        "bytes": None,
+        "top_logprobs": [{"token": t, "logprob": lp, "bytes": None} for t, lp in top],
+    }
+
+
+def _envelope(
+    body: dict[str, Any], choice: dict[str, Any], completion_tokens: int
+) -> dict[str, Any]:
+    prompt = prompt_tokens(body)
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "model": body.get("model"),
+        "choices": [choice],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt + completion_tokens,
+        },
+    }
 
 
 def key_of(body: dict[str, Any]) -> str:
@@ -139,11 +267,13 @@ class FakeOpenAI:
                 if self._rng.random() < self.faults.get(name, 0.0):
                     return name
         p = self.faults.get("off_label", 0.0)
-        if p and random.Random(key_of(body)).random() < p:
+        if p and not is_generation(body) and random.Random(key_of(body)).random() < p:
             return "off_label"
         return None
 
     def completion(self, body: dict[str, Any], off_label: bool) -> dict[str, Any]:
+        if is_generation(body):
+            return expected_generation(body)
         system, text = body["messages"][0]["content"], body["messages"][-1]["content"]
         labels = labels_from_prompt(system)
         # a yes/no question is about one label of many: decided per question, not per text
@@ -180,8 +310,6 @@ class FakeOpenAI:
             logprobs = (
                 self._logprobs(answer, dist) if self.logprobs and body.get("logprobs") else None
             )
-        prompt_tokens = sum(len(m["content"]) // 4 + 4 for m in body["messages"])
-        completion_tokens = len(chunks(answer, False))
         choice: dict[str, Any] = {
             "index": 0,
             "finish_reason": "stop",
@@ -189,17 +317,7 @@ class FakeOpenAI:
         }
         if logprobs is not None:
             choice["logprobs"] = {"content": logprobs}
-        return {
-            "id": "chatcmpl-fake",
-            "object": "chat.completion",
-            "model": body.get("model"),
-            "choices": [choice],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
+        return _envelope(body, choice, len(chunks(answer, False)))
 
     def _logprobs(
         self, answer: str, dist: dict[str, float], leading_space: bool | None = None
