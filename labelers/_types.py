@@ -263,7 +263,7 @@ class Teacher(Protocol):
     """What a flow may ask of any teacher: label records, say what it is, say what it cost.
 
     `OpenAITeacher`, `TransformersTeacher`, `ZeroShotTeacher` and `MultiLabelTeacher` follow it;
-    only `OpenAITeacher` also takes a `GenerateTask`.
+    `OpenAITeacher` and `TransformersTeacher` also take a `GenerateTask`.
     """
 
     @property
