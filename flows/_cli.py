@@ -145,8 +145,12 @@ def _check_version(cfg: Config, spec: str) -> None:
     """A missing or damaged version fails here, before Prefect starts."""
     from stillroom import storage
 
+    from ._training import check_trainable
+
     store = storage.Store(cfg.store)
-    store.load(store.resolve(spec))  # re-hashes and checks the version against its manifest
+    ref = store.resolve(spec)
+    store.load(ref)  # re-hashes and checks the version against its manifest
+    check_trainable(ref, store.manifest(ref))
 
 
 def _with_engine(prepare: Callable[[], None], flow: Callable[[], R]) -> tuple[R, dict[str, float]]:
@@ -212,11 +216,14 @@ def run(
     _budget_note(cfg, _failures(cfg, report))
     _show_report(report_path)
     parts = {**timings, **report.get("timings_s", {})}
+    # a generate run trains nothing: its evaluation is the completions' statistics
+    stages = ("labeling", "training", "evaluation") if report["students"] else ("labeling",)
     typer.echo(
         f"stillroom: {time.perf_counter() - started:.1f} s in all: Prefect server start "
         f"{parts['engine_start']:.1f} s with the teacher's model load ({parts['model_load']:.1f} s) "
-        f"alongside, labeling {parts['labeling']:.1f} s, training {parts['training']:.1f} s, "
-        f"evaluation {parts['evaluation']:.1f} s",
+        "alongside, "
+        + ", ".join(f"{stage} {parts[stage]:.1f} s" for stage in stages)
+        + ("" if report["students"] else f", statistics {parts['evaluation']:.1f} s"),
         err=True,
     )
 
@@ -247,8 +254,9 @@ def label(config: ConfigArg, set_: SetOpt = None) -> None:
     _budget_note(cfg, summary.failures)
     run = summary.run
     failed = f" ({summary.failures_text()})" if summary.failed else ""
+    done = "completed" if cfg.task.kind == "generate" else "labeled"
     typer.echo(
-        f"{summary.labeled} labeled, {summary.failed} failed{failed}, {run.teacher_calls} teacher "
+        f"{summary.labeled} {done}, {summary.failed} failed{failed}, {run.teacher_calls} teacher "
         f"calls, {run.cache_hits} cache hits, ${run.cost_usd:.4f}",
         err=True,
     )
@@ -367,7 +375,13 @@ def datasets_show(
 
     s = storage.Store(store)
     ref = s.resolve(spec)
-    typer.echo(json.dumps(s.manifest(ref), indent=2))
+    manifest = s.manifest(ref)
+    typer.echo(json.dumps(manifest, indent=2))
+    if (manifest.get("task") or {}).get("kind") == "generate":
+        from ._generation import generation_lines, generation_stats
+
+        for line in generation_lines(generation_stats(s.load(ref))):
+            typer.echo(line)
     if failures > 0:
         table = s.load(ref)
         if "error" not in table.column_names:
@@ -391,10 +405,7 @@ def datasets_diff(
 
     s = storage.Store(store)
     left, right = (s.load(s.resolve(spec)) for spec in (a, b))
-    labels = [
-        t.column("label").to_pylist() if "label" in t.column_names else [None] * t.num_rows
-        for t in (left, right)
-    ]
+    labels = [_answers(t) for t in (left, right)]
     old = dict(zip(left.column("id").to_pylist(), labels[0], strict=True))
     new = dict(zip(right.column("id").to_pylist(), labels[1], strict=True))
     changed = sorted(i for i in old.keys() & new.keys() if old[i] != new[i])
@@ -403,7 +414,21 @@ def datasets_diff(
         f"{len(changed)} relabeled, {len(old.keys() & new.keys()) - len(changed)} unchanged"
     )
     for record_id in changed[:20]:
-        typer.echo(f"{record_id}\t{old[record_id]} -> {new[record_id]}")
+        typer.echo(f"{record_id}\t{_short(old[record_id])} -> {_short(new[record_id])}")
+
+
+def _answers(table: Any) -> list[str | None]:
+    """What the teacher said per record: the label, or a generate version's completion."""
+    for column in ("label", "completion"):
+        if column in table.column_names:
+            answers: list[str | None] = table.column(column).to_pylist()
+            return answers
+    return [None] * table.num_rows
+
+
+def _short(answer: str | None) -> str:
+    text = str(answer).replace("\n", " ")
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @datasets_app.command("verify")

@@ -7,6 +7,7 @@ name of the environment variable that holds it.
 from __future__ import annotations
 
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -24,6 +25,7 @@ from pydantic import (
 from stillroom import labelers
 
 _CLIENT = labelers.OpenAIOptions()
+_GENERATE = labelers.GenerateTask()  # a generation's defaults, written once in labelers
 _SECRET_HEADER = re.compile(r"auth|key|token|secret|password|cookie|signature", re.IGNORECASE)
 DEFAULT_STORE = ".stillroom"
 
@@ -40,6 +42,11 @@ class DataConfig(_Model):
     path: str
     id_field: str | None = "id"
     text_field: str = "text"
+    # generate: Alpaca-style records (the prompt is the instruction, then the input when there is
+    # one), or the text field; either through an optional prompt template
+    instruction_field: str | None = None
+    input_field: str | None = None
+    prompt_template: str | None = None
     gold_field: str | None = None
     licence: str = "NOASSERTION"
     licence_statement: str = ""
@@ -47,21 +54,100 @@ class DataConfig(_Model):
     citation: str = ""
     limit: int | None = Field(default=None, ge=1)
 
+    @field_validator("prompt_template")
+    @classmethod
+    def _template(cls, template: str | None) -> str | None:
+        if template is not None:
+            template_fields(template)
+        return template
+
+    @model_validator(mode="after")
+    def _prompt_fields(self) -> DataConfig:
+        if self.instruction_field is not None and "text_field" in self.model_fields_set:
+            raise ValueError(
+                "data.text_field and data.instruction_field both make the prompt: give one"
+            )
+        if self.input_field is not None and self.instruction_field is None:
+            raise ValueError(
+                "data.input_field needs data.instruction_field: the input follows an instruction"
+            )
+        if self.prompt_template is not None:
+            self._check_template(self.prompt_template)
+        return self
+
+    def _check_template(self, template: str) -> None:
+        fields = {"instruction", "input"} if self.instruction_field else {"text"}
+        required = "instruction" if self.instruction_field else "text"
+        used = template_fields(template)
+        unknown = sorted(used - fields)
+        if unknown:
+            given = " and ".join(f"{{{name}}}" for name in sorted(fields, reverse=True))
+            raise ValueError(
+                f"data.prompt_template uses {{{unknown[0]}}}, which these records do not have: "
+                f"with data.{required}_field it may use {given}"
+            )
+        if required not in used:
+            raise ValueError(
+                f"data.prompt_template must use {{{required}}}: without it every prompt is the same"
+            )
+        if "input" in used and self.input_field is None:
+            raise ValueError("data.prompt_template uses {input}: set data.input_field")
+
+
+def template_fields(template: str) -> set[str]:
+    """The `{name}` fields of a prompt template; ValueError for positional or formatted fields
+    (write a literal brace as `{{` or `}}`)."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{exc} (write a literal brace as {{{{ or }}}})") from None
+    names = set()
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            raise ValueError(
+                f"field {{{name}{'!' + conversion if conversion else ''}"
+                f"{':' + spec if spec else ''}}} is not a plain {{name}}"
+            )
+        names.add(name)
+    return names
+
+
+# keys that only one task kind reads: given for the other kind, they are refused, not ignored
+_CLASSIFY_ONLY = ("labels", "multi_label", "descriptions")
+_GENERATE_ONLY = ("max_tokens", "temperature", "stop", "top_logprobs")
+
 
 class TaskConfig(_Model):
-    kind: Literal["classify"] = "classify"
-    labels: list[str]
+    kind: Literal["classify", "generate"] = "classify"
+    labels: list[str] | None = None  # required for classify
     multi_label: bool = False
-    instructions: str = "Classify the text."
+    instructions: str = "Classify the text."  # generate: labelers.GenerateTask's
     descriptions: dict[str, str] = Field(default_factory=dict)
     system_prompt: str = ""
-    examples: str | None = (
-        None  # a JSONL/CSV/Parquet file of labeled few-shot examples (text, label)
-    )
+    # a JSONL/CSV/Parquet file of few-shot examples: (text, label) to classify, (prompt,
+    # completion) to generate
+    examples: str | None = None
+    # generate: what shapes a completion, defaults from labelers.GenerateTask
+    max_tokens: int = Field(default=_GENERATE.max_tokens, ge=1)
+    temperature: float = Field(default=_GENERATE.temperature, ge=0)
+    stop: list[str] = Field(default_factory=lambda: list(_GENERATE.stop))
+    # at most the 20 alternatives OpenAI-compatible endpoints return (GenerateTask checks it too)
+    top_logprobs: int = Field(default=_GENERATE.top_logprobs, ge=0, le=20)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, stop: list[str]) -> list[str]:
+        if any(not sequence for sequence in stop):
+            raise ValueError("a stop sequence is empty: every stop sequence needs a character")
+        return stop
 
     @field_validator("labels")
     @classmethod
-    def _labels(cls, labels: list[str]) -> list[str]:
+    def _labels(cls, labels: list[str] | None) -> list[str] | None:
+        if labels is None:
+            return None
         if len(labels) < 2:
             raise ValueError(f"a classification task needs at least 2 labels, got {len(labels)}")
         for label in labels:
@@ -83,9 +169,31 @@ class TaskConfig(_Model):
         return labels
 
     @model_validator(mode="after")
+    def _kind(self) -> TaskConfig:
+        generate = self.kind == "generate"
+        keys = _CLASSIFY_ONLY if generate else _GENERATE_ONLY
+        foreign = [key for key in keys if key in self.model_fields_set]
+        if foreign:
+            key, other = foreign[0], "classify" if generate else "generate"
+            hint = (
+                f" (a classifying teacher's is teacher.{key})"
+                if key in ("temperature", "top_logprobs")
+                else ""
+            )
+            raise ValueError(
+                f"task.{key} is only for task.kind {other}: remove it for task.kind "
+                f"{self.kind}{hint}"
+            )
+        if self.kind == "classify" and self.labels is None:
+            raise ValueError("task.labels is required for task.kind classify (at least 2 labels)")
+        if self.kind == "generate" and "instructions" not in self.model_fields_set:
+            self.instructions = _GENERATE.instructions
+        return self
+
+    @model_validator(mode="after")
     def _separator(self) -> TaskConfig:
         sep = labelers.MULTI_LABEL_SEPARATOR
-        if self.multi_label:
+        if self.multi_label and self.labels is not None:
             bad = [label for label in self.labels if sep in label]
             if bad:
                 raise ValueError(
@@ -314,8 +422,40 @@ class Config(_Model):
     data: DataConfig
     task: TaskConfig
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    # none for generate: students do not train on completions yet
     students: list[StudentConfig] = Field(default_factory=lambda: [_default_student()])
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="after")
+    def _task_kind(self) -> Config:
+        if self.task.kind == "generate":
+            self._check_generate()
+            return self
+        given = [key for key in _GENERATE_DATA if getattr(self.data, key) is not None]
+        if given:
+            raise ValueError(f"data.{given[0]} is only for task.kind generate")
+        return self
+
+    def _check_generate(self) -> None:
+        provider = self.teacher.provider
+        if provider in ("zero-shot", "student"):
+            raise ValueError(
+                f"teacher.provider {provider} cannot generate: use provider openai or transformers"
+            )
+        ignored = [key for key in _CLASSIFY_TEACHER if key in self.teacher.model_fields_set]
+        if ignored:
+            key = ignored[0]
+            instead = f"set task.{key}" if key in _GENERATE_ONLY else "remove it"
+            raise ValueError(
+                f"teacher.{key} is for classification: {instead} for task.kind generate"
+            )
+        if "students" not in self.model_fields_set:
+            self.students = []
+        elif self.students:
+            raise ValueError(
+                "students must be empty for task.kind generate: students do not train on "
+                "completions yet (remove students, or set students: [])"
+            )
 
     @model_validator(mode="after")
     def _multi_label(self) -> Config:
@@ -336,6 +476,11 @@ class Config(_Model):
         if self.task.multi_label and self.task.examples:
             raise ValueError("task.examples is not supported with task.multi_label yet")
         return self
+
+
+_GENERATE_DATA = ("instruction_field", "input_field", "prompt_template")
+# teacher keys a generation does not read (its own are task.temperature and task.top_logprobs)
+_CLASSIFY_TEACHER = ("temperature", "top_logprobs", "response_format", "answer_retries")
 
 
 def _apply_override(raw: dict[str, Any], assignment: str) -> None:
@@ -383,6 +528,9 @@ def _describe(error: ValidationError) -> str:
     if first["type"] == "missing":
         return f"missing config key '{where}'"
     message = first["msg"].removeprefix("Value error, ")
+    # a check across keys names the key itself ("task.labels is required ...")
+    if where == "config" or message.startswith(f"{where}."):
+        return message
     return f"config key '{where}': {message}"
 
 

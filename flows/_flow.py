@@ -19,6 +19,7 @@ from stillroom import labelers, storage, students
 
 from . import _labeling, _teacher, _training
 from ._config import Config, StudentConfig, student_config
+from ._generation import generation_stats
 from ._labeling import LabelingSummary, Record
 from ._progress import Progress
 from ._report import save_student, write_model_card, write_report
@@ -70,6 +71,11 @@ def evaluate(
     )
 
 
+@task(name="measure_generation", cache_policy=NO_CACHE, persist_result=False)
+def measure_generation(store: storage.Store, ref: storage.DatasetRef) -> dict[str, Any]:
+    return generation_stats(store.load(ref))
+
+
 @flow(name="label")
 def label_dataset(config: Config) -> tuple[storage.DatasetRef, LabelingSummary]:
     """Ingest and label; returns the labeled version and what labeling did and cost."""
@@ -90,8 +96,11 @@ def evaluate_run(config: Config, folder: str, labeling: LabelingSummary | None =
 
 @flow(name="distill")
 def distill(config: Config, out: str | None = None) -> Path:
-    """The whole loop, one flow of tasks; returns the path of report.json."""
+    """The whole loop, one flow of tasks; returns the path of report.json. A generate task
+    stops after labeling, with its completions measured: students do not learn from them yet."""
     ref, labeling = _label(config)
+    if config.task.kind == "generate":
+        return _report_generation(config, ref, labeling, out)
     folder = _train(config, str(ref), out)
     return _evaluate(config, str(folder), labeling)
 
@@ -220,6 +229,34 @@ def _evaluate(config: Config, folder: str, labeling: LabelingSummary | None) -> 
     get_run_logger().info(
         f"report: {path}; agreement with the teacher: "
         + ", ".join(f"{_name(r)} {r['agreement']:.1%}" for r in results)
+    )
+    return path
+
+
+def _report_generation(
+    config: Config, ref: storage.DatasetRef, labeling: LabelingSummary, out: str | None
+) -> Path:
+    start = time.perf_counter()
+    store = storage.Store(config.store)
+    stats = measure_generation(store, ref)
+    report = {
+        "name": config.name,
+        "dataset": {"name": ref.name, "version": ref.version, "rows": stats["records"]},
+        "labeling": labeling.report(),
+        "teacher": {"accuracy_vs_gold": None},
+        "generation": stats,
+        "students": [],
+        "timings_s": {
+            "labeling": round(labeling.wall_s, 3),
+            "training": 0.0,
+            "evaluation": round(time.perf_counter() - start, 3),
+        },
+    }
+    path = write_report(_run_dir(config, out), report, labeling.failures)
+    rouge = stats["rougeL_vs_reference"]
+    get_run_logger().info(
+        f"report: {path}; {stats['completed']} of {stats['records']} completed"
+        + (f", ROUGE-L vs reference {rouge:.4f}" if rouge is not None else "")
     )
     return path
 

@@ -90,25 +90,77 @@ def _optional_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _texts(columns: Columns, field: str, key: str, path: Path) -> list[str | None]:
+    """A column of text (None where a record has none); any other value is an error naming it."""
+    values = _column(columns, field, key, path)
+    odd = next((i for i, v in enumerate(values) if v is not None and not isinstance(v, str)), None)
+    if odd is not None:
+        raise InputError(
+            f"{path}: record {odd + 1} has a {type(values[odd]).__name__} in its {field!r} field "
+            f"(data.{key}), not text: {values[odd]!r}"
+        )
+    return values
+
+
+def compose_prompt(data: DataConfig, text: str, extra: str | None = None) -> str:
+    """A record's prompt: its text, or its instruction then a blank line and its input when it
+    has one; through `data.prompt_template` when the config gives one."""
+    if data.prompt_template is not None:
+        if data.instruction_field is not None:
+            return data.prompt_template.format(instruction=text, input=extra or "")
+        return data.prompt_template.format(text=text)
+    return f"{text}\n\n{extra}" if extra and extra.strip() else text
+
+
+def _prompts(
+    columns: Columns, data: DataConfig, path: Path
+) -> tuple[str, list[str | None], list[str | None]]:
+    """(the field prompts are made of, its values, the prompts): the text field, or the
+    instruction field with the input field after it; None where a record has no text."""
+    key = "instruction_field" if data.instruction_field is not None else "text_field"
+    field = data.instruction_field or data.text_field
+    texts = _texts(columns, field, key, path)
+    extras = (
+        _texts(columns, data.input_field, "input_field", path)
+        if data.input_field is not None
+        else [None] * len(texts)
+    )
+    prompts = [
+        None if t is None else compose_prompt(data, t, e)
+        for t, e in zip(texts, extras, strict=True)
+    ]
+    return field, texts, prompts
+
+
+def _check_gold(
+    gold: list[str | None], labels: list[str], data: DataConfig, path: Path, multi_label: bool
+) -> None:
+    given = {g for g in gold if g is not None}
+    if multi_label:
+        given = {part for g in given for part in g.split(MULTI_LABEL_SEPARATOR) if part}
+    unknown = sorted(given.difference(labels))
+    if unknown:
+        raise InputError(
+            f"{path}: gold label {unknown[0]!r} ({data.gold_field}) is not in task.labels"
+            + (f" ({len(unknown)} unknown in all)" if len(unknown) > 1 else "")
+        )
+
+
 def read_records(
     data: DataConfig, labels: list[str] | None = None, *, multi_label: bool = False
 ) -> pa.Table:
-    """The source records as a table of (id, text, gold), validated; a multi-label gold value
-    is its labels joined by '|'."""
+    """The source records as a table of (id, text, gold), validated: `text` is what the teacher
+    is sent (for a generation, the prompt `compose_prompt` makes); a multi-label gold value is
+    its labels joined by '|'. With `labels` None, gold values are not checked against them (a
+    generation's gold is a reference completion)."""
     path = Path(data.path)
     table = _read_table(path)
     if not table or not next(iter(table.values())):
         raise InputError(f"data file {path} has no records")
-    texts = _column(table, data.text_field, "text_field", path)
-    odd = next((i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)), None)
-    if odd is not None:
-        raise InputError(
-            f"{path}: record {odd + 1} has a {type(texts[odd]).__name__} in its "
-            f"{data.text_field!r} field (data.text_field), not text: {texts[odd]!r}"
-        )
+    field, texts, prompts = _prompts(table, data, path)
     if data.id_field is None:
-        # no ids given: a record is named by its content, so the same text keeps the same id
-        ids = [hashlib.sha256(str(t).encode()).hexdigest()[:16] for t in texts]
+        # no ids given: a record is named by its content, so the same prompt keeps the same id
+        ids = [hashlib.sha256(str(p).encode()).hexdigest()[:16] for p in prompts]
     else:
         raw_ids = _column(table, data.id_field, "id_field", path)
         if None in raw_ids:
@@ -119,10 +171,11 @@ def read_records(
         gold = [_optional_str(v) for v in _column(table, data.gold_field, "gold_field", path)]
     if data.limit is not None:
         ids, texts, gold = ids[: data.limit], texts[: data.limit], gold[: data.limit]
-    empty = [i for i, t in zip(ids, texts, strict=True) if t is None or not str(t).strip()]
+        prompts = prompts[: data.limit]
+    empty = [i for i, t in zip(ids, texts, strict=True) if t is None or not t.strip()]
     if empty:
         raise InputError(
-            f"{path}: {len(empty)} record(s) have an empty {data.text_field!r}, first id {empty[0]!r}"
+            f"{path}: {len(empty)} record(s) have an empty {field!r}, first id {empty[0]!r}"
         )
     dupes = [i for i, n in Counter(ids).items() if n > 1]
     if dupes:
@@ -131,15 +184,5 @@ def read_records(
             f"{path}: duplicate id {dupes[0]!r}{more} in {data.id_field or 'content hash'}"
         )
     if labels is not None:
-        given = {g for g in gold if g is not None}
-        if multi_label:
-            given = {part for g in given for part in g.split(MULTI_LABEL_SEPARATOR) if part}
-        unknown = sorted(given.difference(labels))
-        if unknown:
-            raise InputError(
-                f"{path}: gold label {unknown[0]!r} ({data.gold_field}) is not in task.labels"
-                + (f" ({len(unknown)} unknown in all)" if len(unknown) > 1 else "")
-            )
-    return pa.table(
-        {"id": ids, "text": [str(t) for t in texts], "gold": gold}, schema=SOURCE_SCHEMA
-    )
+        _check_gold(gold, labels, data, path, multi_label)
+    return pa.table({"id": ids, "text": prompts, "gold": gold}, schema=SOURCE_SCHEMA)

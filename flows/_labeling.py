@@ -13,8 +13,7 @@ import pyarrow as pa
 from stillroom import labelers, storage
 
 from ._config import Config
-from ._ingest import read_records
-from ._teacher import task_of, terms_of
+from ._teacher import read_source, task_of, terms_of
 
 LABELED_SCHEMA = pa.schema(
     [
@@ -28,6 +27,27 @@ LABELED_SCHEMA = pa.schema(
         ("raw", pa.string()),
     ]
 )
+
+_TOP = pa.struct([("token", pa.string()), ("logprob", pa.float64())])
+_STEP = pa.struct([("token", pa.string()), ("logprob", pa.float64()), ("top", pa.list_(_TOP))])
+GENERATED_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("gold", pa.string()),
+        ("completion", pa.string()),
+        ("finish_reason", pa.string()),
+        ("error", pa.string()),
+        ("raw", pa.string()),
+        ("input_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("cost_usd", pa.float64()),
+        ("tokens", pa.list_(_STEP)),
+    ]
+)
+"""A generate version: the prompt as `text`, the reference output as `gold`, the completion with
+its finish reason, what the answer cost, and per token its logprob and top alternatives (null
+without logprobs)."""
 
 Record = tuple[str, str]
 
@@ -123,7 +143,7 @@ def check_labeled(summary: LabelingSummary, ref: storage.DatasetRef, min_share: 
 
 def ingest(config: Config, store: storage.Store) -> storage.DatasetRef:
     """Read the records and commit them as the source dataset `NAME-source`."""
-    table = read_records(config.data, config.task.labels, multi_label=config.task.multi_label)
+    table = read_source(config)
     d = config.data
     licence = storage.Licence(d.licence, d.licence_statement, d.source or d.path, d.citation)
     return store.commit(
@@ -146,35 +166,91 @@ def commit_labels(
     answers: Sequence[labelers.Answer],
     teacher: labelers.Teacher,
 ) -> storage.DatasetRef:
-    """The labeled dataset: every record, labeled or failed with its reason and raw answer."""
+    """The labeled (or generated) dataset: every record, answered or failed with its reason and
+    the raw answer."""
     table = store.load(source)
     by_id = {a.id: a for a in answers}
     ordered = [by_id[i] for i in table.column("id").to_pylist()]
-    labeled = pa.table(
-        {
-            "id": table.column("id"),
-            "text": table.column("text"),
-            "gold": table.column("gold"),
-            "label": [a.label for a in ordered],
-            "probs": [list(a.probs) if a.probs is not None else None for a in ordered],
-            "coverage": [a.coverage for a in ordered],
-            "error": [a.error for a in ordered],
-            "raw": [a.raw for a in ordered],
-        },
-        schema=LABELED_SCHEMA,
-    )
     task = task_of(config)
+    if isinstance(task, labelers.GenerateTask):
+        answered, described = _generated(table, ordered), _generate_manifest(task)
+    else:
+        answered = _labeled(table, ordered)
+        described = _classify_manifest(task, config.task.multi_label)
     metadata = {
         "kind": "labeled",
-        "task": {
-            "kind": "classify",
-            "labels": list(task.labels),
-            "instructions": task.instructions,
-            "multi_label": config.task.multi_label,
-        },
+        "task": described,
         "teacher": {**teacher.describe(), "prompt_hash": labelers.prompt_hash(task)},
         "terms": terms_of(config),
         "labeling": LabelingSummary.of(ordered, teacher.stats, 0.0).manifest(),
     }
     licence = storage.Licence(**store.manifest(source)["licence"])
-    return store.commit(config.name, labeled, licence=licence, parent=source, metadata=metadata)
+    return store.commit(config.name, answered, licence=licence, parent=source, metadata=metadata)
+
+
+def _labeled(source: pa.Table, answers: Sequence[labelers.Answer]) -> pa.Table:
+    return pa.table(
+        {
+            "id": source.column("id"),
+            "text": source.column("text"),
+            "gold": source.column("gold"),
+            "label": [a.label for a in answers],
+            "probs": [list(a.probs) if a.probs is not None else None for a in answers],
+            "coverage": [a.coverage for a in answers],
+            "error": [a.error for a in answers],
+            "raw": [a.raw for a in answers],
+        },
+        schema=LABELED_SCHEMA,
+    )
+
+
+def _generated(source: pa.Table, answers: Sequence[labelers.Answer]) -> pa.Table:
+    return pa.table(
+        {
+            "id": source.column("id"),
+            "text": source.column("text"),
+            "gold": source.column("gold"),
+            "completion": [a.completion for a in answers],
+            "finish_reason": [a.finish_reason for a in answers],
+            "error": [a.error for a in answers],
+            "raw": [a.raw for a in answers],
+            "input_tokens": [a.usage.input_tokens for a in answers],
+            "output_tokens": [a.usage.output_tokens for a in answers],
+            "cost_usd": [a.usage.cost_usd for a in answers],
+            "tokens": [_steps(a.tokens) for a in answers],
+        },
+        schema=GENERATED_SCHEMA,
+    )
+
+
+def _steps(tokens: Sequence[labelers.TokenStep] | None) -> list[dict[str, Any]] | None:
+    if tokens is None:
+        return None
+    return [
+        {
+            "token": step.token,
+            "logprob": step.logprob,
+            "top": [{"token": token, "logprob": logprob} for token, logprob in step.top],
+        }
+        for step in tokens
+    ]
+
+
+def _classify_manifest(task: labelers.ClassifyTask, multi_label: bool) -> dict[str, Any]:
+    return {
+        "kind": "classify",
+        "labels": list(task.labels),
+        "instructions": task.instructions,
+        "multi_label": multi_label,
+    }
+
+
+def _generate_manifest(task: labelers.GenerateTask) -> dict[str, Any]:
+    return {
+        "kind": "generate",
+        "max_tokens": task.max_tokens,
+        "temperature": task.temperature,
+        "stop": list(task.stop),
+        "top_logprobs": task.top_logprobs,
+        "instructions": task.instructions,
+    }

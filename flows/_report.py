@@ -14,6 +14,8 @@ import yaml
 
 from stillroom import students
 
+from ._generation import generation_lines
+
 # Licence ids the Hugging Face Hub accepts that are SPDX ids too (lower-cased), and the SPDX ids
 # the Hub spells differently. Any other licence is "other" with its name; none stated, "unknown".
 # fmt: off
@@ -243,8 +245,9 @@ def _fmt(value: Any, pct: bool = False) -> str:
 
 def render_report(report: dict[str, Any], failures: dict[str, int]) -> str:
     """The report as Markdown: report.md, and what `stillroom run` and `evaluate` print."""
-    lab, teacher = report["labeling"], report["teacher"]
-    dataset = report["dataset"]
+    if report.get("generation") is not None:
+        return _render_generation(report, failures)
+    teacher, dataset = report["teacher"], report["dataset"]
     lines = [
         f"# {report['name']}: distillation report",
         "",
@@ -252,20 +255,10 @@ def render_report(report: dict[str, Any], failures: dict[str, int]) -> str:
         f"trained on {dataset.get('train_records', '?')} and measured on "
         f"{dataset.get('test_records', '?')} held-out records).",
         "",
-        "## Labeling",
-        "",
-        f"{lab['labeled']} of {lab['records']} records labeled, {lab['failed']} failed; "
-        f"{lab['teacher_calls']} teacher calls, {lab['cache_hits']} cache hits, {lab['retries']} retries; "
-        f"{lab['input_tokens']} input + {lab['output_tokens']} output tokens; "
-        f"${lab['cost_usd']:.4f} paid in {lab['wall_s']:.1f} s.",
+        *_labeling_lines(report["labeling"], failures, "labeled"),
         "",
         f"Teacher accuracy vs gold (held-out): {_fmt(teacher['accuracy_vs_gold'], pct=True)}.",
     ]
-    if failures:
-        lines += ["", "| failure reason | records |", "|---|---|"]
-        lines += [
-            f"| {reason} | {n} |" for reason, n in sorted(failures.items(), key=lambda kv: -kv[1])
-        ]
     lines += [
         "",
         "## Students (held-out)",
@@ -307,18 +300,54 @@ def render_report(report: dict[str, Any], failures: dict[str, int]) -> str:
             f"{s['f1_macro_vs_teacher']:.3f} (multi-label: agreement is the same label set)."
             for s in multi
         ]
-    lines += ["", _teacher_cost(lab)]
+    lines += ["", _teacher_cost(report["labeling"])]
     return "\n".join(lines) + "\n"
 
 
-def _teacher_cost(lab: dict[str, Any]) -> str:
+def _labeling_lines(lab: dict[str, Any], failures: dict[str, int], done: str) -> list[str]:
+    """The Labeling section: what this run asked, got and paid; the failures by reason."""
+    lines = [
+        "## Labeling",
+        "",
+        f"{lab['labeled']} of {lab['records']} records {done}, {lab['failed']} failed; "
+        f"{lab['teacher_calls']} teacher calls, {lab['cache_hits']} cache hits, {lab['retries']} retries; "
+        f"{lab['input_tokens']} input + {lab['output_tokens']} output tokens; "
+        f"${lab['cost_usd']:.4f} paid in {lab['wall_s']:.1f} s.",
+    ]
+    if failures:
+        lines += ["", "| failure reason | records |", "|---|---|"]
+        lines += [
+            f"| {reason} | {n} |" for reason, n in sorted(failures.items(), key=lambda kv: -kv[1])
+        ]
+    return lines
+
+
+def _render_generation(report: dict[str, Any], failures: dict[str, int]) -> str:
+    """A generate run's report: labeling, then the completions in numbers (no students yet)."""
+    dataset = report["dataset"]
+    lines = [
+        f"# {report['name']}: generation report",
+        "",
+        f"Dataset `{dataset['name']}@{dataset['version']}` ({dataset['rows']} rows; no students: "
+        "they do not train on completions yet).",
+        "",
+        *_labeling_lines(report["labeling"], failures, "completed"),
+        "",
+        "## Completions",
+        "",
+        *(f"{line}  " for line in generation_lines(report["generation"])),
+        "",
+        _teacher_cost(report["labeling"], students=False),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _teacher_cost(lab: dict[str, Any], students: bool = True) -> str:
     if not lab["teacher_calls"]:
         return "Teacher: every answer came from the cache; nothing was paid in this run."
     per_1k = 1000 / lab["teacher_calls"]
-    return (
-        f"Teacher: ${lab['cost_usd'] * per_1k:.4f} and {lab['wall_s'] * per_1k:.1f} s per 1k "
-        "records; students: $0 and the ms / 1k above."
-    )
+    cost = f"Teacher: ${lab['cost_usd'] * per_1k:.4f} and {lab['wall_s'] * per_1k:.1f} s per 1k records"
+    return cost + ("; students: $0 and the ms / 1k above." if students else ".")
 
 
 def write_report(folder: Path, report: dict[str, Any], failures: dict[str, int]) -> Path:

@@ -9,19 +9,30 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from stillroom import labelers, storage
 
 from ._config import Config, DataConfig, student_config
 from ._errors import SetupError
-from ._ingest import read_records
+from ._ingest import InputError, read_records
 from ._report import STUDENT_INFO
 from ._training import check_students, load_student, student_columns
 
 log = logging.getLogger("stillroom")
 
+Task = labelers.ClassifyTask | labelers.GenerateTask
+"""Either kind of task a config describes."""
 
-def task_of(config: Config) -> labelers.ClassifyTask:
+
+def task_of(config: Config) -> Task:
+    """What the teacher is asked: the classification or the generation the config describes."""
+    return generate_task(config) if config.task.kind == "generate" else classify_task(config)
+
+
+def classify_task(config: Config) -> labelers.ClassifyTask:
     t = config.task
+    assert t.labels is not None  # the config requires labels to classify
     examples: tuple[tuple[str, str], ...] = ()
     if t.examples:
         shots = read_records(
@@ -33,6 +44,39 @@ def task_of(config: Config) -> labelers.ClassifyTask:
     return labelers.ClassifyTask(
         tuple(t.labels), t.instructions, dict(t.descriptions), examples, t.system_prompt
     )
+
+
+def generate_task(config: Config) -> labelers.GenerateTask:
+    t = config.task
+    return labelers.GenerateTask(
+        system=t.system_prompt,
+        instructions=t.instructions,
+        examples=_generate_examples(t.examples) if t.examples else (),
+        max_tokens=t.max_tokens,
+        temperature=t.temperature,
+        stop=tuple(t.stop),
+        top_logprobs=t.top_logprobs,
+    )
+
+
+def _generate_examples(path: str) -> tuple[tuple[str, str], ...]:
+    """The few-shot (prompt, completion) pairs of `task.examples`; every one needs both."""
+    data = DataConfig(path=path, id_field=None, text_field="prompt", gold_field="completion")
+    try:
+        shots = read_records(data)
+    except InputError as exc:
+        raise InputError(f"task.examples: {exc}") from None
+    completions = shots.column("gold").to_pylist()
+    if None in completions:
+        raise InputError(
+            f"task.examples: {path}: example {completions.index(None) + 1} has no 'completion'"
+        )
+    return tuple(zip(shots.column("text").to_pylist(), completions, strict=True))
+
+
+def read_source(config: Config) -> pa.Table:
+    """The config's records, validated: ids, the text (or prompt) sent, gold."""
+    return read_records(config.data, config.task.labels, multi_label=config.task.multi_label)
 
 
 def open_cache(config: Config) -> storage.ResponseCache:
@@ -58,7 +102,7 @@ def build_teacher(
     """The configured teacher; the API key comes from the environment and goes nowhere else.
     A multi-label task's per-label teachers share the cache and the budget."""
     task = task_of(config)
-    if config.task.multi_label:
+    if config.task.multi_label and isinstance(task, labelers.ClassifyTask):
         return labelers.MultiLabelTeacher(
             task,
             lambda question: _single_teacher(config, question, cache, budget),
@@ -69,20 +113,33 @@ def build_teacher(
 
 def _single_teacher(
     config: Config,
-    task: labelers.ClassifyTask,
+    task: Task,
     cache: labelers.ResponseCache | None,
     budget: labelers.Budget | None,
 ) -> labelers.Teacher:
     t = config.teacher
     assert t.model is not None  # the config fills in each provider's default model
-    if t.provider == "student":
-        return _student_teacher(config, task, cache)
+    if t.provider == "openai":
+        return _openai_teacher(config, task, cache, budget)
     if t.provider == "transformers":
         return labelers.TransformersTeacher(task, model=t.model, cache=cache)
-    if t.provider == "zero-shot":
-        # an unset temperature keeps the teacher's own default
-        extra: dict[str, Any] = {} if t.temperature is None else {"temperature": t.temperature}
-        return labelers.ZeroShotTeacher(task, model=t.model, cache=cache, **extra)
+    # the config lets only providers openai and transformers generate
+    assert isinstance(task, labelers.ClassifyTask)
+    if t.provider == "student":
+        return _student_teacher(config, task, cache)
+    # an unset temperature keeps the zero-shot teacher's own default
+    extra: dict[str, Any] = {} if t.temperature is None else {"temperature": t.temperature}
+    return labelers.ZeroShotTeacher(task, model=t.model, cache=cache, **extra)
+
+
+def _openai_teacher(
+    config: Config,
+    task: Task,
+    cache: labelers.ResponseCache | None,
+    budget: labelers.Budget | None,
+) -> labelers.Teacher:
+    t = config.teacher
+    assert t.model is not None  # required for provider openai
     known = t.known_price()
     return labelers.OpenAITeacher(
         task,
@@ -207,6 +264,6 @@ def preflight(config: Config) -> labelers.Teacher:
     cache = Path(config.store) / "cache.sqlite"
     if cache.exists():  # a damaged cache fails now, not after the model has loaded
         open_cache(config).close()
-    read_records(config.data, config.task.labels, multi_label=config.task.multi_label)
+    read_source(config)
     check_students(config)
     return build_teacher(config)

@@ -102,12 +102,22 @@ def split_dataset(
     )
 
 
+def check_trainable(ref: storage.DatasetRef, manifest: dict[str, Any]) -> None:
+    """Refuse a version students cannot learn from yet: a generate version's completions."""
+    if (manifest.get("task") or {}).get("kind") == "generate":
+        raise SetupError(
+            f"{ref} holds completions (task.kind generate): students do not train on them yet; "
+            f"`stillroom datasets show {ref}` gives their statistics"
+        )
+
+
 def load_split(
     config: Config, store: storage.Store, spec: str
 ) -> tuple[storage.DatasetRef, dict[str, Any], Split]:
     """A labeled version, its manifest and its train/test split as the config asks."""
     ref = store.resolve(spec)
     manifest = store.manifest(ref)
+    check_trainable(ref, manifest)
     split = split_dataset(
         store.load(ref),
         manifest["task"]["labels"],

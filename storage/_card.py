@@ -17,6 +17,12 @@ def _size_category(rows: int) -> str:
     return "100K<n<1M"
 
 
+def _task_category(manifest: dict[str, Any]) -> str:
+    task = manifest.get("task")
+    generated = isinstance(task, dict) and task.get("kind") == "generate"
+    return "text-generation" if generated else "text-classification"
+
+
 def render_card(manifest: dict[str, Any]) -> str:
     licence = manifest.get("licence") or {}
     teacher = manifest.get("teacher") or {}
@@ -25,7 +31,7 @@ def render_card(manifest: dict[str, Any]) -> str:
         "pretty_name": f"{manifest['name']}@{manifest['version']}",
         "license": str(licence.get("spdx", "NOASSERTION")).lower(),
         "size_categories": [_size_category(int(manifest.get("rows", 0)))],
-        "task_categories": ["text-classification"],
+        "task_categories": [_task_category(manifest)],
         "tags": ["stillroom", "distillation"] + (["llm-labelled"] if teacher else []),
     }
     lines = [

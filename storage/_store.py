@@ -469,7 +469,9 @@ def _content_problems(manifest: dict[str, Any], table: pa.Table) -> list[str]:
         )
     problems += _schema_problems(manifest.get("schema"), table.schema)
     labeling = manifest.get("labeling")
-    if isinstance(labeling, dict) and {"label", "error"} <= set(table.column_names):
+    # a labeled version has a label column, a generated one a completion column
+    answered = {"label", "completion"} & set(table.column_names)
+    if isinstance(labeling, dict) and answered and "error" in table.column_names:
         errors = table.column("error").to_pylist()
         # as the labeling summary counts: labeled = no error, failed = an error given
         counts = {"labeled": errors.count(None), "failed": sum(1 for e in errors if e)}
