@@ -643,13 +643,15 @@ def _set_threads(torch: Any) -> None:
 def _quiet(transformers: Any) -> Iterator[None]:
     """Loading a base encoder into a classifier warns that the head is new: it is meant to be."""
     verbosity = transformers.logging.get_verbosity()
+    bars = transformers.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     try:
         yield
     finally:
         transformers.logging.set_verbosity(verbosity)
-        transformers.logging.enable_progress_bar()
+        if bars:  # never turn on what the user (HF_HUB_DISABLE_PROGRESS_BARS) turned off
+            transformers.logging.enable_progress_bar()
 
 
 def _import_torch() -> tuple[Any, Any]:
