@@ -224,8 +224,11 @@ def train_student(
         raise SetupError(f"student {spec.kind}: {exc}") from None
     train_s = time.perf_counter() - start
     if split.calib_text:
+        # against the teacher's top labels (classic temperature scaling): the confidence then
+        # says how often the student agrees with the teacher, which is what ECE measures
         raw = student_columns(student, split.labels, split.calib_text)
-        student.calibration_temperature_ = students.fit_temperature(raw, split.calib_proba)  # type: ignore[attr-defined]
+        top = np.eye(len(split.labels))[split.calib_proba.argmax(axis=1)]
+        student.calibration_temperature_ = students.fit_temperature(raw, top)  # type: ignore[attr-defined]
     return student, train_s
 
 
