@@ -35,6 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from stillroom.flows._training import student_columns  # noqa: E402
 from stillroom.labelers import ClassifyTask, OpenAITeacher  # noqa: E402
 from stillroom.students import (  # noqa: E402
     BertStudent,
@@ -76,12 +77,7 @@ def make(kind: str, cache: str, **extra: Any) -> Any:
 
 def measure(student: Any, data: dict[str, Any], labels: list[str]) -> dict[str, Any]:
     # a student fitted on hard labels has a column per class it saw, in sorted order
-    raw = student.predict_proba(data["test_text"])
-    column = {str(c): j for j, c in enumerate(student.classes_)}
-    proba = np.zeros((len(raw), len(labels)))
-    for i, label in enumerate(labels):
-        if label in column:
-            proba[:, i] = raw[:, column[label]]
+    proba = student_columns(student, labels, data["test_text"])
     scores = closeness(data["test_proba"], proba, labels, data["test_gold"])
     return {k: round(v, 4) for k, v in scores.items() if v is not None}
 

@@ -250,13 +250,7 @@ class TransformersTeacher(_LocalTeacher[TaskT]):
 
     def _parameters(self) -> dict[str, Any]:
         if isinstance(self.task, GenerateTask):
-            return {
-                "temperature": self.task.temperature,
-                "top_logprobs": self.task.top_logprobs,
-                "max_tokens": self.task.max_tokens,
-                "stop": list(self.task.stop),
-                "seed": self.seed,
-            }
+            return {**self.task.parameters(), "seed": self.seed}
         return {}
 
     def prepare(self) -> None:

@@ -204,12 +204,7 @@ class OpenAITeacher(Generic[TaskT]):
 
     def _parameters(self) -> dict[str, Any]:
         if isinstance(self.task, GenerateTask):
-            return {
-                "temperature": self.task.temperature,
-                "top_logprobs": self.task.top_logprobs,
-                "max_tokens": self.task.max_tokens,
-                "stop": list(self.task.stop),
-            }
+            return self.task.parameters()
         return {"temperature": self.temperature, "top_logprobs": self.top_logprobs}
 
     def build_request(self, text: str) -> dict[str, Any]:

@@ -121,6 +121,15 @@ class GenerateTask:
         if any(not sequence for sequence in self.stop):
             raise LabelerError("a stop sequence must not be empty")
 
+    def parameters(self) -> dict[str, Any]:
+        """What shapes each completion, as recorded in provenance and cache keys."""
+        return {
+            "temperature": self.temperature,
+            "top_logprobs": self.top_logprobs,
+            "max_tokens": self.max_tokens,
+            "stop": list(self.stop),
+        }
+
 
 Task = ClassifyTask | GenerateTask
 """Either kind of task a teacher may be asked."""
