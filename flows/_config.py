@@ -240,15 +240,60 @@ _DEFAULT_TERMS = {
     "transformers": "apache-2.0",
     "zero-shot": "apache-2.0",
     "student": "unknown",
+    "recorded": "unknown",
 }
 _DEFAULT_MODEL = {"transformers": "smollm2", "zero-shot": "all-minilm-l6-v2"}
 
 
+_RECORDED = labelers.RecordedFields()
+
+
+class RecordedFieldsConfig(_Model):
+    """Where each part of a recorded answer is in the file's rows: a column, or a dotted path
+    into nested objects (labelers.RecordedFields)."""
+
+    id: str = _RECORDED.id
+    label: str = _RECORDED.label
+    probs: str = _RECORDED.probs
+    raw: str = _RECORDED.raw
+    completion: str = _RECORDED.completion
+    finish_reason: str = _RECORDED.finish_reason
+    tokens: str = _RECORDED.tokens
+    input_tokens: str = _RECORDED.input_tokens
+    output_tokens: str = _RECORDED.output_tokens
+    cost_usd: str = _RECORDED.cost_usd
+
+
+# what only a teacher that is called reads: given for provider recorded, it is refused
+_CALLED_ONLY = (
+    "base_url",
+    "concurrency",
+    "rpm",
+    "tpm",
+    "budget_usd",
+    "answer_retries",
+    "response_format",
+    "timeout_s",
+    "max_retries",
+    "temperature",
+    "top_logprobs",
+    "max_input_chars",
+    "query",
+    "headers",
+    "header_env",
+)
+_ISO_DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
+
+
 class TeacherConfig(_Model):
-    provider: Literal["openai", "transformers", "zero-shot", "student"] = "zero-shot"
+    provider: Literal["openai", "transformers", "zero-shot", "student", "recorded"] = "zero-shot"
     model: str | None = None
-    # provider student: a trained student's folder (RUN/students/N-KIND) labels the records
+    # provider student: a trained student's folder (RUN/students/N-KIND) labels the records;
+    # provider recorded: a JSONL or Parquet file of answers by record id
     path: str | None = None
+    # provider recorded: when the answers were made, and where their parts are in each row
+    recorded_at: str | None = None
+    fields: RecordedFieldsConfig | None = None
     # the client's defaults come from labelers.OpenAIOptions: written once, there
     base_url: str = _CLIENT.base_url
     api_key_env: str | None = "OPENAI_API_KEY"
@@ -295,8 +340,20 @@ class TeacherConfig(_Model):
                 )
         return headers
 
+    @field_validator("recorded_at")
+    @classmethod
+    def _date(cls, when: str | None) -> str | None:
+        if when is not None and not _ISO_DATE.match(when):
+            raise ValueError(f"{when!r} is not a date: write YYYY-MM-DD, YYYY-MM or YYYY")
+        return when
+
     @model_validator(mode="after")
     def _defaults(self) -> TeacherConfig:
+        recorded_keys = [k for k in ("recorded_at", "fields") if getattr(self, k) is not None]
+        if recorded_keys and self.provider != "recorded":
+            raise ValueError(f"teacher.{recorded_keys[0]} is only for provider 'recorded'")
+        if self.provider == "recorded":
+            return self._recorded()
         if self.provider == "student":
             if not self.path:
                 raise ValueError(
@@ -311,7 +368,7 @@ class TeacherConfig(_Model):
             self.model = self.model or self.path
             return self
         if self.path is not None:
-            raise ValueError("teacher.path is only for provider 'student'")
+            raise ValueError("teacher.path is only for providers 'student' and 'recorded'")
         if self.model is None:
             if self.provider == "openai":
                 raise ValueError("teacher.model is required for provider 'openai'")
@@ -324,12 +381,41 @@ class TeacherConfig(_Model):
             )
         if self.terms is None:
             self.terms = _DEFAULT_TERMS[self.provider]
+        self._check_terms()
+        return self
+
+    def _recorded(self) -> TeacherConfig:
+        if not self.path:
+            raise ValueError(
+                "teacher.path is required for provider 'recorded': a JSONL or Parquet file of "
+                "answers by record id"
+            )
+        if self.model is None:
+            raise ValueError(
+                "teacher.model is required for provider 'recorded': the model that made the answers"
+            )
+        if self.recorded_at is None:
+            raise ValueError(
+                "teacher.recorded_at is required for provider 'recorded': when the answers were "
+                "made (YYYY-MM-DD, YYYY-MM or YYYY)"
+            )
+        called = [key for key in _CALLED_ONLY if key in self.model_fields_set]
+        if called:
+            raise ValueError(
+                f"teacher.{called[0]} is for a teacher that is called; provider 'recorded' "
+                "calls nothing: remove it"
+            )
+        self.fields = self.fields or RecordedFieldsConfig()
+        self.terms = "unknown" if self.terms is None else self.terms
+        self._check_terms()
+        return self
+
+    def _check_terms(self) -> None:
         if isinstance(self.terms, str) and self.terms not in TERMS_PROFILES:
             known = ", ".join(sorted(TERMS_PROFILES))
             raise ValueError(
                 f"unknown terms profile {self.terms!r} (known: {known}, or an inline mapping)"
             )
-        return self
 
     def known_price(self) -> PriceConfig | None:
         return self.price if isinstance(self.price, PriceConfig) else None
@@ -440,7 +526,14 @@ class Config(_Model):
         provider = self.teacher.provider
         if provider in ("zero-shot", "student"):
             raise ValueError(
-                f"teacher.provider {provider} cannot generate: use provider openai or transformers"
+                f"teacher.provider {provider} cannot generate: use provider openai, transformers "
+                "or recorded"
+            )
+        shaping = [key for key in _GENERATE_ONLY if key in self.task.model_fields_set]
+        if provider == "recorded" and shaping:
+            raise ValueError(
+                f"task.{shaping[0]} does not shape recorded answers (they were made already): "
+                "remove it for provider recorded"
             )
         ignored = [key for key in _CLASSIFY_TEACHER if key in self.teacher.model_fields_set]
         if ignored:
@@ -459,8 +552,10 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _multi_label(self) -> Config:
-        if self.task.multi_label and self.teacher.provider == "student":
-            raise ValueError("task.multi_label is not supported with a student teacher yet")
+        if self.task.multi_label and self.teacher.provider in ("student", "recorded"):
+            raise ValueError(
+                f"task.multi_label is not supported with a {self.teacher.provider} teacher yet"
+            )
         if self.task.multi_label and self.teacher.provider == "zero-shot":
             raise ValueError(
                 "task.multi_label needs a teacher that can answer yes/no questions "

@@ -1,7 +1,8 @@
 """What labeling will cost before anything is paid: records, tokens and dollars per teacher.
 
 Tokens are counted with tiktoken when its encoding for the model is at hand, else estimated at
-four characters a token; answers already in the cache cost nothing.
+four characters a token; answers already in the cache cost nothing. A completion's length is
+bounded by max_tokens, and expected from the completions of the same shape already paid for.
 """
 
 from __future__ import annotations
@@ -28,12 +29,19 @@ class _Tokens:
     # what re-asking every off-label answer would add (classification only)
     retry_inputs: int = 0
     retry_outputs: int = 0
+    # completions of the same shape already paid for, their output tokens in all, and what the
+    # uncached ones would give back at their mean length (generate only)
+    observed: int = 0
+    observed_outputs: int = 0
+    expected_outputs: int = 0
 
 
 def estimate(config: Config) -> dict[str, Any]:
     table = read_source(config)
     t = config.teacher
     assert t.model is not None
+    if t.provider == "recorded":
+        return _recorded(config, table.column("id").to_pylist())
     if t.provider != "openai":
         return {
             "teacher": f"{t.provider} {t.model} (local)",
@@ -49,7 +57,7 @@ def estimate(config: Config) -> dict[str, Any]:
     sendable = [text for text in texts if limit is None or len(text) <= limit]
     with _cache(config) as cache:
         if config.task.kind == "generate":
-            tokens = _generate_tokens(asked[0], sendable, cache)
+            tokens = _generate_tokens(asked[0], sendable, cache, config.name)
         else:
             tokens = _classify_tokens(asked, sendable, cache, t.answer_retries)
     price = asked[0].price if t.known_price() is not None else None
@@ -67,6 +75,20 @@ def estimate(config: Config) -> dict[str, Any]:
     if config.task.kind == "generate":
         return head | _generate_cost(tokens, price, method)
     return head | _classify_cost(config, tokens, price, method)
+
+
+def _recorded(config: Config, ids: list[str]) -> dict[str, Any]:
+    """Recorded answers cost nothing now: how many records have one is what there is to know."""
+    teacher = build_teacher(config)
+    assert isinstance(teacher, labelers.RecordedTeacher)
+    answered = sum(record_id in teacher.answers for record_id in ids)
+    return {
+        "teacher": f"recorded answers of {config.teacher.model} ({config.teacher.recorded_at})",
+        "records": len(ids),
+        "with a recorded answer": answered,
+        "without one (each fails, no recorded answer)": len(ids) - answered,
+        "cost_usd": "0 (nothing is called)",
+    }
 
 
 @contextlib.contextmanager
@@ -116,9 +138,18 @@ def _classify_tokens(
 
 
 def _generate_tokens(
-    teacher: labelers.OpenAITeacher[Any], texts: list[str], cache: storage.ResponseCache | None
+    teacher: labelers.OpenAITeacher[Any],
+    texts: list[str],
+    cache: storage.ResponseCache | None,
+    tag: str,
 ) -> _Tokens:
-    """Every prompt's tokens, and max_tokens for each completion: what it cannot pass."""
+    """Every prompt's tokens, and max_tokens for each completion: what it cannot pass.
+
+    The expected output is the mean length of the completions already paid for under the same
+    config name (the ledger's tag), model and max_tokens, times the completions not yet cached:
+    another name may ask other things, and another model or cap writes other lengths. Failed
+    completions that were paid for count too, as they will be paid for again.
+    """
     tokens = _Tokens()
     for text in texts:
         body = teacher.build_request(text)
@@ -127,6 +158,12 @@ def _generate_tokens(
             continue
         tokens.inputs += labelers.count_message_tokens(body["messages"], teacher.model)
         tokens.outputs += int(body["max_tokens"])
+    if cache is not None:
+        shape = (tag, teacher.model, int(teacher.task.max_tokens))
+        tokens.observed, tokens.observed_outputs = cache.outputs(*shape)
+    if tokens.observed:
+        missing = len(texts) - tokens.cached
+        tokens.expected_outputs = round(tokens.observed_outputs * missing / tokens.observed)
     return tokens
 
 
@@ -155,12 +192,22 @@ def _classify_cost(
 
 
 def _generate_cost(tokens: _Tokens, price: labelers.Price | None, method: str) -> dict[str, Any]:
-    return {
+    bound = {
         "output tokens (max_tokens each, upper bound)": tokens.outputs,
         "token count": method,
         "price per 1M in/out": _price_text(price),
         "cost_usd (prompts only)": _cost(price, tokens.inputs, 0),
         "cost_usd (upper bound, all max_tokens long)": _cost(price, tokens.inputs, tokens.outputs),
+    }
+    if not tokens.observed:
+        return bound
+    return bound | {
+        "observed completions": tokens.observed,
+        "output tokens (observed mean)": round(tokens.observed_outputs / tokens.observed, 2),
+        "output tokens (expected)": tokens.expected_outputs,
+        "cost_usd (expected, at the observed mean)": _cost(
+            price, tokens.inputs, tokens.expected_outputs
+        ),
     }
 
 

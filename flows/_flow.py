@@ -217,7 +217,9 @@ def _evaluate(config: Config, folder: str, labeling: LabelingSummary | None) -> 
             "test_records": len(split.test_text),
         },
         "labeling": labeling.report(),
-        "teacher": {"accuracy_vs_gold": _training.teacher_accuracy(split)},
+        "teacher": _teacher_summary(
+            manifest, _training.teacher_accuracy(split), storage.Store(config.store).load(ref)
+        ),
         "students": results,
         "timings_s": {
             "labeling": round(labeling.wall_s, 3),
@@ -233,6 +235,30 @@ def _evaluate(config: Config, folder: str, labeling: LabelingSummary | None) -> 
     return path
 
 
+def _teacher_summary(
+    manifest: dict[str, Any], held_out: float | None, table: Any
+) -> dict[str, Any]:
+    """Who the teacher was (a recorded one says when its answers were made) and how often its
+    label was the gold one: on the held-out records, and on every record with gold (a failed
+    answer counts as wrong)."""
+    gold = table.column("gold").to_pylist()
+    labels = table.column("label").to_pylist()
+    pairs = [(label, g) for label, g in zip(labels, gold, strict=True) if g is not None]
+    return {
+        **_teacher_of(manifest),
+        "accuracy_vs_gold": held_out,
+        "accuracy_vs_gold_all": (
+            sum(label == g for label, g in pairs) / len(pairs) if pairs else None
+        ),
+        "gold_records": len(pairs),
+    }
+
+
+def _teacher_of(manifest: dict[str, Any]) -> dict[str, Any]:
+    described = manifest.get("teacher") or {}
+    return {k: described.get(k) for k in ("provider", "model", "recorded_at")}
+
+
 def _report_generation(
     config: Config, ref: storage.DatasetRef, labeling: LabelingSummary, out: str | None
 ) -> Path:
@@ -243,7 +269,7 @@ def _report_generation(
         "name": config.name,
         "dataset": {"name": ref.name, "version": ref.version, "rows": stats["records"]},
         "labeling": labeling.report(),
-        "teacher": {"accuracy_vs_gold": None},
+        "teacher": {**_teacher_of(store.manifest(ref)), "accuracy_vs_gold": None},
         "generation": stats,
         "students": [],
         "timings_s": {

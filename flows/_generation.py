@@ -36,7 +36,8 @@ def generation_stats(table: pa.Table) -> dict[str, Any]:
         "finish_reasons": dict(
             Counter(r["finish_reason"] for r in rows if r["finish_reason"]).most_common()
         ),
-        "output_tokens": spread([r["output_tokens"] for r in done]),
+        # a recorded completion may not say its tokens (0): it is left out, not counted as 0
+        "output_tokens": spread([r["output_tokens"] for r in done if r["output_tokens"]]),
         "completion_chars": spread([len(r["completion"] or "") for r in done]),
         "cost_usd": round(sum(r["cost_usd"] for r in rows), 6),
         "references": len(pairs),
@@ -85,12 +86,16 @@ def generation_lines(stats: dict[str, Any]) -> list[str]:
     lines = [
         f"{stats['completed']} of {stats['records']} records completed, {stats['failed']} failed"
         + (f" ({failures})." if failures else "."),
-        f"Finish reasons: {finish or 'none'}.",
+        f"Finish reasons: {finish or 'not recorded'}.",
     ]
     if tokens["mean"] is not None:
         lines.append(
             f"Completion length: {_spread_text(tokens)} output tokens; "
             f"{_spread_text(chars)} characters."
+        )
+    elif chars["mean"] is not None:
+        lines.append(
+            f"Completion length: {_spread_text(chars)} characters (output tokens not recorded)."
         )
     if stats["references"]:
         lines.append(

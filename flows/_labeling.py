@@ -174,13 +174,16 @@ def commit_labels(
     task = task_of(config)
     if isinstance(task, labelers.GenerateTask):
         answered, described = _generated(table, ordered), _generate_manifest(task)
+        if isinstance(teacher, labelers.RecordedTeacher):  # made elsewhere, not shaped by task
+            described = {"kind": "generate", "instructions": task.instructions}
     else:
         answered = _labeled(table, ordered)
         described = _classify_manifest(task, config.task.multi_label)
     metadata = {
         "kind": "labeled",
         "task": described,
-        "teacher": {**teacher.describe(), "prompt_hash": labelers.prompt_hash(task)},
+        # a recorded teacher's answers were not made with this prompt: it says so (None)
+        "teacher": {"prompt_hash": labelers.prompt_hash(task), **teacher.describe()},
         "terms": terms_of(config),
         "labeling": LabelingSummary.of(ordered, teacher.stats, 0.0).manifest(),
     }

@@ -257,7 +257,7 @@ def render_report(report: dict[str, Any], failures: dict[str, int]) -> str:
         "",
         *_labeling_lines(report["labeling"], failures, "labeled"),
         "",
-        f"Teacher accuracy vs gold (held-out): {_fmt(teacher['accuracy_vs_gold'], pct=True)}.",
+        _teacher_line(teacher),
     ]
     lines += [
         "",
@@ -298,8 +298,22 @@ def render_report(report: dict[str, Any], failures: dict[str, int]) -> str:
             f"{s['f1_macro_vs_teacher']:.3f} (multi-label: agreement is the same label set)."
             for s in multi
         ]
-    lines += ["", _teacher_cost(report["labeling"])]
+    lines += ["", _teacher_cost(report["labeling"], teacher)]
     return "\n".join(lines) + "\n"
+
+
+def _teacher_line(teacher: dict[str, Any]) -> str:
+    """The teacher's accuracy against gold: held out, and over every record with gold."""
+    who = f"Teacher {teacher['model']}" if teacher.get("model") else "Teacher"
+    if teacher.get("recorded_at"):
+        who += f" (answers recorded {teacher['recorded_at']})"
+    line = f"{who} accuracy vs gold: {_fmt(teacher['accuracy_vs_gold'], pct=True)} held-out"
+    if teacher.get("accuracy_vs_gold_all") is not None:
+        line += (
+            f", {_fmt(teacher['accuracy_vs_gold_all'], pct=True)} over all "
+            f"{teacher['gold_records']} records with gold (a failed answer counts as wrong)"
+        )
+    return line + "."
 
 
 def _labeling_lines(lab: dict[str, Any], failures: dict[str, int], done: str) -> list[str]:
@@ -335,12 +349,17 @@ def _render_generation(report: dict[str, Any], failures: dict[str, int]) -> str:
         "",
         *(f"{line}  " for line in generation_lines(report["generation"])),
         "",
-        _teacher_cost(report["labeling"], students=False),
+        _teacher_cost(report["labeling"], report["teacher"], students=False),
     ]
     return "\n".join(lines) + "\n"
 
 
-def _teacher_cost(lab: dict[str, Any], students: bool = True) -> str:
+def _teacher_cost(lab: dict[str, Any], teacher: dict[str, Any], students: bool = True) -> str:
+    if teacher.get("provider") == "recorded":
+        return (
+            f"Teacher: answers {teacher['model']} made in {teacher['recorded_at']}, replayed; "
+            "nothing was called or paid in this run."
+        )
     if not lab["teacher_calls"]:
         return "Teacher: every answer came from the cache; nothing was paid in this run."
     per_1k = 1000 / lab["teacher_calls"]

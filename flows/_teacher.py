@@ -123,7 +123,9 @@ def _single_teacher(
         return _openai_teacher(config, task, cache, budget)
     if t.provider == "transformers":
         return labelers.TransformersTeacher(task, model=t.model, cache=cache)
-    # the config lets only providers openai and transformers generate
+    if t.provider == "recorded":
+        return _recorded_teacher(config, task)
+    # the config lets only providers openai, transformers and recorded generate
     assert isinstance(task, labelers.ClassifyTask)
     if t.provider == "student":
         return _student_teacher(config, task, cache)
@@ -166,6 +168,22 @@ def _openai_teacher(
             **{name: _env(var, f"teacher.header_env.{name}") for name, var in t.header_env.items()},
         },
         cache=cache,
+    )
+
+
+def _recorded_teacher(config: Config, task: Task) -> labelers.Teacher:
+    """Answers bought earlier, replayed by record id from the file at teacher.path."""
+    t = config.teacher
+    assert t.path is not None and t.model is not None and t.recorded_at is not None
+    assert t.fields is not None  # the config fills in the default fields
+    known = t.known_price()
+    return labelers.RecordedTeacher.from_file(
+        task,
+        t.path,
+        model=t.model,
+        recorded_at=t.recorded_at,
+        fields=labelers.RecordedFields(**t.fields.model_dump()),
+        price=labelers.Price(known.input_per_1m, known.output_per_1m) if known else None,
     )
 
 

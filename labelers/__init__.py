@@ -1,8 +1,8 @@
 """Teacher clients: a record's text in, a label with a probability per label out (or, for a
 generation task, a completion with its tokens).
 
-Any OpenAI-compatible endpoint, a local causal LM, or a zero-shot sentence embedder; each
-follows the `Teacher` protocol.
+Any OpenAI-compatible endpoint, a local causal LM, a zero-shot sentence embedder, or answers
+recorded elsewhere; each follows the `Teacher` protocol.
 """
 
 from ._local import ScoringTeacher, TransformersTeacher, ZeroShotTeacher
@@ -10,6 +10,12 @@ from ._multi import MultiLabelTeacher, binary_task
 from ._openai import OpenAIOptions, OpenAITeacher, ResponseFormat, check_base_url
 from ._parse import TokenStep, canonical, label_distribution, match_label
 from ._prompt import build_messages, prompt_hash, system_prompt
+from ._recorded import (
+    MALFORMED_RECORDED_ANSWER,
+    NO_RECORDED_ANSWER,
+    RecordedFields,
+    RecordedTeacher,
+)
 from ._tokens import count_message_tokens, token_counter
 from ._types import (
     BUDGET_EXHAUSTED,
@@ -34,7 +40,9 @@ __all__ = [
     "BUDGET_EXHAUSTED",
     "EMPTY_COMPLETION",
     "MULTI_LABEL_SEPARATOR",
+    "MALFORMED_RECORDED_ANSWER",
     "MULTI_LABEL_THRESHOLD",
+    "NO_RECORDED_ANSWER",
     "REFUSAL",
     "Answer",
     "Budget",
@@ -47,6 +55,8 @@ __all__ = [
     "OpenAIOptions",
     "OpenAITeacher",
     "Price",
+    "RecordedFields",
+    "RecordedTeacher",
     "ResponseCache",
     "ResponseFormat",
     "ScoringTeacher",

@@ -186,6 +186,36 @@ class ResponseCache:
         """Dollars the ledger holds for `tag`."""
         return float(sum(row["cost_usd"] for row in self.spend(tag)))
 
+    def outputs(self, tag: str, model: str, max_tokens: int | None = None) -> tuple[int, int]:
+        """(calls, output tokens in all) of the ledger's rows for `tag` and `model`: how long the
+        answers paid for so far were, to estimate the next ones.
+
+        Parameters
+        ----------
+        tag : str
+            The config name the rows were filed under.
+        model : str
+            The model the requests named.
+        max_tokens : int or None, default=None
+            Only requests that capped the answer at this many tokens, when given: another cap
+            allows other lengths.
+        """
+        query = (
+            "SELECT COUNT(*), COALESCE(SUM(l.output_tokens), 0) FROM ledger l"
+            " JOIN responses r ON r.key = l.key WHERE l.tag = ? AND l.model = ?"
+        )
+        params: tuple[object, ...] = (tag, model)
+        if max_tokens is not None:
+            # the body sits under "body" when the request names its endpoint too, as in put()
+            query += (
+                " AND COALESCE(json_extract(r.request, '$.body.max_tokens'),"
+                " json_extract(r.request, '$.max_tokens')) = ?"
+            )
+            params += (max_tokens,)
+        with self._using():
+            calls, tokens = self._db.execute(query, params).fetchone()
+        return int(calls), int(tokens)
+
     def _check_same_file(self) -> None:
         """Raise when the file at `path` is no longer the one opened: writing on would store
         answers in a deleted file, lost at close. What the open file holds is copied aside."""

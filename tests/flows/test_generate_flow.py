@@ -220,7 +220,12 @@ def test_run_writes_the_generation_report_and_show_prints_it(fake_openai, tmp_pa
     assert out.strip().endswith(str(tmp_path / "run" / "report.json"))
     assert "training" not in err.splitlines()[-1] and "statistics" in err.splitlines()[-1]
     report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert report["students"] == [] and report["teacher"] == {"accuracy_vs_gold": None}
+    assert report["students"] == [] and report["teacher"] == {
+        "provider": "openai",
+        "model": "fake",
+        "recorded_at": None,
+        "accuracy_vs_gold": None,
+    }
     assert report["dataset"] == {"name": "gen", "version": "v1", "rows": 30}
     assert (report["labeling"]["labeled"], report["labeling"]["teacher_calls"]) == (27, 30)
 
@@ -340,11 +345,11 @@ BAD = {
     ),
     "zero-shot provider": (
         {"teacher": {"provider": "zero-shot"}},
-        "teacher.provider zero-shot cannot generate: use provider openai or transformers",
+        "teacher.provider zero-shot cannot generate: use provider openai, transformers or recorded",
     ),
     "student provider": (
         {"teacher": {"provider": "student", "path": "/tmp"}},
-        "teacher.provider student cannot generate: use provider openai or transformers",
+        "teacher.provider student cannot generate: use provider openai, transformers or recorded",
     ),
     "labels for generate": (
         {"task.labels": ["a", "b"]},

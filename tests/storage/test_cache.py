@@ -125,3 +125,28 @@ def test_a_cache_whose_folder_is_a_file_is_named(tmp_path):
     (tmp_path / "store").write_text("x")
     with pytest.raises(StoreError, match=f"^cannot create {tmp_path / 'store'}: "):
         ResponseCache(tmp_path / "store" / "cache.sqlite")
+
+
+def test_outputs_sums_one_request_shape_of_the_ledger(tmp_path):
+    def body(model, max_tokens, q):
+        return {"base_url": "u", "body": {"model": model, "max_tokens": max_tokens, "q": q}}
+
+    gen = ResponseCache(tmp_path / "c.sqlite", tag="gen")
+    gen.put(body("m1", 24, 1), {}, input_tokens=9, output_tokens=10, cost_usd=0.1)
+    gen.put(body("m1", 24, 2), {}, input_tokens=9, output_tokens=4, cost_usd=0.1)
+    gen.put(body("m1", 24, 3), {}, input_tokens=9, output_tokens=0, cost_usd=0.1)  # empty: paid
+    gen.put(body("m1", 64, 4), {}, input_tokens=9, output_tokens=60, cost_usd=0.1)
+    gen.put(body("m2", 24, 5), {}, input_tokens=9, output_tokens=20, cost_usd=0.1)
+    gen.put({"model": "m1", "max_tokens": 24, "q": 6}, {}, input_tokens=1, output_tokens=7)
+    gen.put(body("m1", 24, 7), {})  # free (a local teacher): not in the ledger
+    other = ResponseCache(tmp_path / "c.sqlite", tag="other")
+    other.put(body("m1", 24, 8), {}, input_tokens=9, output_tokens=50, cost_usd=0.1)
+
+    assert gen.outputs("gen", "m1", 24) == (4, 21)
+    assert gen.outputs("gen", "m1", 64) == (1, 60)
+    assert gen.outputs("gen", "m1") == (5, 81)
+    assert gen.outputs("gen", "m2", 24) == (1, 20)
+    assert gen.outputs("other", "m1", 24) == (1, 50)
+    assert gen.outputs("gen", "m3", 24) == gen.outputs("none", "m1") == (0, 0)
+    gen.close()
+    other.close()
