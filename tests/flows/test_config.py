@@ -1,6 +1,7 @@
 import pytest
 
 from stillroom.flows import ConfigError, load_config
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize(
@@ -87,3 +88,11 @@ def test_a_budget_with_an_unknown_price_is_not_enforced_and_says_so(write_config
     )
     assert budget_left(config, ResponseCache(tmp_path / "c.sqlite", tag=config.name)) is None
     assert "teacher.budget_usd is not enforced" in caplog.text
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
+def test_every_bundled_example_is_a_valid_config_with_its_files_there(example):
+    config = load_config(ROOT / "examples" / example)
+    assert (ROOT / config.data.path).is_file()
+    for path in (config.task.examples, config.teacher.path):
+        assert path is None or (ROOT / path).is_file(), path
