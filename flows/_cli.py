@@ -150,7 +150,7 @@ def _check_version(cfg: Config, spec: str) -> None:
     store = storage.Store(cfg.store)
     ref = store.resolve(spec)
     store.load(ref)  # re-hashes and checks the version against its manifest
-    check_trainable(ref, store.manifest(ref))
+    check_trainable(ref, store.manifest(ref), cfg)
 
 
 def _with_engine(prepare: Callable[[], None], flow: Callable[[], R]) -> tuple[R, dict[str, float]]:

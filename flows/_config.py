@@ -477,7 +477,33 @@ class BertStudentConfig(_Model):
         return self.model_dump(exclude={"kind", "soft", "quantize"}, exclude_none=True)
 
 
-AnyStudent = LogRegStudent | EmbeddingStudent | BertStudentConfig
+class GenerativeStudentConfig(_Model):
+    """A small causal LM fine-tuned on a generate version's completions; unset parameters keep
+    the student's own defaults (students.GenerativeStudent)."""
+
+    kind: Literal["generative"]
+    base: str | None = None  # smollm2 (SmolLM2-135M-Instruct), or a local transformers folder
+    init: Literal["every_other_layer"] | None = None
+    epochs: int | None = Field(default=None, ge=1)
+    learning_rate: float | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, ge=1)
+    gradient_accumulation: int | None = Field(default=None, ge=1)
+    max_length: int | None = Field(default=None, ge=8)
+    alpha: float | None = Field(default=None, ge=0, le=1)
+    temperature: float | None = Field(default=None, gt=0)
+    distill: Literal["auto", "top_k", "full", "none"] | None = None
+    lora: int | None = Field(default=None, ge=1)
+    merge_lora: bool | None = None
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    device: str | None = None
+
+    def parameters(self) -> dict[str, Any]:
+        """The student's constructor arguments that the config sets."""
+        return self.model_dump(exclude={"kind"}, exclude_none=True)
+
+
+AnyStudent = LogRegStudent | EmbeddingStudent | BertStudentConfig | GenerativeStudentConfig
 StudentConfig = Annotated[AnyStudent, Field(discriminator="kind")]
 _STUDENT = TypeAdapter(StudentConfig)
 _STUDENT_KINDS = frozenset(
@@ -500,6 +526,9 @@ class EvaluateConfig(_Model):
     # (never the test records); 0 turns calibration off
     calibration_fraction: float = Field(default=0.1, ge=0, lt=1)
     seed: int = 0
+    # generate: how many held-out records each generative student writes a completion for
+    # (ROUGE-L, exact match, lengths, latency); the NLL is over every held-out record
+    generation_records: int = Field(default=32, ge=1)
 
 
 class Config(_Model):
@@ -508,7 +537,7 @@ class Config(_Model):
     data: DataConfig
     task: TaskConfig
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    # none for generate: students do not train on completions yet
+    # none for generate unless given: generative students learn from the completions
     students: list[StudentConfig] = Field(default_factory=lambda: [_default_student()])
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
@@ -544,11 +573,30 @@ class Config(_Model):
             )
         if "students" not in self.model_fields_set:
             self.students = []
-        elif self.students:
-            raise ValueError(
-                "students must be empty for task.kind generate: students do not train on "
-                "completions yet (remove students, or set students: [])"
-            )
+        for i, student in enumerate(self.students):
+            if student.kind != "generative":
+                raise ValueError(
+                    f"students.{i}: a {student.kind} student classifies; a generate version's "
+                    "completions train kind generative"
+                )
+
+    @model_validator(mode="after")
+    def _generative(self) -> Config:
+        if self.task.kind == "classify":
+            for i, student in enumerate(self.students):
+                if student.kind == "generative":
+                    raise ValueError(
+                        f"students.{i}: the generative student learns from completions: it "
+                        "needs task.kind generate"
+                    )
+        for i, student in enumerate(self.students):
+            full = isinstance(student, GenerativeStudentConfig) and student.distill == "full"
+            if full and self.teacher.provider != "transformers":
+                raise ValueError(
+                    f"students.{i}: distill full computes a local teacher's whole "
+                    "distribution: it needs teacher.provider transformers"
+                )
+        return self
 
     @model_validator(mode="after")
     def _multi_label(self) -> Config:

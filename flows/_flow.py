@@ -17,8 +17,8 @@ from prefect.cache_policies import NO_CACHE
 
 from stillroom import labelers, storage, students
 
-from . import _labeling, _teacher, _training
-from ._config import Config, StudentConfig, student_config
+from . import _generative, _labeling, _teacher, _training
+from ._config import Config, GenerativeStudentConfig, StudentConfig, student_config
 from ._generation import generation_stats
 from ._labeling import LabelingSummary, Record
 from ._progress import Progress
@@ -71,6 +71,26 @@ def evaluate(
     )
 
 
+@task(name="train_generative_student", cache_policy=NO_CACHE, persist_result=False)
+def train_generative_student(
+    spec: GenerativeStudentConfig, data: _generative.Completions, config: Config
+) -> tuple[students.GenerativeStudent, float]:
+    return _generative.train_generative(spec, data, config)
+
+
+@task(name="evaluate_generative", cache_policy=NO_CACHE, persist_result=False)
+def evaluate_generative_student(
+    spec: GenerativeStudentConfig,
+    student: students.GenerativeStudent,
+    data: _generative.Completions,
+    config: Config,
+    train_s: float,
+    size_bytes: int,
+    folder: Path,
+) -> dict[str, Any]:
+    return _generative.evaluate_generative(spec, student, data, config, train_s, size_bytes, folder)
+
+
 @task(name="measure_generation", cache_policy=NO_CACHE, persist_result=False)
 def measure_generation(store: storage.Store, ref: storage.DatasetRef) -> dict[str, Any]:
     return generation_stats(store.load(ref))
@@ -97,9 +117,9 @@ def evaluate_run(config: Config, folder: str, labeling: LabelingSummary | None =
 @flow(name="distill")
 def distill(config: Config, out: str | None = None) -> Path:
     """The whole loop, one flow of tasks; returns the path of report.json. A generate task
-    stops after labeling, with its completions measured: students do not learn from them yet."""
+    without students stops after labeling, with its completions measured."""
     ref, labeling = _label(config)
-    if config.task.kind == "generate":
+    if config.task.kind == "generate" and not config.students:
         return _report_generation(config, ref, labeling, out)
     folder = _train(config, str(ref), out)
     return _evaluate(config, str(folder), labeling)
@@ -141,6 +161,8 @@ def _run_dir(config: Config, out: str | None) -> Path:
 
 
 def _train(config: Config, dataset: str, out: str | None) -> Path:
+    if config.task.kind == "generate":
+        return _train_generative(config, dataset, out)
     ref, manifest, split = _training.load_split(config, storage.Store(config.store), dataset)
     folder = _run_dir(config, out)
     trained = []
@@ -177,7 +199,40 @@ def _train(config: Config, dataset: str, out: str | None) -> Path:
     return folder
 
 
+def _train_generative(config: Config, dataset: str, out: str | None) -> Path:
+    store = storage.Store(config.store)
+    ref, manifest, data = _completions(config, store, dataset)
+    folder = _run_dir(config, out)
+    trained = []
+    for i, spec in enumerate(config.students):
+        assert isinstance(spec, GenerativeStudentConfig)  # the config allows no other here
+        student, train_s = train_generative_student(spec, data, config)
+        sub = folder / "students" / f"{i}-{spec.kind}"
+        size = save_student(student, sub, spec.model_dump(), str(ref), manifest)
+        get_run_logger().info(
+            f"student {i} ({spec.kind}) trained on {len(data.train)} completions of {ref} "
+            f"in {train_s:.1f} s: {size / 1e6:.2f} MB"
+        )
+        entry = {"folder": str(sub), "spec": spec.model_dump(), "train_s": train_s}
+        trained.append(entry | {"size_bytes": size, "calibrated": False, "variants": []})
+    record = {"dataset": str(ref), "train_records": len(data.train), "students": trained}
+    (folder / "train.json").write_text(json.dumps(record, indent=2))
+    return folder
+
+
+def _completions(
+    config: Config, store: storage.Store, dataset: str
+) -> tuple[storage.DatasetRef, dict[str, Any], _generative.Completions]:
+    ref = store.resolve(dataset)
+    manifest = store.manifest(ref)
+    _training.check_trainable(ref, manifest, config)
+    e = config.evaluate
+    return ref, manifest, _generative.completion_split(store.load(ref), e.test_fraction, e.seed)
+
+
 def _evaluate(config: Config, folder: str, labeling: LabelingSummary | None) -> Path:
+    if config.task.kind == "generate":
+        return _evaluate_generative(config, folder, labeling)
     start = time.perf_counter()
     run = Path(folder)
     trained = json.loads((run / "train.json").read_text())
@@ -252,6 +307,51 @@ def _teacher_summary(
         ),
         "gold_records": len(pairs),
     }
+
+
+def _evaluate_generative(config: Config, folder: str, labeling: LabelingSummary | None) -> Path:
+    start = time.perf_counter()
+    run = Path(folder)
+    trained = json.loads((run / "train.json").read_text())
+    store = storage.Store(config.store)
+    ref, manifest, data = _completions(config, store, trained["dataset"])
+    results = []
+    for entry in trained["students"]:
+        spec = student_config(entry["spec"])
+        assert isinstance(spec, GenerativeStudentConfig)
+        sub = Path(entry["folder"])
+        student = students.GenerativeStudent.load(sub)
+        result = evaluate_generative_student(
+            spec, student, data, config, entry["train_s"], entry["size_bytes"], sub
+        )
+        results.append(result)
+        write_model_card(sub, student, spec.kind, str(ref), manifest, result)
+    labeling = labeling or LabelingSummary.from_manifest(manifest)
+    report = {
+        "name": config.name,
+        "dataset": {
+            "name": ref.name,
+            "version": ref.version,
+            "rows": manifest["rows"],
+            "train_records": len(data.train),
+            "test_records": len(data.test),
+        },
+        "labeling": labeling.report(),
+        "teacher": {**_teacher_of(manifest), "accuracy_vs_gold": None},
+        "generation": generation_stats(store.load(ref)),
+        "students": results,
+        "timings_s": {
+            "labeling": round(labeling.wall_s, 3),
+            "training": round(sum(e["train_s"] for e in trained["students"]), 3),
+            "evaluation": round(time.perf_counter() - start, 3),
+        },
+    }
+    path = write_report(run, report, labeling.failures)
+    get_run_logger().info(
+        f"report: {path}; held-out NLL of the teacher's completions: "
+        + ", ".join(f"{r['kind']} {r['nll_before']:.3f} -> {r['nll_after']:.3f}" for r in results)
+    )
+    return path
 
 
 def _teacher_of(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -45,21 +45,35 @@ _CARD_METRICS = (
 _CARD_COSTS = (
     ("train_s", "training time, s"),
     ("predict_ms_per_1k", "prediction time per 1,000 texts, ms"),
+    ("latency_ms_per_record", "generation time per record (greedy), ms"),
     ("size_bytes", "model file size, bytes"),
+)
+# a generative student's, measured on the teacher's held-out completions
+_CARD_GENERATIVE = (
+    ("nll_before", "loss", "NLL per token of the teacher's completions, before training"),
+    ("nll_after", "loss", "NLL per token of the teacher's completions, after training"),
+    ("rougeL_vs_teacher", "rouge", "ROUGE-L F1 against the teacher's completions"),
+    ("exact_match_vs_teacher", "exact_match", "exact match with the teacher's completions"),
 )
 STUDENT_INFO = "student.json"
 _HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def artefact(student: students.Student | type[students.Student], folder: Path) -> Path:
-    """Where a student's model lives in its folder: a bert student is a transformers folder (the
-    student folder itself), the others one joblib file."""
-    bert = student is students.BertStudent or isinstance(student, students.BertStudent)
-    return folder if bert else folder / "model.joblib"
+AnyStudent = students.Student | students.GenerativeStudent
+"""A classifier student, or a generative one."""
+
+_FOLDER_STUDENTS = (students.BertStudent, students.GenerativeStudent)
+
+
+def artefact(student: AnyStudent | type[AnyStudent], folder: Path) -> Path:
+    """Where a student's model lives in its folder: a bert or generative student is a
+    transformers folder (the student folder itself), the others one joblib file."""
+    whole = student in _FOLDER_STUDENTS or isinstance(student, _FOLDER_STUDENTS)
+    return folder if whole else folder / "model.joblib"
 
 
 def save_student(
-    student: students.Student,
+    student: AnyStudent,
     folder: Path,
     spec: dict[str, Any],
     dataset: str,
@@ -107,19 +121,19 @@ def _card_metadata(
 ) -> dict[str, Any]:
     model = str((manifest.get("teacher") or {}).get("model") or "")
     meta: dict[str, Any] = {
-        "library_name": "transformers" if kind == "bert" else "sklearn",
-        "pipeline_tag": "text-classification",
+        "library_name": "transformers" if kind in ("bert", "generative") else "sklearn",
+        "pipeline_tag": _pipeline(kind),
         **hub_licence((manifest.get("licence") or {}).get("spdx")),
     }
     if _HUB_MODEL_ID.match(model) and not Path(model).exists():  # a Hub id, not a local folder
         meta["base_model"] = model
     meta["datasets"] = [dataset]
-    meta["tags"] = ["stillroom", "distillation", "text-classification", kind]
+    meta["tags"] = ["stillroom", "distillation", _pipeline(kind), kind]
     if (manifest.get("task") or {}).get("multi_label"):
         meta["tags"].append("multi-label")
     scores = [
         {"type": kind_of, "value": float(metrics[key]), "name": name}
-        for key, kind_of, name in _CARD_METRICS
+        for key, kind_of, name in _CARD_METRICS + _CARD_GENERATIVE
         if metrics and metrics.get(key) is not None
     ]
     if scores:
@@ -128,8 +142,13 @@ def _card_metadata(
     return meta
 
 
+def _pipeline(kind: str) -> str:
+    return "text-generation" if kind == "generative" else "text-classification"
+
+
 def _model_index(kind: str, dataset: str, scores: list[dict[str, Any]]) -> dict[str, Any]:
-    task = {"type": "text-classification", "name": "Text Classification"}
+    name = "Text Generation" if kind == "generative" else "Text Classification"
+    task = {"type": _pipeline(kind), "name": name}
     held_out = {"name": f"{dataset} (held-out)", "type": dataset.split("@")[0]}
     return {
         "name": f"{kind} student of {dataset}",
@@ -158,14 +177,15 @@ def _provenance(manifest: dict[str, Any]) -> list[str]:
 
 
 def _evaluation(metrics: dict[str, Any]) -> list[str]:
-    rows = [(name, key) for key, _, name in _CARD_METRICS] + [(n, k) for k, n in _CARD_COSTS]
+    rows = [(name, key) for key, _, name in _CARD_METRICS + _CARD_GENERATIVE]
+    rows += [(name, key) for key, name in _CARD_COSTS]
     return ["## Evaluation (held-out records)", "", "| metric | value |", "|---|---|"] + [
         f"| {name} | {_fmt(metrics[key])} |" for name, key in rows if metrics.get(key) is not None
     ]
 
 
 def render_model_card(
-    student: students.Student,
+    student: AnyStudent,
     kind: str,
     dataset: str,
     manifest: dict[str, Any],
@@ -177,13 +197,31 @@ def render_model_card(
     loader = type(student).__name__
     lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(), "---", ""]
     lines += [f"# {kind} student distilled from `{dataset}`", ""]
-    lines += [f"A stillroom `{loader}` trained on `{dataset}`, labelled by its teacher.", ""]
+    made = "completed" if isinstance(student, students.GenerativeStudent) else "labelled"
+    lines += [f"A stillroom `{loader}` trained on `{dataset}`, {made} by its teacher.", ""]
     lines += ["## Teacher and data", "", *_provenance(manifest), ""]
     lines += [*_evaluation(metrics), ""] if metrics else []
     return "\n".join(lines + _how_to_load(student, loader)) + "\n"
 
 
-def _how_to_load(student: students.Student, loader: str) -> list[str]:
+def _how_to_load(student: AnyStudent, loader: str) -> list[str]:
+    if isinstance(student, students.GenerativeStudent):
+        return [
+            "## How to load",
+            "",
+            "A standard transformers folder (the tokenizer carries its chat template):",
+            "",
+            "```python",
+            "from transformers import pipeline",
+            "",
+            'generate = pipeline("text-generation", model=".")',
+            'generate([{"role": "user", "content": "an instruction"}], max_new_tokens=128)',
+            "```",
+            "",
+            '`GenerativeStudent.load(".")` (stillroom) gives the student with its settings, '
+            "recorded in `stillroom.json`; `held_out.jsonl` holds its completions of the "
+            "held-out prompts beside the teacher's.",
+        ]
     if isinstance(student, students.BertStudent) and not student.is_quantized:
         return [
             "## How to load",
@@ -223,7 +261,7 @@ def _how_to_load(student: students.Student, loader: str) -> list[str]:
 
 def write_model_card(
     folder: Path,
-    student: students.Student,
+    student: AnyStudent,
     kind: str,
     dataset: str,
     manifest: dict[str, Any],
@@ -335,23 +373,72 @@ def _labeling_lines(lab: dict[str, Any], failures: dict[str, int], done: str) ->
 
 
 def _render_generation(report: dict[str, Any], failures: dict[str, int]) -> str:
-    """A generate run's report: labeling, then the completions in numbers (no students yet)."""
-    dataset = report["dataset"]
+    """A generate run's report: labeling, the completions in numbers, then the generative
+    students measured on the teacher's held-out completions, with a few outputs side by side."""
+    dataset, learners = report["dataset"], report["students"]
+    about = (
+        f"generative students trained on {dataset['train_records']} completions and measured "
+        f"on {dataset['test_records']} held-out ones"
+        if learners
+        else "no students"
+    )
     lines = [
         f"# {report['name']}: generation report",
         "",
-        f"Dataset `{dataset['name']}@{dataset['version']}` ({dataset['rows']} rows; no students: "
-        "they do not train on completions yet).",
+        f"Dataset `{dataset['name']}@{dataset['version']}` ({dataset['rows']} rows; {about}).",
         "",
         *_labeling_lines(report["labeling"], failures, "completed"),
         "",
         "## Completions",
         "",
         *(f"{line}  " for line in generation_lines(report["generation"])),
-        "",
-        _teacher_cost(report["labeling"], report["teacher"], students=False),
     ]
+    if learners:
+        lines += ["", *_generative_lines(learners)]
+    lines += ["", _teacher_cost(report["labeling"], report["teacher"], students=bool(learners))]
     return "\n".join(lines) + "\n"
+
+
+def _generative_lines(learners: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Students (held-out)",
+        "",
+        "| student | layers | params (M) | NLL before | NLL after | ROUGE-L | exact | tokens | "
+        "ms/record | train s | MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, s in enumerate(learners):
+        lines.append(
+            f"| {i}-{s['kind']} | {s['layers']} | {s['parameters'] / 1e6:.1f} | "
+            f"{s['nll_before']:.3f} | {s['nll_after']:.3f} | {_fmt(s['rougeL_vs_teacher'])} | "
+            f"{_fmt(s['exact_match_vs_teacher'], True)} | {_fmt(s['output_tokens']['mean'])} | "
+            f"{s['latency_ms_per_record']:.0f} | {_fmt(s['train_s'])} | "
+            f"{s['size_bytes'] / 1e6:.1f} |"
+        )
+    lines += [
+        "",
+        "NLL: mean negative log-likelihood per token (nats) of the teacher's held-out "
+        "completions, by the base model and by the trained student; ROUGE-L, exact: the "
+        "student's greedy completions of held-out prompts against the teacher's; tokens: their "
+        "mean length; ms/record: generation time per record on this machine.",
+    ]
+    for i, s in enumerate(learners):
+        lines += ["", f"### {i}-{s['kind']}: teacher and student side by side", ""]
+        for sample in s["samples"]:
+            lines += [
+                f"**{sample['id']}** — {_clip(sample['prompt'], 200)}",
+                "",
+                f"- teacher: {_clip(sample['teacher'], 300)}",
+                f"- student: {_clip(sample['student'], 300)}",
+                "",
+            ]
+    return lines
+
+
+def _clip(text: str, limit: int) -> str:
+    """One line of at most `limit` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _teacher_cost(lab: dict[str, Any], teacher: dict[str, Any], students: bool = True) -> str:

@@ -284,4 +284,7 @@ def preflight(config: Config) -> labelers.Teacher:
         open_cache(config).close()
     read_source(config)
     check_students(config)
+    from ._generative import check_generative  # it imports this module: here, not at the top
+
+    check_generative(config)
     return build_teacher(config)

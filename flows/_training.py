@@ -18,7 +18,14 @@ import pyarrow.compute as pc
 
 from stillroom import labelers, storage, students
 
-from ._config import BertStudentConfig, Config, EmbeddingStudent, LogRegStudent, StudentConfig
+from ._config import (
+    BertStudentConfig,
+    Config,
+    EmbeddingStudent,
+    GenerativeStudentConfig,
+    LogRegStudent,
+    StudentConfig,
+)
 from ._errors import SetupError
 from ._report import artefact
 
@@ -102,13 +109,23 @@ def split_dataset(
     )
 
 
-def check_trainable(ref: storage.DatasetRef, manifest: dict[str, Any]) -> None:
-    """Refuse a version students cannot learn from yet: a generate version's completions."""
-    if (manifest.get("task") or {}).get("kind") == "generate":
+def check_trainable(ref: storage.DatasetRef, manifest: dict[str, Any], config: Config) -> None:
+    """Refuse a version the config's students cannot learn from: completions need a generate
+    config with generative students, labels a classify config."""
+    completions = (manifest.get("task") or {}).get("kind") == "generate"
+    if completions and config.task.kind != "generate":
         raise SetupError(
-            f"{ref} holds completions (task.kind generate): students do not train on them yet; "
-            f"`stillroom datasets show {ref}` gives their statistics"
+            f"{ref} holds completions (task.kind generate): train it with a generate config "
+            f"whose students are kind generative; `stillroom datasets show {ref}` gives their "
+            "statistics"
         )
+    if completions and not config.students:
+        raise SetupError(
+            f"{ref} holds completions and the config has no students: add "
+            "`students: [{kind: generative}]`"
+        )
+    if not completions and config.task.kind == "generate":
+        raise SetupError(f"{ref} holds labels, not completions: train it with a classify config")
 
 
 def load_split(
@@ -117,7 +134,7 @@ def load_split(
     """A labeled version, its manifest and its train/test split as the config asks."""
     ref = store.resolve(spec)
     manifest = store.manifest(ref)
-    check_trainable(ref, manifest)
+    check_trainable(ref, manifest, config)
     split = split_dataset(
         store.load(ref),
         manifest["task"]["labels"],
@@ -209,6 +226,7 @@ def train_student(
 ) -> tuple[students.Student, float]:
     """Fit one student on the teacher's labels, then its calibration temperature on the
     calibration slice (when there is one); returns it and the training seconds."""
+    assert not isinstance(spec, GenerativeStudentConfig)  # they learn from completions
     try:
         student = make_student(spec, split.multi_label, store)
         start = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Student models that learn from a teacher's labels, and the metrics that say how close they get.
+"""Student models that learn from a teacher's labels (or, generative, from its completions), and
+the metrics that say how close they get.
 
 Students follow the scikit-learn estimator contract (fit / predict_proba / classes_) plus save/load.
 """
@@ -11,6 +12,13 @@ from ._calibration import (
     temperature_scale,
 )
 from ._embedding import EmbeddingLogReg, SentenceEncoder
+from ._generative import (
+    Example,
+    GenerativeStudent,
+    full_kd_loss,
+    keep_every_other_layer,
+    sparse_kd_loss,
+)
 from ._logreg import TfidfLogReg, TfidfLogRegMultiLabel
 from ._metrics import (
     agreement,
@@ -23,13 +31,22 @@ from ._types import Student
 
 # A pickle names a class by its module: name the public one, so that a saved student still loads
 # after the private module it is written in is renamed or split.
-for _public in (TfidfLogReg, TfidfLogRegMultiLabel, EmbeddingLogReg, SentenceEncoder, BertStudent):
+for _public in (
+    TfidfLogReg,
+    TfidfLogRegMultiLabel,
+    EmbeddingLogReg,
+    SentenceEncoder,
+    BertStudent,
+    GenerativeStudent,
+):
     _public.__module__ = __name__
 del _public
 
 __all__ = [
     "BertStudent",
     "EmbeddingLogReg",
+    "Example",
+    "GenerativeStudent",
     "SentenceEncoder",
     "Student",
     "TfidfLogReg",
@@ -38,10 +55,13 @@ __all__ = [
     "closeness",
     "expected_calibration_error",
     "fit_temperature",
+    "full_kd_loss",
     "kd_loss",
+    "keep_every_other_layer",
     "kl_divergence",
     "multilabel_closeness",
     "predict_ms_per_1k",
     "reliability_bins",
+    "sparse_kd_loss",
     "temperature_scale",
 ]
