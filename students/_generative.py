@@ -807,9 +807,16 @@ def _smollm2_folder(cache_dir: str | None) -> str:
         model = transformers.AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
         )
+        # the weights are float32 now, but the model still counts as GGUF-quantised, which
+        # transformers will not save: the same weights in a plain model of the same config
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(model.state_dict())
     root.mkdir(parents=True, exist_ok=True)
     partial = root / f"{folder.name}.partial-{os.getpid()}"
-    model.save_pretrained(partial)
+    plain.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     try:
         os.replace(partial, folder)  # another process may have written it meanwhile
