@@ -288,6 +288,14 @@ class GenerativeStudent:
         self.tokenizer_ = tokenizer
         return self
 
+    def init_base(self) -> Self:
+        """Take the base as `init` makes it, untrained, as the model (`generate`, `nll` and
+        `save` then measure where training starts); returns self."""
+        model, tokenizer, device = self._base_model()
+        self.model_, self.tokenizer_ = model.to(device).eval(), tokenizer
+        self.history_, self.kd_examples_ = [], 0
+        return self
+
     def base_nll(self, examples: Sequence[Example]) -> float:
         """`nll` of the base model as `init` makes it, before any training."""
         model, tokenizer, device = self._base_model()
