@@ -268,9 +268,9 @@ def test_run_writes_the_generation_report_and_show_prints_it(fake_openai, tmp_pa
     assert "Finish reasons: " in out and "output tokens" in out and "3 failed records" in out
     assert f"r13\t{REFUSAL}\t{REFUSAL_TEXT}" in out
 
-    # students do not learn from completions yet: refused before anything runs
+    # a config without students has nothing to train: refused before anything runs
     code, err, _ = cli("train", config, "--dataset", "gen@v1")
-    assert code == 2 and "gen@v1 holds completions (task.kind generate)" in err
+    assert code == 2 and "gen@v1 holds completions and the config has no students" in err
 
 
 def test_a_local_transformers_teacher_generates_through_the_same_flow(tiny_lm, tmp_path):
@@ -357,7 +357,7 @@ BAD = {
     ),
     "students for generate": (
         {"students": [{"kind": "logreg"}]},
-        "students must be empty for task.kind generate",
+        "students.0: a logreg student classifies; a generate version's completions train kind generative",
     ),
     "a classification teacher key": (
         {"teacher.temperature": 0.7},

@@ -228,6 +228,6 @@ def test_generation_keys_do_not_shape_recorded_completions(tmp_path):
     code, err, _ = cli("label", config)
     assert code == 2
     assert err == (
-        "stillroom: task.max_tokens does not shape recorded answers (they were made already): "
+        "stillroom: error: task.max_tokens does not shape recorded answers (they were made already): "
         "remove it for provider recorded"
     )
