@@ -403,15 +403,13 @@ def _generative_lines(learners: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## Students (held-out)",
         "",
-        "| student | layers | params (M) | NLL before | NLL after | ROUGE-L | exact | tokens | "
-        "ms/record | train s | MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| student | NLL before | NLL after | ROUGE-L | exact | ms/record | train s | MB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for i, s in enumerate(learners):
         lines.append(
-            f"| {i}-{s['kind']} | {s['layers']} | {s['parameters'] / 1e6:.1f} | "
-            f"{s['nll_before']:.3f} | {s['nll_after']:.3f} | {_fmt(s['rougeL_vs_teacher'])} | "
-            f"{_fmt(s['exact_match_vs_teacher'], True)} | {_fmt(s['output_tokens']['mean'])} | "
+            f"| {i}-{s['kind']} | {s['nll_before']:.3f} | {s['nll_after']:.3f} | "
+            f"{_fmt(s['rougeL_vs_teacher'])} | {_fmt(s['exact_match_vs_teacher'], True)} | "
             f"{s['latency_ms_per_record']:.0f} | {_fmt(s['train_s'])} | "
             f"{s['size_bytes'] / 1e6:.1f} |"
         )
@@ -419,8 +417,15 @@ def _generative_lines(learners: list[dict[str, Any]]) -> list[str]:
         "",
         "NLL: mean negative log-likelihood per token (nats) of the teacher's held-out "
         "completions, by the base model and by the trained student; ROUGE-L, exact: the "
-        "student's greedy completions of held-out prompts against the teacher's; tokens: their "
-        "mean length; ms/record: generation time per record on this machine.",
+        "student's greedy completions of held-out prompts against the teacher's; ms/record: "
+        "generation time per record on this machine.",
+        "",
+    ]
+    lines += [
+        f"{i}-{s['kind']}: {s['layers']} layers, {s['parameters'] / 1e6:.1f} M parameters; "
+        f"{s['kd_records']} of {s['train_records']} training completions distilled token by "
+        f"token; its completions {_fmt(s['output_tokens']['mean'])} tokens on average."
+        for i, s in enumerate(learners)
     ]
     for i, s in enumerate(learners):
         lines += ["", f"### {i}-{s['kind']}: teacher and student side by side", ""]

@@ -120,6 +120,7 @@ def test_a_half_depth_student_learns_the_local_teachers_completions(tiny_causal,
     md = (tmp_path / "run" / "report.md").read_text()
     assert "## Students (held-out)" in md and "teacher and student side by side" in md
     assert f"{student['nll_before']:.3f} | {student['nll_after']:.3f}" in md
+    assert "2 layers" in md
 
     # train and evaluate again from the CLI, on the same version: the same split
     code, err, out = cli("train", config, "--dataset", "gen@v1", "--out", tmp_path / "again")
