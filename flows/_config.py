@@ -115,7 +115,7 @@ def template_fields(template: str) -> set[str]:
 
 
 # keys that only one task kind reads: given for the other kind, they are refused, not ignored
-_CLASSIFY_ONLY = ("labels", "multi_label", "descriptions")
+_CLASSIFY_ONLY = ("labels", "multi_label", "descriptions", "rationale")
 _GENERATE_ONLY = ("max_tokens", "temperature", "stop", "top_logprobs")
 
 
@@ -123,6 +123,8 @@ class TaskConfig(_Model):
     kind: Literal["classify", "generate"] = "classify"
     labels: list[str] | None = None  # required for classify
     multi_label: bool = False
+    # classify: ask for a short rationale before the label, kept apart (distilling step by step)
+    rationale: bool = False
     instructions: str = "Classify the text."  # generate: labelers.GenerateTask's
     descriptions: dict[str, str] = Field(default_factory=dict)
     system_prompt: str = ""
@@ -256,6 +258,7 @@ class RecordedFieldsConfig(_Model):
     label: str = _RECORDED.label
     probs: str = _RECORDED.probs
     raw: str = _RECORDED.raw
+    rationale: str = _RECORDED.rationale
     completion: str = _RECORDED.completion
     finish_reason: str = _RECORDED.finish_reason
     tokens: str = _RECORDED.tokens
@@ -596,6 +599,19 @@ class Config(_Model):
                     f"students.{i}: distill full computes a local teacher's whole "
                     "distribution: it needs teacher.provider transformers"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _rationale(self) -> Config:
+        if not self.task.rationale:
+            return self
+        if self.teacher.provider not in ("openai", "recorded"):
+            raise ValueError(
+                "task.rationale needs a teacher that writes text: provider openai (or recorded "
+                "answers with teacher.fields.rationale)"
+            )
+        if self.task.multi_label:
+            raise ValueError("task.rationale is not supported with task.multi_label yet")
         return self
 
     @model_validator(mode="after")

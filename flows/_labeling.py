@@ -28,6 +28,9 @@ LABELED_SCHEMA = pa.schema(
     ]
 )
 
+RATIONALE_SCHEMA = LABELED_SCHEMA.append(pa.field("rationale", pa.string()))
+"""A version whose teacher gave a rationale before each label (task.rationale)."""
+
 _TOP = pa.struct([("token", pa.string()), ("logprob", pa.float64())])
 _STEP = pa.struct([("token", pa.string()), ("logprob", pa.float64()), ("top", pa.list_(_TOP))])
 GENERATED_SCHEMA = pa.schema(
@@ -177,7 +180,7 @@ def commit_labels(
         if isinstance(teacher, labelers.RecordedTeacher):  # made elsewhere, not shaped by task
             described = {"kind": "generate", "instructions": task.instructions}
     else:
-        answered = _labeled(table, ordered)
+        answered = _labeled(table, ordered, task.rationale)
         described = _classify_manifest(task, config.task.multi_label)
     metadata = {
         "kind": "labeled",
@@ -191,20 +194,23 @@ def commit_labels(
     return store.commit(config.name, answered, licence=licence, parent=source, metadata=metadata)
 
 
-def _labeled(source: pa.Table, answers: Sequence[labelers.Answer]) -> pa.Table:
-    return pa.table(
-        {
-            "id": source.column("id"),
-            "text": source.column("text"),
-            "gold": source.column("gold"),
-            "label": [a.label for a in answers],
-            "probs": [list(a.probs) if a.probs is not None else None for a in answers],
-            "coverage": [a.coverage for a in answers],
-            "error": [a.error for a in answers],
-            "raw": [a.raw for a in answers],
-        },
-        schema=LABELED_SCHEMA,
-    )
+def _labeled(
+    source: pa.Table, answers: Sequence[labelers.Answer], rationale: bool = False
+) -> pa.Table:
+    columns = {
+        "id": source.column("id"),
+        "text": source.column("text"),
+        "gold": source.column("gold"),
+        "label": [a.label for a in answers],
+        "probs": [list(a.probs) if a.probs is not None else None for a in answers],
+        "coverage": [a.coverage for a in answers],
+        "error": [a.error for a in answers],
+        "raw": [a.raw for a in answers],
+    }
+    if not rationale:
+        return pa.table(columns, schema=LABELED_SCHEMA)
+    columns["rationale"] = [a.rationale for a in answers]
+    return pa.table(columns, schema=RATIONALE_SCHEMA)
 
 
 def _generated(source: pa.Table, answers: Sequence[labelers.Answer]) -> pa.Table:
@@ -245,6 +251,7 @@ def _classify_manifest(task: labelers.ClassifyTask, multi_label: bool) -> dict[s
         "labels": list(task.labels),
         "instructions": task.instructions,
         "multi_label": multi_label,
+        "rationale": task.rationale,
     }
 
 

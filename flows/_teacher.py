@@ -42,7 +42,12 @@ def classify_task(config: Config) -> labelers.ClassifyTask:
             zip(shots.column("text").to_pylist(), shots.column("gold").to_pylist(), strict=True)
         )
     return labelers.ClassifyTask(
-        tuple(t.labels), t.instructions, dict(t.descriptions), examples, t.system_prompt
+        tuple(t.labels),
+        t.instructions,
+        dict(t.descriptions),
+        examples,
+        t.system_prompt,
+        t.rationale,
     )
 
 

@@ -23,7 +23,7 @@ import httpx
 
 from ._limits import RateLimiter, exhausted_for
 from ._parse import TokenStep, label_distribution, match_label
-from ._prompt import build_messages
+from ._prompt import RATIONALE_LABEL, build_messages
 from ._tokens import count_message_tokens
 from ._types import (
     BUDGET_EXHAUSTED,
@@ -43,6 +43,10 @@ from ._types import (
 
 _UNSUPPORTED = "response_format not supported"
 _JSON_LABEL = re.compile(r'"label"\s*:\s*"')
+# the last line of an answer that gives a rationale first: "Label:" and the space after it
+_RATIONALE = re.compile(r"^[ \t*_#]*label[ \t*_]*:[ \t*_]*", re.IGNORECASE | re.MULTILINE)
+RATIONALE_TOKENS = 200
+"""The room a rationale gets in max_tokens, before the label."""
 _POOL_SIZE = 8
 _RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 _FATAL_STATUS = {
@@ -165,8 +169,13 @@ class OpenAITeacher(Generic[TaskT]):
             raise LabelerError(
                 f"unknown response_format {response_format!r}: text, json_schema or auto"
             )
+        rationale = isinstance(task, ClassifyTask) and task.rationale
+        if rationale and response_format == "json_schema":
+            raise LabelerError(
+                "a rationale comes before the label as text: use response_format text (or auto)"
+            )
         self.response_format = response_format
-        self._json = response_format != "text"
+        self._json = response_format != "text" and not rationale
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.price = price or Price()
@@ -216,8 +225,10 @@ class OpenAITeacher(Generic[TaskT]):
 
     def _classify_body(self, messages: list[dict[str, str]]) -> dict[str, Any]:
         longest = max(len(label) for label in self._labels())
-        # room for the longest label even at one character per token, plus a closing token
-        body = _chat_body(self.model, messages, self.temperature, min(longest + 4, 256))
+        # room for the longest label even at one character per token, plus a closing token (and
+        # a rationale of a few sentences before it, when one is asked for)
+        room = min(longest + 4, 256) + (RATIONALE_TOKENS if self._rationale else 0)
+        body = _chat_body(self.model, messages, self.temperature, room)
         _ask_logprobs(body, self.top_logprobs)
         if self._json:
             body["max_tokens"] += 16  # the JSON around the label
@@ -328,6 +339,9 @@ class OpenAITeacher(Generic[TaskT]):
         reminder = "That is not one of the labels. Answer with exactly one of: " + ", ".join(
             self._labels()
         )
+        if self._rationale:
+            reminder += f' (on a last line "{RATIONALE_LABEL} <label>")'
+
         messages = [
             *body["messages"],
             {"role": "assistant", "content": raw},
@@ -453,19 +467,28 @@ class OpenAITeacher(Generic[TaskT]):
         labels = self._labels()
         raw = (choice.get("message") or {}).get("content") or ""
         steps = _token_steps(choice.get("logprobs"))
-        said = raw
-        if raw.lstrip().startswith("{"):
+        said, why = raw, None
+        if self._rationale:
+            why, said, steps = _after_rationale(raw, steps)
+        elif raw.lstrip().startswith("{"):
             said, steps = _from_json(raw, steps)
         label = match_label(said, labels)
         if label is None:
             reason = "empty answer" if not raw.strip() else "off-label answer"
             return Answer(record_id, None, raw=raw, error=reason, usage=spent, cached=cached)
         dist = label_distribution(steps, labels) if steps else None
-        if dist is None:
-            one_hot = tuple(1.0 if lab == label else 0.0 for lab in labels)
-            return Answer(record_id, label, one_hot, None, raw=raw, usage=spent, cached=cached)
-        probs, coverage = dist
-        return Answer(record_id, label, tuple(probs), coverage, raw=raw, usage=spent, cached=cached)
+        probs, coverage = (
+            (tuple(1.0 if lab == label else 0.0 for lab in labels), None)
+            if dist is None
+            else (tuple(dist[0]), dist[1])
+        )
+        return Answer(
+            record_id, label, probs, coverage, raw=raw, usage=spent, cached=cached, rationale=why
+        )
+
+    @property
+    def _rationale(self) -> bool:
+        return isinstance(self.task, ClassifyTask) and self.task.rationale
 
 
 def parse_completion(
@@ -544,6 +567,37 @@ def _from_json(raw: str, steps: list[TokenStep]) -> tuple[str, list[TokenStep]]:
             return value["label"], ([first] if first.token else []) + list(steps[i + 1 :])
         text += step.token
     return value["label"], []
+
+
+def _after_rationale(raw: str, steps: list[TokenStep]) -> tuple[str | None, str, list[TokenStep]]:
+    """(rationale, the label's text, the token steps from where the label starts) of an answer
+    whose last line is ``Label: <label>``; no rationale when it has no such line."""
+    found = list(_RATIONALE.finditer(raw))
+    if not found:
+        return None, raw, steps
+    cut = found[-1]
+    return raw[: cut.start()].strip() or None, raw[cut.end() :], _steps_from(steps, cut.end())
+
+
+def _steps_from(steps: list[TokenStep], offset: int) -> list[TokenStep]:
+    """The token steps from character `offset` of their text on; a token the offset falls
+    inside keeps its part after it (and the alternatives that share the part before)."""
+    at = 0
+    for i, step in enumerate(steps):
+        end = at + len(step.token)
+        if end > offset:
+            cut = offset - at
+            if cut <= 0:
+                return list(steps[i:])
+            head = step.token[:cut]
+            first = TokenStep(
+                step.token[cut:],
+                step.logprob,
+                tuple((t[cut:], lp) for t, lp in step.top if t[:cut] == head),
+            )
+            return [first, *steps[i + 1 :]]
+        at = end
+    return []
 
 
 def _chat_body(

@@ -12,6 +12,8 @@ import json
 from ._types import GenerateTask, Task
 
 PROMPT_VERSION = "classify-v1"
+RATIONALE_LABEL = "Label:"
+"""What starts the last line of an answer that gives a rationale first."""
 GENERATE_PROMPT_VERSION = "generate-v1"
 
 
@@ -22,11 +24,14 @@ def system_prompt(task: Task) -> str:
             part.strip() for part in (task.system, task.instructions) if part.strip()
         )
     lines = [task.system.strip(), ""] if task.system.strip() else []
-    lines += [
-        task.instructions.strip(),
-        "",
-        "Answer with exactly one of these labels and nothing else:",
-    ]
+    lines += [task.instructions.strip(), ""]
+    if task.rationale:
+        lines += [
+            "First give a short rationale (one or two sentences), then a last line "
+            f'"{RATIONALE_LABEL} <label>". Answer with exactly one of these labels on that line:'
+        ]
+    else:
+        lines += ["Answer with exactly one of these labels and nothing else:"]
     for label in task.labels:
         desc = task.descriptions.get(label)
         lines.append(f"- {label}: {desc}" if desc else f"- {label}")

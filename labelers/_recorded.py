@@ -40,7 +40,8 @@ class RecordedFields:
 
     A classification needs `label` (the answer's text, matched to the task's labels as a live
     answer is) or `probs` (label -> probability, or a list in the task's label order), or
-    both; `raw` is the unparsed answer kept with a failure. A generation needs `completion`;
+    both; `raw` is the unparsed answer kept with a failure; `rationale` what the model said
+    before its label, when it was asked for one. A generation needs `completion`;
     `finish_reason` and `tokens` (a version's nested schema: ``[{token, logprob, top: [{token,
     logprob}]}]``) are kept when present. `input_tokens`, `output_tokens` and `cost_usd` say
     what the answer cost when it was bought.
@@ -50,6 +51,7 @@ class RecordedFields:
     label: str = "label"
     probs: str = "probs"
     raw: str = "raw"
+    rationale: str = "rationale"
     completion: str = "completion"
     finish_reason: str = "finish_reason"
     tokens: str = "tokens"
@@ -283,14 +285,20 @@ class RecordedTeacher(Generic[TaskT]):
         label = None if said is None else match_label(str(said), task.labels)
         if said is not None and label is None:
             return Answer(record_id, None, raw=str(said), error="off-label answer", usage=usage)
+        why = self._get(row, "rationale")
+        why = None if why is None else str(why)
         if given is None:
             assert label is not None
             onehot = tuple(float(lab == label) for lab in task.labels)
-            return Answer(record_id, label, onehot, None, raw=_text(raw, said), usage=usage)
+            return Answer(
+                record_id, label, onehot, None, raw=_text(raw, said), usage=usage, rationale=why
+            )
         probs, coverage = _distribution(given, task.labels)
         if label is None:
             label = task.labels[max(range(len(probs)), key=probs.__getitem__)]
-        return Answer(record_id, label, probs, coverage, raw=_text(raw, said), usage=usage)
+        return Answer(
+            record_id, label, probs, coverage, raw=_text(raw, said), usage=usage, rationale=why
+        )
 
     def _generated(self, record_id: str, row: Mapping[str, Any], usage: Usage) -> Answer:
         text = self._get(row, "completion")

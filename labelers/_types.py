@@ -48,6 +48,10 @@ class ClassifyTask:
         Few-shot pairs, shown as earlier turns of the conversation.
     system : str, default=""
         A system prompt placed before the instructions (e.g. a persona or policy).
+    rationale : bool, default=False
+        Ask for a short rationale before the label, on a last line ``Label: <label>``; the
+        answer keeps the rationale apart (`Answer.rationale`), and the label's distribution
+        comes from the tokens after ``Label:`` (distilling step by step).
     """
 
     labels: tuple[str, ...]
@@ -55,6 +59,7 @@ class ClassifyTask:
     descriptions: dict[str, str] = field(default_factory=dict)
     examples: tuple[tuple[str, str], ...] = ()
     system: str = ""
+    rationale: bool = False
 
     def __post_init__(self) -> None:
         if len(self.labels) < 2:
@@ -243,6 +248,7 @@ class Answer:
     the generated tokens with their logprobs when they were asked for and returned. A completion
     cut at max_tokens is a success (``finish_reason == "length"``); an empty one fails with
     ``empty completion``; a refusal fails with a reason starting ``refusal``, its text in `raw`.
+    A classification asked for a rationale first (`ClassifyTask.rationale`) keeps it in `rationale`.
     """
 
     id: str
@@ -257,6 +263,7 @@ class Answer:
     completion: str | None = None
     finish_reason: str | None = None
     tokens: tuple[TokenStep, ...] | None = None
+    rationale: str | None = None
 
     @property
     def ok(self) -> bool:

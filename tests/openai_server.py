@@ -40,6 +40,7 @@ from typing import Any
 
 FAULTS = ("429", "500", "503", "timeout", "malformed", "drop", "off_label")
 CLASSIFY_MARKER = "Answer with exactly one of these labels"
+RATIONALE_MARKER = "First give a short rationale"
 _VOCABULARY = (
     "the a river stone light slowly bright under over and quiet house green runs falls of night "
     "small open door warm wind through still"
@@ -56,6 +57,11 @@ def chunks(label: str, leading_space: bool) -> list[str]:
     if leading_space:
         pieces[0] = " " + pieces[0]
     return pieces
+
+
+def expected_rationale(text: str, answer: str) -> str:
+    """The rationale the fake model gives before its label."""
+    return f"The text starts with {' '.join(text.split()[:3])!r}, which reads as {answer}."
 
 
 def labels_from_prompt(system: str) -> list[str]:
@@ -285,6 +291,8 @@ class FakeOpenAI:
         as_json = (body.get("response_format") or {}).get("type") == "json_schema"
         if off_label:
             content, logprobs = "I am not sure, maybe something about cards?", None
+        elif RATIONALE_MARKER in system:
+            content, logprobs = self._rationale(answer, dist, text, bool(body.get("logprobs")))
         elif as_json:
             content = json.dumps({"label": answer})
             logprobs = None
@@ -318,6 +326,27 @@ class FakeOpenAI:
         if logprobs is not None:
             choice["logprobs"] = {"content": logprobs}
         return _envelope(body, choice, len(chunks(answer, False)))
+
+    def _rationale(
+        self, answer: str, dist: dict[str, float], text: str, logprobs: bool
+    ) -> tuple[str, list[dict[str, Any]] | None]:
+        """A rationale, then a last line "Label: <answer>"; the rationale's tokens are certain,
+        the label's carry the exact distribution."""
+        why = expected_rationale(text, answer)
+        head = [*(f" {w}" if i else w for i, w in enumerate(why.split(" "))), "\n", "Label", ":"]
+        content = why + "\nLabel: " + answer
+        if not (self.logprobs and logprobs):
+            return content, None
+        certain = [
+            {
+                "token": t,
+                "logprob": 0.0,
+                "bytes": None,
+                "top_logprobs": [{"token": t, "logprob": 0.0, "bytes": None}],
+            }
+            for t in head
+        ]
+        return content, [*certain, *self._logprobs(answer, dist, leading_space=True)]
 
     def _logprobs(
         self, answer: str, dist: dict[str, float], leading_space: bool | None = None

@@ -293,3 +293,38 @@ def test_a_trained_student_teaches_the_next_one_free_and_passes_on_its_terms(
     # the same labeling path: a second run is served from the cache
     again = json.loads(distill(second, str(tmp_path / "run3")).read_text())
     assert (again["labeling"]["teacher_calls"], again["labeling"]["cache_hits"]) == (0, 600)
+
+
+def test_a_rationale_is_stored_beside_each_label(write_config, fake_openai, monkeypatch):
+    from tests.openai_server import expected_rationale
+
+    server, url = fake_openai()
+    monkeypatch.setenv("STILLROOM_TEST_KEY", "sk-test")
+    changes = {
+        "teacher.provider": "openai",
+        "teacher.model": "fake",
+        "teacher.base_url": url,
+        "teacher.api_key_env": "STILLROOM_TEST_KEY",
+        "teacher.price": "unknown",
+        "task.rationale": True,
+        "data.limit": 20,
+    }
+    result = CliRunner().invoke(app, ["label", str(write_config(changes))])
+    assert result.exit_code == 0 and result.stdout.strip() == "banking77@v1", result.output
+    store = Store(load_config(write_config(changes)).store)
+    ref = store.resolve("banking77@v1")
+    rows = store.load(ref).to_pylist()
+    assert len(rows) == 20 and all(r["label"] for r in rows)
+    for row in rows:
+        assert row["rationale"] == expected_rationale(row["text"], row["label"])
+        assert row["raw"] == f"{row['rationale']}\nLabel: {row['label']}"
+    manifest = store.manifest(ref)
+    assert manifest["task"]["rationale"] is True and manifest["schema"]["rationale"] == "string"
+
+    for provider, message in (
+        ("zero-shot", "task.rationale needs a teacher that writes text"),
+        ("transformers", "task.rationale needs a teacher that writes text"),
+    ):
+        bad = write_config({"task.rationale": True, "teacher.provider": provider})
+        out = CliRunner().invoke(app, ["label", str(bad)])
+        assert out.exit_code == 2 and message in out.stderr
