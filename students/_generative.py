@@ -280,6 +280,7 @@ class GenerativeStudent:
             teacher = teacher_model.to(device).eval()
             if teacher.config.vocab_size != model.config.vocab_size:
                 raise ValueError("distill 'full' needs a teacher with the student's vocabulary")
+            self.kd_examples_ = len(encoded)  # the teacher's whole distribution, everywhere
         run = _Run(self, model, tokenizer, encoded, device, self._checkpoint(encoded), teacher)
         self.history_ = run.train()
         if self.lora is not None and self.merge_lora:

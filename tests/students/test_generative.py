@@ -225,7 +225,7 @@ def test_full_vocabulary_distillation_from_a_local_teacher(tiny_causal):
     fitted = student(tiny_causal, epochs=2, distill="full", teacher=str(tiny_causal))
     fitted.init = "every_other_layer"
     fitted.fit(examples())
-    assert fitted.model_.config.num_hidden_layers == 2
+    assert fitted.model_.config.num_hidden_layers == 2 and fitted.kd_examples_ == 8
     assert all(h["kl"] is not None and h["kl"] >= 0 for h in fitted.history_)
 
 
