@@ -576,7 +576,11 @@ def _after_rationale(raw: str, steps: list[TokenStep]) -> tuple[str | None, str,
     if not found:
         return None, raw, steps
     cut = found[-1]
-    return raw[: cut.start()].strip() or None, raw[cut.end() :], _steps_from(steps, cut.end())
+    # the steps are cut where their own text has the line (byte tokens of a character before
+    # it would shift an offset into `raw`); none when it is not there: one-hot then
+    spelled = list(_RATIONALE.finditer("".join(step.token for step in steps)))
+    rest = _steps_from(steps, spelled[-1].end()) if spelled else []
+    return raw[: cut.start()].strip() or None, raw[cut.end() :], rest
 
 
 def _steps_from(steps: list[TokenStep], offset: int) -> list[TokenStep]:

@@ -96,8 +96,15 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         return rows
     if path.suffix not in (".jsonl", ".json"):
         raise LabelerError(f"recorded answers {path}: expected a .jsonl or .parquet file")
+    if path.suffix == ".json":  # a whole-file array of objects, or JSON lines after all
+        try:
+            whole = json.loads(path.read_text(encoding="utf-8-sig"))
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, list) and all(isinstance(row, dict) for row in whole):
+            return whole
     rows = []
-    with path.open(encoding="utf-8") as lines:
+    with path.open(encoding="utf-8-sig") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue

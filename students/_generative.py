@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,6 +257,11 @@ class GenerativeStudent:
             raise ValueError("alpha must be in [0, 1] and temperature above 0")
         if self.lora is not None and importlib.util.find_spec("peft") is None:
             raise ValueError(f"lora needs the peft package: {INSTALL_HINT}")
+        if self.lora is not None and not self.merge_lora and self.init is not None:
+            raise ValueError(
+                "adapters saved apart (merge_lora false) would load onto the whole base, not the "
+                f"{self.init} student: keep merge_lora true with init"
+            )
         _import_torch()
         if self.base == DEFAULT_BASE:
             _smollm2_gguf()
@@ -300,7 +306,8 @@ class GenerativeStudent:
     def base_nll(self, examples: Sequence[Example]) -> float:
         """`nll` of the base model as `init` makes it, before any training."""
         model, tokenizer, device = self._base_model()
-        return mean_nll(model.to(device), tokenizer, [self._encode(tokenizer, e) for e in examples])
+        encoded = [self._encode(tokenizer, e, align=False) for e in examples]
+        return mean_nll(model.to(device), tokenizer, encoded)
 
     def _base_model(self) -> tuple[Any, Any, Any]:
         """The base model (its layers halved for `init`), its tokenizer and the device."""
@@ -314,9 +321,11 @@ class GenerativeStudent:
             keep_every_other_layer(model)
         return model, tokenizer, device
 
-    def _encode(self, tokenizer: Any, example: Example) -> _Encoded:
+    def _encode(self, tokenizer: Any, example: Example, align: bool = True) -> _Encoded:
+        """The example as token ids; with `align`, in the teacher's own tokens (and their top-k)
+        where they align with the student's vocabulary, else in the student's tokenisation."""
         prompt = prompt_ids(tokenizer, example.prompt, self.system)
-        aligned = None if self.distill == "none" else _teacher_ids(tokenizer, example)
+        aligned = _teacher_ids(tokenizer, example) if align and self.distill != "none" else None
         top_ids: list[list[int]] | None = None
         top_logprobs: list[list[float]] | None = None
         if aligned is not None:
@@ -375,7 +384,10 @@ class GenerativeStudent:
         """The mean negative log-likelihood per completion token (nats) of the teacher's
         completions given their prompts (the end-of-turn token included where it stopped)."""
         model, tokenizer = self._fitted()
-        return mean_nll(model, tokenizer, [self._encode(tokenizer, e) for e in examples])
+        # scored in the student's own tokenisation, whatever it trained on: comparable across
+        # students and before/after
+        encoded = [self._encode(tokenizer, e, align=False) for e in examples]
+        return mean_nll(model, tokenizer, encoded)
 
     def _fitted(self) -> tuple[Any, Any]:
         if not hasattr(self, "model_"):
@@ -460,19 +472,24 @@ def _teacher_ids(
         mass: dict[int, float] = {}
         for text, logprob in top:
             token = vocab.get(text)
-            if token is not None:  # an alternative the student cannot spell is in the rest
+            # an alternative the student cannot spell is in the rest; one with no mass (OpenAI
+            # lists the unlikeliest at -9999) adds nothing
+            if token is not None and math.exp(logprob) > 0:
                 mass[token] = mass.get(token, 0.0) + math.exp(logprob)
         top_ids.append(list(mass))
         top_logprobs.append([math.log(p) for p in mass.values()])
+    if not any(top_ids):  # no alternative to learn from: the cross-entropy alone
+        return None
     return [int(c) for c in chosen if c is not None], top_ids, top_logprobs
 
 
-_VOCABS: dict[int, dict[str, int]] = {}
+_VOCABS: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
 
 
 def _decoded_vocab(tokenizer: Any) -> dict[str, int]:
-    """Token text -> id for every token that decodes to a text no other token decodes to."""
-    key = id(tokenizer)
+    """Token text -> id for every token that decodes to a text no other token decodes to (kept
+    while the tokenizer lives)."""
+    key = tokenizer
     if key not in _VOCABS:
         texts: dict[str, int | None] = {}
         special = set(tokenizer.all_special_ids)

@@ -97,3 +97,12 @@ def test_recorded_rationales_are_replayed(tmp_path):
     )
     (answer,) = recorded.label([("a", "")])
     assert (answer.label, answer.rationale) == ("pin", "It mentions a blocked PIN.")
+
+
+def test_byte_tokens_before_the_label_line_do_not_shift_the_cut():
+    # the card emoji arrives as byte tokens whose texts are longer than the one character
+    tokens = ["Card", " \\xf0\\x9f", "\\x92\\xb3", " lost", ".\n", "Label", ":", " pin"]
+    steps = [TokenStep(t, 0.0, ((t, 0.0),)) for t in tokens]
+    why, said, rest = _after_rationale("Card 💳 lost.\nLabel: pin", steps)
+    assert (why, said) == ("Card 💳 lost.", "pin")
+    assert [s.token for s in rest] == ["pin"]

@@ -182,3 +182,13 @@ def test_a_missing_or_unknown_file_is_named(tmp_path):
     (tmp_path / "answers.csv").write_text("id,label\na,favor\n")
     with pytest.raises(LabelerError, match="expected a .jsonl or .parquet file"):
         RecordedTeacher.from_file(STANCE, tmp_path / "answers.csv", model="m", recorded_at="2023")
+
+
+def test_a_json_array_file_and_a_byte_order_mark_are_read(tmp_path):
+    array = tmp_path / "answers.json"
+    array.write_text('[{"id": "a", "label": "favor"}, {"id": "b", "label": "none"}]')
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes('\ufeff{"id": "a", "label": "against"}\n'.encode())
+    for path, expected in ((array, ["favor", "none"]), (bom, ["against", None])):
+        teacher = RecordedTeacher.from_file(STANCE, path, model="m", recorded_at="2024")
+        assert [a.label for a in teacher.label([("a", ""), ("b", "")])] == expected

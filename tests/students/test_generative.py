@@ -221,6 +221,20 @@ def test_top_k_distillation_applies_where_the_teachers_tokens_align(tiny_causal)
     assert fitted.nll(train[1:]) != pytest.approx(sft.nll(train[1:]), rel=1e-6)
 
 
+def test_alternatives_without_mass_are_skipped_and_no_alternative_means_no_kd(tiny_causal):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal)
+    text = SENTENCES[0]
+    steps = teacher_tokens(tokenizer, text)
+    # OpenAI lists its unlikeliest alternatives at -9999: exp() is 0, they add nothing
+    dead = [(t, lp, [*top, (top[-1][0], -9999.0)]) for t, lp, top in steps]
+    bare = [(t, lp, []) for t, lp, _ in steps]
+    train = [Example("Write.", text, dead), Example("Write again.", text, bare)]
+    fitted = student(tiny_causal, epochs=1).fit(train)
+    assert fitted.kd_examples_ == 1
+
+
 def test_full_vocabulary_distillation_from_a_local_teacher(tiny_causal):
     fitted = student(tiny_causal, epochs=2, distill="full", teacher=str(tiny_causal))
     fitted.init = "every_other_layer"
@@ -290,5 +304,7 @@ def test_bad_parameters_are_one_clear_error(tiny_causal, tmp_path):
         student(tmp_path).fit(examples())
     with pytest.raises(ValueError, match="no examples to learn from"):
         student(tiny_causal).fit([])
+    with pytest.raises(ValueError, match="keep merge_lora true with init"):
+        student(tiny_causal, lora=4, merge_lora=False, init="every_other_layer").fit(examples())
     with pytest.raises(ValueError, match="not fitted yet"):
         student(tiny_causal).generate(["hi"])
