@@ -500,10 +500,12 @@ class GenerativeStudentConfig(_Model):
     max_new_tokens: int | None = Field(default=None, ge=1)
     seed: int | None = None
     device: str | None = None
+    # classify: also learn the teacher's rationales (distilling step by step; task.rationale)
+    rationale: bool = False
 
     def parameters(self) -> dict[str, Any]:
         """The student's constructor arguments that the config sets."""
-        return self.model_dump(exclude={"kind"}, exclude_none=True)
+        return self.model_dump(exclude={"kind", "rationale"}, exclude_none=True)
 
 
 AnyStudent = LogRegStudent | EmbeddingStudent | BertStudentConfig | GenerativeStudentConfig
@@ -585,13 +587,19 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _generative(self) -> Config:
-        if self.task.kind == "classify":
-            for i, student in enumerate(self.students):
-                if student.kind == "generative":
-                    raise ValueError(
-                        f"students.{i}: the generative student learns from completions: it "
-                        "needs task.kind generate"
-                    )
+        for i, student in enumerate(self.students):
+            if not isinstance(student, GenerativeStudentConfig) or not student.rationale:
+                continue
+            if self.task.kind == "generate":
+                raise ValueError(
+                    f"students.{i}.rationale is for classification (distilling step by step): "
+                    "remove it for task.kind generate"
+                )
+            if not self.task.rationale:
+                raise ValueError(
+                    f"students.{i}.rationale learns the teacher's rationales: set "
+                    "task.rationale true so the teacher gives them"
+                )
         for i, student in enumerate(self.students):
             full = isinstance(student, GenerativeStudentConfig) and student.distill == "full"
             if full and self.teacher.provider != "transformers":

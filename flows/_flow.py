@@ -91,6 +91,25 @@ def evaluate_generative_student(
     return _generative.evaluate_generative(spec, student, data, config, train_s, size_bytes, folder)
 
 
+@task(name="train_generative_classifier", cache_policy=NO_CACHE, persist_result=False)
+def train_generative_classifier(
+    spec: GenerativeStudentConfig, data: _generative.LabeledTexts, config: Config
+) -> tuple[students.GenerativeStudent, float]:
+    return _generative.train_classifier(spec, data, config)
+
+
+@task(name="evaluate_generative_classifier", cache_policy=NO_CACHE, persist_result=False)
+def evaluate_generative_classifier(
+    spec: GenerativeStudentConfig,
+    student: students.GenerativeStudent,
+    data: _generative.LabeledTexts,
+    train_s: float,
+    size_bytes: int,
+    folder: Path,
+) -> dict[str, Any]:
+    return _generative.evaluate_classifier(spec, student, data, train_s, size_bytes, folder)
+
+
 @task(name="measure_generation", cache_policy=NO_CACHE, persist_result=False)
 def measure_generation(store: storage.Store, ref: storage.DatasetRef) -> dict[str, Any]:
     return generation_stats(store.load(ref))
@@ -163,10 +182,14 @@ def _run_dir(config: Config, out: str | None) -> Path:
 def _train(config: Config, dataset: str, out: str | None) -> Path:
     if config.task.kind == "generate":
         return _train_generative(config, dataset, out)
-    ref, manifest, split = _training.load_split(config, storage.Store(config.store), dataset)
+    store = storage.Store(config.store)
+    ref, manifest, split = _training.load_split(config, store, dataset)
     folder = _run_dir(config, out)
     trained = []
     for i, spec in enumerate(config.students):
+        if isinstance(spec, GenerativeStudentConfig):  # classifies by writing the label
+            trained.append(_train_classifier(config, store, ref, manifest, spec, folder, i))
+            continue
         student, train_s = train_student(spec, split, config.store)
         sub = folder / "students" / f"{i}-{spec.kind}"
         size = save_student(student, sub, spec.model_dump(), str(ref), manifest)
@@ -197,6 +220,36 @@ def _train(config: Config, dataset: str, out: str | None) -> Path:
     }
     (folder / "train.json").write_text(json.dumps(record, indent=2))
     return folder
+
+
+def _train_classifier(
+    config: Config,
+    store: storage.Store,
+    ref: storage.DatasetRef,
+    manifest: dict[str, Any],
+    spec: GenerativeStudentConfig,
+    folder: Path,
+    i: int,
+) -> dict[str, Any]:
+    data = _labeled_texts(config, store, ref, manifest)
+    student, train_s = train_generative_classifier(spec, data, config)
+    sub = folder / "students" / f"{i}-{spec.kind}"
+    size = save_student(student, sub, spec.model_dump(), str(ref), manifest)
+    what = "labels and rationales" if spec.rationale else "labels"
+    get_run_logger().info(
+        f"student {i} ({spec.kind}) trained on the {what} of {len(data.train)} records of {ref} "
+        f"in {train_s:.1f} s: {size / 1e6:.2f} MB"
+    )
+    entry = {"folder": str(sub), "spec": spec.model_dump(), "train_s": train_s}
+    return entry | {"size_bytes": size, "calibrated": False, "variants": []}
+
+
+def _labeled_texts(
+    config: Config, store: storage.Store, ref: storage.DatasetRef, manifest: dict[str, Any]
+) -> _generative.LabeledTexts:
+    e = config.evaluate
+    labels = list(manifest["task"]["labels"])
+    return _generative.labeled_split(store.load(ref), labels, e.test_fraction, e.seed)
 
 
 def _train_generative(config: Config, dataset: str, out: str | None) -> Path:
@@ -236,12 +289,22 @@ def _evaluate(config: Config, folder: str, labeling: LabelingSummary | None) -> 
     start = time.perf_counter()
     run = Path(folder)
     trained = json.loads((run / "train.json").read_text())
-    ref, manifest, split = _training.load_split(
-        config, storage.Store(config.store), trained["dataset"]
-    )
+    store = storage.Store(config.store)
+    ref, manifest, split = _training.load_split(config, store, trained["dataset"])
     results = []
     for entry in trained["students"]:
         spec = student_config(entry["spec"])
+        if isinstance(spec, GenerativeStudentConfig):  # classifies by writing the label
+            sub = Path(entry["folder"])
+            writer = students.GenerativeStudent.load(sub)
+            data = _labeled_texts(config, store, ref, manifest)
+            results.append(
+                evaluate_generative_classifier(
+                    spec, writer, data, entry["train_s"], entry["size_bytes"], sub
+                )
+            )
+            write_model_card(sub, writer, spec.kind, str(ref), manifest, results[-1])
+            continue
         student = _training.load_student(spec, Path(entry["folder"]), split.multi_label)
         calibrated = entry.get("calibrated", False)
         results.append(

@@ -170,3 +170,54 @@ def test_generate_configs_and_versions_meet_the_right_students(tiny_causal, tmp_
     code, err, _ = cli("run", full)
     assert code == 2 and "distill full computes a local teacher's whole distribution" in err
     assert load_config(write(tmp_path, tiny_causal)).students[0].kind == "generative"
+
+
+def test_step_by_step_a_student_of_labels_and_rationales_beside_one_of_labels(
+    tiny_causal, write_config, fake_openai, monkeypatch, tmp_path
+):
+    _, url = fake_openai()
+    monkeypatch.setenv("STILLROOM_TEST_KEY", "sk-test")
+    student = {"kind": "generative", "base": str(tiny_causal), "epochs": 2, "batch_size": 8}
+    student |= {"learning_rate": 0.01, "max_new_tokens": 6}
+    config = write_config(
+        {
+            "teacher.provider": "openai",
+            "teacher.model": "fake",
+            "teacher.base_url": url,
+            "teacher.api_key_env": "STILLROOM_TEST_KEY",
+            "teacher.price": "unknown",
+            "task.rationale": True,
+            "data.limit": 48,
+            "students": [student | {"rationale": True}, student],
+            "evaluate.test_fraction": 0.25,
+        }
+    )
+    code, err, _ = cli("run", config, "--out", tmp_path / "run")
+    assert code == 0, err
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    both, labels_only = report["students"]
+    assert (both["variant"], labels_only["variant"]) == ("rationales", None)
+    train = report["dataset"]["train_records"] + report["dataset"]["calibration_records"]
+    assert both["train_records"] == labels_only["train_records"] == train
+    assert both["rationale_records"] == train and labels_only["rationale_records"] == 0
+    # twice the examples, and rationales are longer than labels
+    tokens = [s["history"][0]["completion_tokens"] for s in (both, labels_only)]
+    assert tokens[0] > 2 * tokens[1]
+    for i, entry in enumerate((both, labels_only)):
+        held = [
+            json.loads(line)
+            for line in (
+                tmp_path / "run" / "students" / f"{i}-generative" / "held_out.jsonl"
+            ).open()
+        ]
+        assert len(held) == report["dataset"]["test_records"]
+        agreement = sum(r["student"] == r["teacher"] for r in held) / len(held)
+        assert entry["agreement"] == pytest.approx(agreement, abs=1e-6)
+        assert entry["unparsed"] == sum(r["student"] is None for r in held)
+        assert entry["kl_teacher_student"] is None and entry["predict_ms_per_1k"] > 0
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "| generative (rationales) |" in md and "| generative |" in md
+
+    bad = write_config({"students": [student | {"rationale": True}]}, name="bad.yaml")
+    code, err, _ = cli("run", bad)
+    assert code == 2 and "set task.rationale true so the teacher gives them" in err
