@@ -146,10 +146,11 @@ def test_generate_configs_and_versions_meet_the_right_students(tiny_causal, tmp_
     code, err, _ = cli("train", classify, "--dataset", "gen@v1")
     assert code == 2 and "train it with a generate config whose students are kind generative" in err
 
+    # a generative student in a classify config classifies by writing labels: not completions
     raw["students"] = [{"kind": "generative"}]
     classify.write_text(yaml.safe_dump(raw))
     code, err, _ = cli("train", classify, "--dataset", "gen@v1")
-    assert code == 2 and "the generative student learns from completions" in err
+    assert code == 2 and "train it with a generate config whose students are kind generative" in err
 
     bad = write(tmp_path, tiny_causal, changes={"students": [{"kind": "logreg"}]})
     code, err, _ = cli("run", bad)
