@@ -339,11 +339,7 @@ def _evaluate(config: Config, folder: str, labeling: LabelingSummary | None) -> 
             manifest, _training.teacher_accuracy(split), storage.Store(config.store).load(ref)
         ),
         "students": results,
-        "timings_s": {
-            "labeling": round(labeling.wall_s, 3),
-            "training": round(sum(e["train_s"] for e in trained["students"]), 3),
-            "evaluation": round(time.perf_counter() - start, 3),
-        },
+        "timings_s": _timings(labeling, trained, start),
     }
     path = write_report(run, report, labeling.failures)
     get_run_logger().info(
@@ -351,6 +347,16 @@ def _evaluate(config: Config, folder: str, labeling: LabelingSummary | None) -> 
         + ", ".join(f"{_name(r)} {r['agreement']:.1%}" for r in results)
     )
     return path
+
+
+def _timings(labeling: LabelingSummary, trained: dict[str, Any], start: float) -> dict[str, float]:
+    """report.json's seconds per stage: labeling, training (train.json), evaluation (since
+    `start`)."""
+    return {
+        "labeling": round(labeling.wall_s, 3),
+        "training": round(sum(e["train_s"] for e in trained["students"]), 3),
+        "evaluation": round(time.perf_counter() - start, 3),
+    }
 
 
 def _teacher_summary(
@@ -403,11 +409,7 @@ def _evaluate_generative(config: Config, folder: str, labeling: LabelingSummary 
         "teacher": {**_teacher_of(manifest), "accuracy_vs_gold": None},
         "generation": generation_stats(store.load(ref)),
         "students": results,
-        "timings_s": {
-            "labeling": round(labeling.wall_s, 3),
-            "training": round(sum(e["train_s"] for e in trained["students"]), 3),
-            "evaluation": round(time.perf_counter() - start, 3),
-        },
+        "timings_s": _timings(labeling, trained, start),
     }
     path = write_report(run, report, labeling.failures)
     get_run_logger().info(

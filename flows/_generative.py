@@ -81,9 +81,7 @@ def make_generative(
         "system": labelers.system_prompt(task_of(config)),
         "max_new_tokens": spec.max_new_tokens or config.task.max_tokens,
     }
-    if store is not None:
-        extra["checkpoint_dir"] = str(Path(store) / "checkpoints")
-        extra["cache_dir"] = str(Path(store) / "models")
+    extra |= _in_store(store)
     if spec.distill == "full":
         extra["teacher"] = config.teacher.model
     params = spec.parameters() | extra
@@ -222,12 +220,18 @@ def make_classifier(
         "system": labelers.system_prompt(plain),
         "max_new_tokens": spec.max_new_tokens or 16,
     }
-    if store is not None:
-        extra["checkpoint_dir"] = str(Path(store) / "checkpoints")
-        extra["cache_dir"] = str(Path(store) / "models")
-    params = spec.parameters() | extra
-    params.pop("rationale", None)
+    params: dict[str, Any] = spec.parameters() | extra | _in_store(store)
     return students.GenerativeStudent(**params)
+
+
+def _in_store(store: str | Path | None) -> dict[str, str]:
+    """Where a generative student keeps its checkpoints and the de-quantised base."""
+    if store is None:
+        return {}
+    return {
+        "checkpoint_dir": str(Path(store) / "checkpoints"),
+        "cache_dir": str(Path(store) / "models"),
+    }
 
 
 def train_classifier(

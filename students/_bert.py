@@ -8,7 +8,6 @@ import contextlib
 import copy
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +18,16 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._calibration import temperature_scale
-from ._embedding import DEFAULT_ENCODER, INSTALL_HINT, resolve_encoder
+from ._embedding import DEFAULT_ENCODER, resolve_encoder
 from ._logreg import _library_versions, _soft_targets, _texts, _texts_and_targets
+from ._torch import (
+    drop_checkpoint,
+    import_torch,
+    load_checkpoint,
+    quiet,
+    save_checkpoint,
+    set_threads,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -36,7 +43,6 @@ ENCODER_TYPES = frozenset(
 )  # fmt: skip
 SETTINGS_FILE = "stillroom.json"
 INT8_WEIGHTS = "model-int8.pt"
-CHECKPOINT = "checkpoint.pt"
 # parameters that change how a fit runs, not what it learns: left out of the checkpoint's key
 _RUNTIME = ("checkpoint_dir", "device", "progress")
 
@@ -178,7 +184,7 @@ class BertStudent(ClassifierMixin, BaseEstimator):
     def check_base(self) -> str:
         """The folder of `base`, once torch, transformers and `device` are known to work; a
         ValueError saying why otherwise (a base that is not a BERT-style encoder, ...)."""
-        torch, _ = _import_torch()
+        torch, _ = import_torch("the bert student")
         if self.device is not None:
             try:
                 torch.empty(0, device=self.device)
@@ -220,13 +226,13 @@ class BertStudent(ClassifierMixin, BaseEstimator):
                 f"{type(self).__name__} needs at least two classes among the teacher's labels, "
                 f"got only {classes[present[0]]!r}"
             )
-        torch, transformers = _import_torch()
+        torch, transformers = import_torch("the bert student")
         folder = self.check_base()
         device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        _set_threads(torch)
+        set_threads(torch)
         torch.manual_seed(self.seed)
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-        with _quiet(transformers):
+        with quiet(transformers):
             model = transformers.AutoModelForSequenceClassification.from_pretrained(
                 folder,
                 num_labels=len(classes),
@@ -288,8 +294,8 @@ class BertStudent(ClassifierMixin, BaseEstimator):
     def logits(self, X: Any, batch_size: int = 64) -> np.ndarray:
         """The head's raw scores, one row per text (no calibration applied)."""
         check_is_fitted(self, ("model_", "tokenizer_", "classes_"))
-        torch, _ = _import_torch()
-        _set_threads(torch)
+        torch, _ = import_torch("the bert student")
+        set_threads(torch)
         texts = _texts(self, X)
         ids = self.tokenizer_(texts, truncation=True, max_length=self.max_length)["input_ids"]
         order = np.argsort([len(i) for i in ids], kind="stable")
@@ -324,7 +330,7 @@ class BertStudent(ClassifierMixin, BaseEstimator):
         folder. An int8 student writes its weights as `model-int8.pt` instead, which only
         `BertStudent.load` reads."""
         check_is_fitted(self, ("model_", "tokenizer_", "classes_"))
-        torch, transformers = _import_torch()
+        torch, transformers = import_torch("the bert student")
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         if self.is_quantized:
@@ -333,7 +339,7 @@ class BertStudent(ClassifierMixin, BaseEstimator):
                 warnings.simplefilter("ignore", UserWarning)
                 torch.save(self.model_.state_dict(), folder / INT8_WEIGHTS)
         else:
-            with _quiet(transformers):
+            with quiet(transformers):
                 self.model_.save_pretrained(folder)
         self.tokenizer_.save_pretrained(folder)
         settings = {
@@ -355,10 +361,10 @@ class BertStudent(ClassifierMixin, BaseEstimator):
         if not (folder / SETTINGS_FILE).is_file():
             raise ValueError(f"{folder} is not a saved BertStudent (no {SETTINGS_FILE})")
         settings = json.loads((folder / SETTINGS_FILE).read_text())
-        torch, transformers = _import_torch()
+        torch, transformers = import_torch("the bert student")
         student = cls(**settings["params"])
         student.tokenizer_ = transformers.AutoTokenizer.from_pretrained(folder)
-        with _quiet(transformers):
+        with quiet(transformers):
             if settings.get("quantized") == "int8":
                 config = transformers.AutoConfig.from_pretrained(folder)
                 model = _quantize(
@@ -452,11 +458,15 @@ class _Run:
                 self._save(state)
         if state["best"] is not None:
             self.model.load_state_dict(state["best"])
-        if self.checkpoint is not None:
-            (self.checkpoint / CHECKPOINT).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                self.checkpoint.rmdir()
+        drop_checkpoint(self.checkpoint)
         return list(state["history"])
+
+    def _save(self, state: dict[str, Any]) -> None:
+        """The epoch's checkpoint, written atomically."""
+        save_checkpoint(self.checkpoint, state, self.model, self.optimizer, self.scheduler)
+
+    def _resume(self) -> dict[str, Any] | None:
+        return load_checkpoint(self.checkpoint, self.model, self.optimizer, self.scheduler)
 
     def _epoch(self, epoch: int, bar: Any) -> float:
         import torch
@@ -524,42 +534,6 @@ class _Run:
                 batch = _pad(self.tokenizer, [self.ids[i] for i in rows], self.device)
                 chosen.append(self.model(**batch).logits.argmax(dim=1).cpu().numpy())
         return float(np.mean(np.concatenate(chosen) == self.proba[self.val].argmax(axis=1)))
-
-    def _save(self, state: dict[str, Any]) -> None:
-        """Write the epoch's checkpoint atomically: a kill leaves the previous one or this one."""
-        import torch
-
-        if self.checkpoint is None:
-            return
-        self.checkpoint.mkdir(parents=True, exist_ok=True)
-        payload = {
-            **state,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        }
-        partial = self.checkpoint / (CHECKPOINT + ".partial")
-        torch.save(payload, partial)
-        os.replace(partial, self.checkpoint / CHECKPOINT)
-
-    def _resume(self) -> dict[str, Any] | None:
-        import torch
-
-        if self.checkpoint is None or not (self.checkpoint / CHECKPOINT).is_file():
-            return None
-        payload: dict[str, Any] = torch.load(
-            self.checkpoint / CHECKPOINT, map_location="cpu", weights_only=False
-        )
-        self.model.load_state_dict(payload.pop("model"))
-        self.optimizer.load_state_dict(payload.pop("optimizer"))
-        self.scheduler.load_state_dict(payload.pop("scheduler"))
-        torch.set_rng_state(payload.pop("rng"))
-        cuda_rng = payload.pop("cuda_rng")
-        if cuda_rng is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda_rng)
-        return payload
 
 
 def resolve_base(base: str) -> str:
@@ -631,33 +605,3 @@ def _cpu_copy(model: Any) -> dict[str, Any]:
 
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
-
-
-def _set_threads(torch: Any) -> None:
-    """All the cores this process may use, unless the user chose (OMP_NUM_THREADS)."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
-
-
-@contextlib.contextmanager
-def _quiet(transformers: Any) -> Iterator[None]:
-    """Loading a base encoder into a classifier warns that the head is new: it is meant to be."""
-    verbosity = transformers.logging.get_verbosity()
-    bars = transformers.logging.is_progress_bar_enabled()
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-        if bars:  # never turn on what the user (HF_HUB_DISABLE_PROGRESS_BARS) turned off
-            transformers.logging.enable_progress_bar()
-
-
-def _import_torch() -> tuple[Any, Any]:
-    try:
-        import torch
-        import transformers
-    except ImportError:
-        raise ValueError(f"the bert student needs torch and transformers: {INSTALL_HINT}") from None
-    return torch, transformers

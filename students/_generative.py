@@ -10,7 +10,6 @@ standard transformers folder.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import inspect
@@ -27,13 +26,20 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 
 from ._embedding import INSTALL_HINT
+from ._torch import (
+    drop_checkpoint,
+    import_torch,
+    load_checkpoint,
+    quiet,
+    save_checkpoint,
+    set_threads,
+)
 
 if TYPE_CHECKING:
     import torch
 
 DEFAULT_BASE = "smollm2"
 SETTINGS_FILE = "stillroom.json"
-CHECKPOINT = "checkpoint.pt"
 EVERY_OTHER_LAYER = "every_other_layer"
 _LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # parameters that change how a fit runs, not what it learns: left out of the checkpoint's key
@@ -262,7 +268,7 @@ class GenerativeStudent:
                 "adapters saved apart (merge_lora false) would load onto the whole base, not the "
                 f"{self.init} student: keep merge_lora true with init"
             )
-        _import_torch()
+        import_torch("the generative student")
         if self.base == DEFAULT_BASE:
             _smollm2_gguf()
         else:
@@ -272,7 +278,7 @@ class GenerativeStudent:
         """Fine-tune on the teacher's completions; returns self."""
         if not examples:
             raise ValueError("no examples to learn from: the version has no completed records")
-        torch, _ = _import_torch()
+        torch, _ = import_torch("the generative student")
         model, tokenizer, device = self._base_model()
         torch.manual_seed(self.seed)
         if self.lora is not None:
@@ -311,10 +317,10 @@ class GenerativeStudent:
 
     def _base_model(self) -> tuple[Any, Any, Any]:
         """The base model (its layers halved for `init`), its tokenizer and the device."""
-        torch, _ = _import_torch()
+        torch, _ = import_torch("the generative student")
         self.check()
         folder = resolve_base(self.base, self.cache_dir)
-        _set_threads(torch)
+        set_threads(torch)
         device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, tokenizer = load_causal(folder)
         if self.init == EVERY_OTHER_LAYER:
@@ -354,7 +360,7 @@ class GenerativeStudent:
 
     def generate(self, prompts: Sequence[str], batch_size: int = 8) -> list[str]:
         """Greedy completions of the prompts (up to `max_new_tokens`, cut at end of turn)."""
-        torch, _ = _import_torch()
+        torch, _ = import_torch("the generative student")
         model, tokenizer = self._fitted()
         device = next(model.parameters()).device
         out: list[str] = []
@@ -504,7 +510,7 @@ def _decoded_vocab(tokenizer: Any) -> dict[str, int]:
 
 def mean_nll(model: Any, tokenizer: Any, encoded: Sequence[_Encoded], batch_size: int = 8) -> float:
     """Mean negative log-likelihood per completion token over the examples."""
-    torch, _ = _import_torch()
+    torch, _ = import_torch("the generative student")
     device = next(model.parameters()).device
     total, count = 0.0, 0
     model.eval()
@@ -616,11 +622,19 @@ class _Run:
                 state["history"].append(state["sums"].summary(epoch + 1))
                 state.update(epoch=epoch + 1, batch=0, sums=_Sums())
                 self._save(state)
-        if self.checkpoint is not None:
-            (self.checkpoint / CHECKPOINT).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                self.checkpoint.rmdir()
+        drop_checkpoint(self.checkpoint)
         return list(state["history"])
+
+    def _save(self, state: dict[str, Any]) -> None:
+        """The checkpoint, with the epoch's running totals as plain values."""
+        plain = {**state, "sums": vars(state["sums"])}
+        save_checkpoint(self.checkpoint, plain, self.model, self.optimizer, self.scheduler)
+
+    def _resume(self) -> dict[str, Any] | None:
+        state = load_checkpoint(self.checkpoint, self.model, self.optimizer, self.scheduler)
+        if state is not None:
+            state["sums"] = _Sums(**state["sums"])
+        return state
 
     def _epoch(self, epoch: int, state: dict[str, Any], bar: Any) -> None:
         owner = self.owner
@@ -677,42 +691,6 @@ class _Run:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad()
-
-    def _save(self, state: dict[str, Any]) -> None:
-        """Write the checkpoint atomically: a kill leaves the previous one or this one."""
-        import torch
-
-        if self.checkpoint is None:
-            return
-        self.checkpoint.mkdir(parents=True, exist_ok=True)
-        payload = {
-            **state,
-            "sums": vars(state["sums"]),
-            "model": {k: v for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
-        }
-        partial = self.checkpoint / (CHECKPOINT + ".partial")
-        torch.save(payload, partial)
-        os.replace(partial, self.checkpoint / CHECKPOINT)
-
-    def _resume(self) -> dict[str, Any] | None:
-        import torch
-
-        if self.checkpoint is None or not (self.checkpoint / CHECKPOINT).is_file():
-            return None
-        payload: dict[str, Any] = torch.load(
-            self.checkpoint / CHECKPOINT, map_location="cpu", weights_only=False
-        )
-        self.model.load_state_dict(payload.pop("model"))
-        self.optimizer.load_state_dict(payload.pop("optimizer"))
-        self.scheduler.load_state_dict(payload.pop("scheduler"))
-        torch.set_rng_state(payload.pop("rng"))
-        sums = _Sums()
-        vars(sums).update(payload["sums"])
-        payload["sums"] = sums
-        return payload
 
 
 @dataclass
@@ -827,8 +805,8 @@ def _smollm2_folder(cache_dir: str | None) -> str:
     folder = root / f"smollm2-{digest}"
     if (folder / "config.json").is_file():
         return str(folder)
-    torch, transformers = _import_torch()
-    with _quiet(transformers):
+    torch, transformers = import_torch("the generative student")
+    with quiet(transformers):
         tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = transformers.AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
@@ -856,8 +834,8 @@ def _smollm2_folder(cache_dir: str | None) -> str:
 def load_causal(folder: str, tokenizer_only: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer) of a transformers folder, in float32; a tokenizer without a pad token
     pads with its end-of-sequence token."""
-    torch, transformers = _import_torch()
-    with _quiet(transformers):
+    torch, transformers = import_torch("the generative student")
+    with quiet(transformers):
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
         model = (
             None
@@ -867,34 +845,3 @@ def load_causal(folder: str, tokenizer_only: bool = False) -> tuple[Any, Any]:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
-
-
-def _set_threads(torch: Any) -> None:
-    """All the cores this process may use, unless the user chose (OMP_NUM_THREADS)."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
-
-
-@contextlib.contextmanager
-def _quiet(transformers: Any) -> Iterator[None]:
-    verbosity = transformers.logging.get_verbosity()
-    bars = transformers.logging.is_progress_bar_enabled()
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-        if bars:
-            transformers.logging.enable_progress_bar()
-
-
-def _import_torch() -> tuple[Any, Any]:
-    try:
-        import torch
-        import transformers
-    except ImportError:
-        raise ValueError(
-            f"the generative student needs torch and transformers: {INSTALL_HINT}"
-        ) from None
-    return torch, transformers
