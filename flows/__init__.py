@@ -16,6 +16,7 @@ from ._config import Config, ConfigError, load_config
 from ._engine import configure as configure_prefect
 
 if TYPE_CHECKING:
+    from ._exchange import export_version, load_version
     from ._flow import distill, evaluate_run, label_dataset, train
 
 __all__ = [
@@ -24,8 +25,10 @@ __all__ = [
     "configure_prefect",
     "distill",
     "evaluate_run",
+    "export_version",
     "label_dataset",
     "load_config",
+    "load_version",
     "train",
 ]
 
@@ -36,4 +39,8 @@ def __getattr__(name: str) -> object:
         from . import _flow
 
         return getattr(_flow, name)
+    if name in ("load_version", "export_version"):
+        from . import _exchange
+
+        return getattr(_exchange, name)
     raise AttributeError(name)

@@ -43,6 +43,10 @@ SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="override a key: --set teacher.model=M")
 ]
 StoreOpt = Annotated[str, typer.Option(help="the store folder")]
+MessageOpt = Annotated[
+    str | None,
+    typer.Option("--message", "-m", help="recorded with the version this run commits"),
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -63,7 +67,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from ._errors import SetupError
     from ._ingest import InputError
 
-    return (ConfigError, InputError, SetupError, labelers.LabelerError, storage.StoreError)
+    return (
+        ConfigError,
+        InputError,
+        SetupError,
+        labelers.LabelerError,
+        storage.StoreError,
+        storage.HubError,
+    )
 
 
 def _failures_to_report() -> tuple[type[Exception], ...]:
@@ -135,10 +146,11 @@ def _main(
         log.addHandler(handler)
 
 
-def _load(path: Path, overrides: list[str] | None) -> Config:
+def _load(path: Path, overrides: list[str] | None, message: str | None = None) -> Config:
     from ._config import load_config
 
-    return load_config(path, overrides or [])
+    cfg = load_config(path, overrides or [])
+    return cfg if message is None else cfg.model_copy(update={"message": message})
 
 
 def _check_version(cfg: Config, spec: str) -> None:
@@ -198,12 +210,13 @@ def run(
     config: ConfigArg,
     set_: SetOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="run folder")] = None,
+    message: MessageOpt = None,
 ) -> None:
     """Ingest -> label -> commit -> train -> evaluate; prints the results and report.json's path."""
     from ._teacher import preflight
 
     started = time.perf_counter()
-    cfg = _load(config, set_)
+    cfg = _load(config, set_, message)
     teacher = preflight(cfg)
 
     def flow() -> Path:
@@ -238,11 +251,11 @@ def _failures(cfg: Config, report: dict[str, Any]) -> dict[str, int]:
 
 @app.command()
 @handled
-def label(config: ConfigArg, set_: SetOpt = None) -> None:
+def label(config: ConfigArg, set_: SetOpt = None, message: MessageOpt = None) -> None:
     """Ingest + label + commit; prints NAME@VERSION."""
     from ._teacher import preflight
 
-    cfg = _load(config, set_)
+    cfg = _load(config, set_, message)
     teacher = preflight(cfg)
 
     def flow() -> tuple[DatasetRef, LabelingSummary]:
@@ -408,13 +421,42 @@ def datasets_diff(
     labels = [_answers(t) for t in (left, right)]
     old = dict(zip(left.column("id").to_pylist(), labels[0], strict=True))
     new = dict(zip(right.column("id").to_pylist(), labels[1], strict=True))
-    changed = sorted(i for i in old.keys() & new.keys() if old[i] != new[i])
+    shared = old.keys() & new.keys()
+    changed = sorted(i for i in shared if old[i] != new[i])
     typer.echo(
         f"{a} -> {b}: {len(new.keys() - old.keys())} added, {len(old.keys() - new.keys())} removed, "
-        f"{len(changed)} relabeled, {len(old.keys() & new.keys()) - len(changed)} unchanged"
+        f"{len(changed)} relabeled, {len(shared) - len(changed)} unchanged"
     )
+    both = [i for i in shared if old[i] is not None and new[i] is not None]
+    if both:
+        same = sum(old[i] == new[i] for i in both)
+        typer.echo(
+            f"agreement: {same / len(both):.1%} ({same} of the {len(both)} records both answered)"
+        )
     for record_id in changed[:20]:
         typer.echo(f"{record_id}\t{_short(old[record_id])} -> {_short(new[record_id])}")
+
+
+@datasets_app.command("log")
+@handled
+def datasets_log(
+    name: Annotated[str, typer.Argument(help="NAME")],
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """A dataset's versions, newest first: when, how many rows, what each was made from, its
+    message and the command that made it."""
+    from stillroom import storage
+
+    for entry in storage.Store(store).log(name):
+        if entry["problem"]:
+            typer.echo(f"{entry['version']}  ! {entry['problem']}")
+            continue
+        made_from = f"  from {entry['parent']}" if entry["parent"] else ""
+        typer.echo(f"{entry['version']}  {entry['created_at']}  {entry['rows']} rows{made_from}")
+        if entry["message"]:
+            typer.echo(f"    {entry['message']}")
+        if entry["command"]:
+            typer.echo(f"    $ {entry['command']}")
 
 
 def _answers(table: Any) -> list[str | None]:
@@ -450,6 +492,25 @@ def datasets_verify(
     for problem in result.problems:
         typer.echo(f"{result.ref}: {problem}", err=True)
     raise typer.Exit(1)
+
+
+@datasets_app.command("export")
+@handled
+def datasets_export(
+    spec: Annotated[str, typer.Argument(help="NAME[@VERSION]")],
+    folder: Annotated[Path, typer.Argument(help="a new folder")],
+    store: StoreOpt = DEFAULT_STORE,
+    test_fraction: Annotated[
+        float, typer.Option(help="records held out as the test split, as evaluate.test_fraction")
+    ] = 0.2,
+    seed: Annotated[int, typer.Option(help="the split's seed, as evaluate.seed")] = 0,
+) -> None:
+    """Write a version as a folder `datasets.load_dataset(FOLDER)` reads: a Parquet file per
+    split and a dataset card the Hub accepts (licence, teacher, prompt hash, terms)."""
+    from ._exchange import export_version
+
+    out = export_version(spec, folder, store, test_fraction=test_fraction, seed=seed)
+    typer.echo(f"{out}: load with datasets.load_dataset({str(out)!r})")
 
 
 def main() -> None:

@@ -48,7 +48,10 @@ class DataConfig(_Model):
     input_field: str | None = None
     prompt_template: str | None = None
     gold_field: str | None = None
-    licence: str = "NOASSERTION"
+    # a Hugging Face dataset folder (save_to_disk, or data files load_dataset reads): which split
+    split: str | None = None
+    # SPDX id; unset: what the source's dataset card states, else NOASSERTION
+    licence: str | None = None
     licence_statement: str = ""
     source: str = ""
     citation: str = ""
@@ -495,7 +498,8 @@ class GenerativeStudentConfig(_Model):
     alpha: float | None = Field(default=None, ge=0, le=1)
     temperature: float | None = Field(default=None, gt=0)
     distill: Literal["auto", "top_k", "full", "none"] | None = None
-    lora: int | None = Field(default=None, ge=1)
+    # a LoRA rank, 0 for every weight; unset: "auto" (rank 8 on a CPU, see GenerativeStudent)
+    lora: Annotated[int, Field(ge=0)] | Literal["auto"] | None = None
     merge_lora: bool | None = None
     max_new_tokens: int | None = Field(default=None, ge=1)
     seed: int | None = None
@@ -545,6 +549,8 @@ class Config(_Model):
     # none for generate unless given: generative students learn from the completions
     students: list[StudentConfig] = Field(default_factory=lambda: [_default_student()])
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    # recorded with the version this run commits (usually given as -m on the command line)
+    message: str = ""
 
     @model_validator(mode="after")
     def _task_kind(self) -> Config:
@@ -613,10 +619,10 @@ class Config(_Model):
     def _rationale(self) -> Config:
         if not self.task.rationale:
             return self
-        if self.teacher.provider not in ("openai", "recorded"):
+        if self.teacher.provider not in ("openai", "transformers", "recorded"):
             raise ValueError(
-                "task.rationale needs a teacher that writes text: provider openai (or recorded "
-                "answers with teacher.fields.rationale)"
+                "task.rationale needs a teacher that writes text: provider openai or "
+                "transformers (or recorded answers with teacher.fields.rationale)"
             )
         if self.task.multi_label:
             raise ValueError("task.rationale is not supported with task.multi_label yet")

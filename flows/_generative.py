@@ -157,6 +157,7 @@ def evaluate_generative(
         "latency_ms_per_record": round(1000 * seconds / max(count, 1), 3),
         "layers": int(model.config.num_hidden_layers),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "lora_rank": student.lora_,
         "train_s": round(train_s, 3),
         "size_bytes": size_bytes,
         "history": student.history_,
@@ -279,6 +280,7 @@ def evaluate_classifier(
         "rationale_records": sum(1 for r in data.train if r.get("rationale"))
         if spec.rationale
         else 0,
+        "lora_rank": student.lora_,
         "train_s": round(train_s, 3),
         "predict_ms_per_1k": round(1e6 * seconds / n, 3),
         "size_bytes": size_bytes,

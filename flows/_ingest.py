@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from stillroom import storage
 from stillroom.labelers import MULTI_LABEL_SEPARATOR
 
 from ._config import DataConfig
@@ -49,20 +51,13 @@ def _read_jsonl(path: Path) -> Columns:
     return {name: [row.get(name) for row in rows] for name in names}
 
 
-def _read_table(path: Path) -> Columns:
+def _read_table(path: Path, split: str | None = None) -> Columns:
     if not path.exists():
         raise InputError(f"data file not found: {path}")
     suffix = path.suffix.lower()
     try:
         if path.is_dir():
-            try:
-                import datasets
-            except ImportError:
-                raise InputError(
-                    f"{path} is a folder: reading a datasets folder needs `pip install datasets`"
-                ) from None
-            table: pa.Table = datasets.load_from_disk(str(path)).data.table
-            return dict(table.to_pydict())
+            return _read_folder(path, split)
         if suffix in (".jsonl", ".ndjson"):
             return _read_jsonl(path)
         if suffix == ".csv":
@@ -77,6 +72,108 @@ def _read_table(path: Path) -> Columns:
     raise InputError(
         f"unsupported data file type {suffix!r} for {path} (use .jsonl, .csv, .parquet or a datasets folder)"
     )
+
+
+_SAVED = ("dataset_dict.json", "dataset_info.json", "state.json")
+"""The files `save_to_disk` writes: a folder holding one is read with `load_from_disk`."""
+
+
+def _read_folder(path: Path, split: str | None) -> Columns:
+    """A Hugging Face dataset folder: one written by `save_to_disk` (a Dataset, or a DatasetDict
+    with `data.split`), else data files `datasets.load_dataset` reads (Parquet, JSON, CSV, with
+    or without a card's `configs`). A `ClassLabel` column becomes its label names."""
+    try:
+        import datasets
+    except ImportError:
+        raise InputError(
+            f"{path} is a folder: reading a datasets folder needs `pip install datasets`"
+        ) from None
+    try:
+        if any((path / name).is_file() for name in _SAVED):
+            loaded = datasets.load_from_disk(str(path))
+        else:
+            with tempfile.TemporaryDirectory(prefix="stillroom-hf-") as cache:
+                loaded = datasets.load_dataset(str(path), cache_dir=cache)
+                loaded = _one_split(loaded, split, path)
+                return _columns(loaded)
+    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as exc:
+        raise InputError(f"cannot read {path} as a dataset: {_first_line(exc)}") from None
+    return _columns(_one_split(loaded, split, path))
+
+
+def _one_split(loaded: Any, split: str | None, path: Path) -> Any:
+    import datasets
+
+    if not isinstance(loaded, datasets.DatasetDict):
+        if split is not None and loaded.split is not None and str(loaded.split) != split:
+            raise InputError(f"data.split {split!r}: {path} holds only split {loaded.split}")
+        return loaded
+    if split is None:
+        if len(loaded) == 1:
+            return next(iter(loaded.values()))
+        raise InputError(f"{path} holds splits {', '.join(loaded)}: choose one with data.split")
+    if split not in loaded:
+        raise InputError(f"data.split {split!r} is not a split of {path} (has {', '.join(loaded)})")
+    return loaded[split]
+
+
+def _columns(dataset: Any) -> Columns:
+    import datasets
+
+    columns: Columns = dict(dataset.data.table.to_pydict())
+    for name, feature in dataset.features.items():
+        if isinstance(feature, datasets.ClassLabel):
+            columns[name] = [
+                None if v is None or v < 0 else feature.int2str(v) for v in columns[name]
+            ]
+    return columns
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def source_card(data: DataConfig) -> dict[str, Any]:
+    """What the source's own dataset card says, for `data.path` a folder: the front matter of
+    its README.md, else the `license` save_to_disk kept in dataset_info.json; {} for a file."""
+    path = Path(data.path)
+    if not path.is_dir():
+        return {}
+    readme = path / "README.md"
+    if readme.is_file():
+        meta = storage.front_matter(readme.read_text(encoding="utf-8", errors="replace"))
+        if meta:
+            return meta
+    infos = [path / "dataset_info.json"]
+    if data.split is not None:
+        infos.append(path / data.split / "dataset_info.json")
+    infos += sorted(path.glob("*/dataset_info.json"))
+    for info in infos:
+        if info.is_file():
+            try:
+                found = json.loads(info.read_text())
+            except json.JSONDecodeError:
+                continue
+            if isinstance(found, dict) and found.get("license"):
+                return {"license": found["license"]}
+    return {}
+
+
+def source_licence(data: DataConfig) -> storage.Licence:
+    """The source's licence: the config's `data.licence` when it gives one, else what the source's
+    card states (a Hub id read back as SPDX), else NOASSERTION."""
+    source = data.source or data.path
+    if data.licence is not None:
+        return storage.Licence(data.licence, data.licence_statement, source, data.citation)
+    card = source_card(data)
+    spdx = storage.spdx_of(card) if card else None
+    if spdx is None:
+        return storage.Licence("NOASSERTION", data.licence_statement, source, data.citation)
+    statement = (
+        data.licence_statement
+        or f"as the source's dataset card states (license: {card['license']})"
+    )
+    return storage.Licence(spdx, statement, source, data.citation)
 
 
 def _column(columns: Columns, field: str, key: str, path: Path) -> list[Any]:
@@ -154,7 +251,7 @@ def read_records(
     its labels joined by '|'. With `labels` None, gold values are not checked against them (a
     generation's gold is a reference completion)."""
     path = Path(data.path)
-    table = _read_table(path)
+    table = _read_table(path, data.split)
     if not table or not next(iter(table.values())):
         raise InputError(f"data file {path} has no records")
     field, texts, prompts = _prompts(table, data, path)

@@ -3,9 +3,13 @@ every answer (labeled, or failed with its reason and the raw text) as a labeled 
 
 from __future__ import annotations
 
+import re
+import shlex
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -13,6 +17,7 @@ import pyarrow as pa
 from stillroom import labelers, storage
 
 from ._config import Config
+from ._ingest import source_card, source_licence
 from ._teacher import read_source, task_of, terms_of
 
 LABELED_SCHEMA = pa.schema(
@@ -147,13 +152,19 @@ def check_labeled(summary: LabelingSummary, ref: storage.DatasetRef, min_share: 
 def ingest(config: Config, store: storage.Store) -> storage.DatasetRef:
     """Read the records and commit them as the source dataset `NAME-source`."""
     table = read_source(config)
-    d = config.data
-    licence = storage.Licence(d.licence, d.licence_statement, d.source or d.path, d.citation)
+    licence = source_licence(config.data)
+    metadata: dict[str, Any] = {"kind": "source", "data": config.data.model_dump()}
+    language = source_card(config.data).get("language")
+    if language:
+        metadata["language"] = [language] if isinstance(language, str) else list(language)
+    message = config.message or f"{table.num_rows} records read from {config.data.path}"
     return store.commit(
         f"{config.name}-source",
         table,
         licence=licence,
-        metadata={"kind": "source", "data": config.data.model_dump()},
+        metadata=metadata,
+        message=message,
+        command=command_line(),
     )
 
 
@@ -182,16 +193,50 @@ def commit_labels(
     else:
         answered = _labeled(table, ordered, task.rationale)
         described = _classify_manifest(task, config.task.multi_label)
-    metadata = {
+    summary = LabelingSummary.of(ordered, teacher.stats, 0.0).manifest()
+    said = {"prompt_hash": labelers.prompt_hash(task), **teacher.describe()}
+    metadata: dict[str, Any] = {
         "kind": "labeled",
         "task": described,
         # a recorded teacher's answers were not made with this prompt: it says so (None)
-        "teacher": {"prompt_hash": labelers.prompt_hash(task), **teacher.describe()},
+        "teacher": said,
         "terms": terms_of(config),
-        "labeling": LabelingSummary.of(ordered, teacher.stats, 0.0).manifest(),
+        "labeling": summary,
     }
-    licence = storage.Licence(**store.manifest(source)["licence"])
-    return store.commit(config.name, answered, licence=licence, parent=source, metadata=metadata)
+    described_source = store.manifest(source)
+    if described_source.get("language"):
+        metadata["language"] = described_source["language"]
+    licence = storage.Licence(**described_source["licence"])
+    message = config.message or (
+        f"{summary['labeled']} of {len(ordered)} records "
+        f"{'completed' if isinstance(task, labelers.GenerateTask) else 'labeled'} by "
+        f"{said.get('provider')} {said.get('model')}"
+        + (f", {summary['failed']} failed" if summary["failed"] else "")
+    )
+    return store.commit(
+        config.name,
+        answered,
+        licence=licence,
+        parent=source,
+        metadata=metadata,
+        message=message,
+        command=command_line(),
+    )
+
+
+_SECRET_KEY = re.compile(r"(key|token|secret|password)", re.IGNORECASE)
+
+
+def command_line() -> str:
+    """The command that is running, as a shell line (``stillroom label x.yaml -m ...``); the value
+    of any ``--set`` whose key names a secret (key, token, ...) is written HIDDEN."""
+    args = list(sys.argv)
+    program = Path(args[0]).name if args else "python"
+    words = ["stillroom" if program in ("stillroom", "__main__.py") else program]
+    for arg in args[1:]:
+        key, sep, _ = arg.partition("=")
+        words.append(f"{key}=HIDDEN" if sep and _SECRET_KEY.search(key) else arg)
+    return shlex.join(words)
 
 
 def _labeled(

@@ -12,26 +12,9 @@ from typing import Any
 
 import yaml
 
-from stillroom import students
+from stillroom import storage, students
 
 from ._generation import generation_lines
-
-# Licence ids the Hugging Face Hub accepts that are SPDX ids too (lower-cased), and the SPDX ids
-# the Hub spells differently. Any other licence is "other" with its name; none stated, "unknown".
-# fmt: off
-_HUB_LICENCES = frozenset({
-    "afl-3.0", "agpl-3.0", "apache-2.0", "artistic-2.0", "bsd-2-clause", "bsd-3-clause",
-    "bsd-3-clause-clear", "bsl-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0",
-    "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0",
-    "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0", "cc-by-nd-4.0", "cc-by-sa-3.0",
-    "cc-by-sa-4.0", "cc0-1.0", "cdla-permissive-1.0", "cdla-permissive-2.0", "cdla-sharing-1.0",
-    "ecl-2.0", "epl-1.0", "epl-2.0", "etalab-2.0", "eupl-1.1", "eupl-1.2", "gpl-2.0", "gpl-3.0",
-    "isc", "lgpl-2.1", "lgpl-3.0", "lppl-1.3c", "mit", "mpl-2.0", "ms-pl", "ncsa", "ofl-1.1",
-    "osl-3.0", "postgresql", "unlicense", "wtfpl", "zlib",
-})
-# fmt: on
-_HUB_SPELLING = {"odc-by-1.0": "odc-by", "odbl-1.0": "odbl", "pddl-1.0": "pddl"}
-_NO_LICENCE = {"", "noassertion", "none"}
 
 # (report key, Hub metric type, what it measures), in the card's order
 _CARD_METRICS = (
@@ -103,19 +86,6 @@ def save_student(
     return sum(f.stat().st_size for f in files)
 
 
-def hub_licence(spdx: str | None) -> dict[str, str]:
-    """The Hub's `license` for an SPDX licence: its id, "unknown" when none is stated, or
-    "other" with a `license_name` (a LicenseRef-*, an expression, an id the Hub lacks)."""
-    value = (spdx or "").strip()
-    key = re.sub(r"-(only|or-later)$", "", value.lower())
-    if key in _NO_LICENCE:
-        return {"license": "unknown"}
-    if key in _HUB_LICENCES or key in _HUB_SPELLING:
-        return {"license": _HUB_SPELLING.get(key, key)}
-    name = re.sub(r"^licenseref-", "", value.lower())
-    return {"license": "other", "license_name": re.sub(r"[^a-z0-9.]+", "-", name).strip("-")}
-
-
 def _card_metadata(
     kind: str, dataset: str, manifest: dict[str, Any], metrics: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -123,7 +93,7 @@ def _card_metadata(
     meta: dict[str, Any] = {
         "library_name": "transformers" if kind in ("bert", "generative") else "sklearn",
         "pipeline_tag": _pipeline(kind),
-        **hub_licence((manifest.get("licence") or {}).get("spdx")),
+        **storage.hub_licence((manifest.get("licence") or {}).get("spdx")),
     }
     if _HUB_MODEL_ID.match(model) and not Path(model).exists():  # a Hub id, not a local folder
         meta["base_model"] = model
@@ -422,8 +392,9 @@ def _generative_lines(learners: list[dict[str, Any]]) -> list[str]:
         "",
     ]
     lines += [
-        f"{i}-{s['kind']}: {s['layers']} layers, {s['parameters'] / 1e6:.1f} M parameters; "
-        f"{s['kd_records']} of {s['train_records']} training completions distilled token by "
+        f"{i}-{s['kind']}: {s['layers']} layers, {s['parameters'] / 1e6:.1f} M parameters, "
+        + (f"LoRA rank {s['lora_rank']}; " if s.get("lora_rank") else "every weight trained; ")
+        + f"{s['kd_records']} of {s['train_records']} training completions distilled token by "
         f"token; its completions {_fmt(s['output_tokens']['mean'])} tokens on average."
         for i, s in enumerate(learners)
     ]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from ._parse import TokenStep
-from ._prompt import build_messages, prompt_hash
+from ._prompt import RATIONALE_LABEL, build_messages, prompt_hash
 from ._types import (
     EMPTY_COMPLETION,
     Answer,
@@ -155,7 +155,15 @@ class _LocalTeacher(Generic[TaskT]):
             return _completion_answer(record_id, response, cached)
         probs = response["probs"]
         best = max(range(len(probs)), key=probs.__getitem__)
-        return Answer(record_id, self.task.labels[best], tuple(probs), 1.0, cached=cached)
+        return Answer(
+            record_id,
+            self.task.labels[best],
+            tuple(probs),
+            1.0,
+            usage=_usage(response),
+            cached=cached,
+            rationale=response.get("rationale"),
+        )
 
     def _compute(self, texts: list[str]) -> list[dict[str, Any]]:
         """One response per text, as it is cached (JSON values only)."""
@@ -166,7 +174,8 @@ class _LocalTeacher(Generic[TaskT]):
 
 
 def _usage(response: dict[str, Any]) -> Usage:
-    """What a response used; a classification's tokens are not counted (nothing is generated)."""
+    """What a response used; a plain classification's tokens are not counted (nothing is
+    generated; a rationale's are)."""
     return Usage(int(response.get("input_tokens", 0)), int(response.get("output_tokens", 0)))
 
 
@@ -219,6 +228,9 @@ class TransformersTeacher(_LocalTeacher[TaskT]):
     seed : int, default=0
         Seeds sampling (temperature > 0); with sampling a completion also depends on the texts
         it was batched with.
+    rationale_tokens : int, default=64
+        For a classification with ``rationale=True``: the most tokens of the greedy rationale,
+        after which a last line "Label:" is added and every label scored from there.
 
     Examples
     --------
@@ -240,10 +252,12 @@ class TransformersTeacher(_LocalTeacher[TaskT]):
         label_batch: int = 64,
         batch_size: int = 16,
         seed: int = 0,
+        rationale_tokens: int = 64,
     ) -> None:
         super().__init__(task, model, cache, batch_size=batch_size)
         self.label_batch = label_batch
         self.seed = seed
+        self.rationale_tokens = rationale_tokens
         self._model: Any = None
         self._tokenizer: Any = None
         self._shared: tuple[list[int], Any] | None = None
@@ -251,6 +265,8 @@ class TransformersTeacher(_LocalTeacher[TaskT]):
     def _parameters(self) -> dict[str, Any]:
         if isinstance(self.task, GenerateTask):
             return {**self.task.parameters(), "seed": self.seed}
+        if self.task.rationale:
+            return {"rationale_tokens": self.rationale_tokens}
         return {}
 
     def prepare(self) -> None:
@@ -259,8 +275,10 @@ class TransformersTeacher(_LocalTeacher[TaskT]):
         self._model, self._tokenizer = _load_causal(*_resolve_causal(self.model))
         if isinstance(self.task, ClassifyTask):
             end = self._tokenizer.eos_token_id
+            # after "Label:" a label follows a space, as in "Label: refund"
+            lead = " " if self.task.rationale else ""
             self._label_ids = [
-                self._tokenizer(label, add_special_tokens=False).input_ids
+                self._tokenizer(lead + label, add_special_tokens=False).input_ids
                 + ([end] if end is not None else [])
                 for label in self.task.labels
             ]
@@ -269,10 +287,33 @@ class TransformersTeacher(_LocalTeacher[TaskT]):
         self.prepare()
         if isinstance(self.task, GenerateTask):
             return self._generate(self.task, texts)
+        if self.task.rationale:
+            return self._reason(texts)
         return super()._compute(texts)
 
     def _score(self, texts: list[str]) -> list[list[float]]:
-        return [self._score_one(text) for text in texts]
+        return [self._score_ids(self._prompt_ids(text)) for text in texts]
+
+    def _reason(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Distilling step by step: a greedy rationale of at most `rationale_tokens` tokens (cut
+        where the model writes "Label:" itself), then every label scored after the rationale and a
+        last line "Label:", so the distribution is the model's own given its reasoning."""
+        steps = GenerateTask(max_tokens=self.rationale_tokens, stop=(RATIONALE_LABEL,))
+        responses = []
+        for text, written in zip(texts, self._generate(steps, texts), strict=True):
+            why = written["completion"].strip()
+            tail = f"{why}\n{RATIONALE_LABEL}" if why else RATIONALE_LABEL
+            ids = self._prompt_ids(text)
+            ids += self._tokenizer(tail, add_special_tokens=False).input_ids
+            responses.append(
+                {
+                    "probs": self._score_ids(ids),
+                    "rationale": why or None,
+                    "input_tokens": written["input_tokens"],
+                    "output_tokens": written["output_tokens"],
+                }
+            )
+        return responses
 
     def _prompt_ids(self, text: str) -> list[int]:
         tok = self._tokenizer
@@ -300,11 +341,11 @@ class TransformersTeacher(_LocalTeacher[TaskT]):
             self._shared = (shared, cache)
         return self._shared
 
-    def _score_one(self, text: str) -> list[float]:
+    def _score_ids(self, ids: list[int]) -> list[float]:
+        """The label distribution after `ids` (a prompt, or a prompt and a rationale)."""
         import torch
 
         tok, model = self._tokenizer, self._model
-        ids = self._prompt_ids(text)
         shared, shared_cache = self._shared_prefix()
         scores: list[float] = []
         with torch.inference_mode():

@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import _catalog
+from . import _catalog, _hub
 from ._card import render_card
 
 DATA_FILE = "data.parquet"
@@ -180,6 +181,19 @@ class Store:
             )
         return table
 
+    def dataset_dict(self, ref: DatasetRef, held_out: Sequence[bool] | None = None) -> Any:
+        """The version as a `datasets.DatasetDict` (verified first): ``train``, and ``test`` of
+        the records `held_out` marks; class labels as a `ClassLabel`, probabilities as a list of
+        one float per label."""
+        return _hub.dataset_dict(self.load(ref), self.manifest(ref), held_out)
+
+    def export(
+        self, ref: DatasetRef, folder: str | Path, held_out: Sequence[bool] | None = None
+    ) -> Path:
+        """Write the version (verified first) as a folder `datasets.load_dataset` reads, with a
+        dataset card the Hub accepts; see `dataset_dict` for the splits and features."""
+        return _hub.export_folder(self.load(ref), self.manifest(ref), folder, held_out)
+
     def commit(
         self,
         name: str,
@@ -188,9 +202,15 @@ class Store:
         licence: Licence,
         parent: DatasetRef | None = None,
         metadata: dict[str, Any] | None = None,
+        message: str = "",
+        command: str | None = None,
     ) -> DatasetRef:
         """Write `table` as the next version of `name`; the same content on the same parent
         under the same licence as the latest version returns that version instead of a copy.
+
+        Lineage: `parent` is what the version was made from (a labeled version's source), and
+        the manifest also names the `previous` version of `name` (None for the first), the
+        `message` and the `command` that made it (`Store.log` walks the chain).
 
         The latest version is verified first: when it is damaged nothing is written and a
         `StoreError` says how to set it aside. A version folder with no manifest.json is not
@@ -221,12 +241,37 @@ class Store:
                 "schema": {f.name: str(f.type) for f in table.schema},
                 "content_sha256": content,
                 "parent": str(parent) if parent else None,
+                "message": message,
+                "command": command,
                 "licence": licence.__dict__,
                 **(metadata or {}),
             }
             return self._publish(folder, tmp, manifest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def log(self, name: str) -> list[dict[str, Any]]:
+        """The versions of `name`, newest first, each as its lineage: version, created_at, rows,
+        parent, previous, message, command (a version whose manifest cannot be read says so in
+        `problem`)."""
+        if not self.versions(name):
+            raise StoreError(f"no dataset named {name!r} in store {self.root}")
+        entries: list[dict[str, Any]] = []
+        for version in reversed(self.versions(name)):
+            ref = DatasetRef(name, version)
+            try:
+                manifest = self.manifest(ref)
+            except StoreError as exc:
+                entries.append({"version": str(ref), "problem": str(exc)})
+                continue
+            entries.append(
+                {"version": str(ref), "problem": None}
+                | {
+                    key: manifest.get(key)
+                    for key in ("created_at", "rows", "parent", "previous", "message", "command")
+                }
+            )
+        return entries
 
     def _latest_with_manifest(self, name: str) -> DatasetRef | None:
         for version in reversed(self.versions(name)):
@@ -256,6 +301,9 @@ class Store:
         while True:
             ref = DatasetRef(folder.name, f"v{number}")
             manifest["version"] = ref.version
+            # the version this one follows: the newest below its number, whoever wrote it
+            below = [v for v in self.versions(folder.name) if int(v[1:]) < number]
+            manifest["previous"] = str(DatasetRef(folder.name, below[-1])) if below else None
             (tmp / "README.md").write_text(render_card(manifest))
             manifest["files"] = {
                 p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}

@@ -14,4 +14,14 @@ try:
 except PackageNotFoundError:  # imported from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load_version"]
+
+
+def load_version(
+    spec: str, store: str = ".stillroom", *, test_fraction: float = 0.2, seed: int = 0
+) -> object:
+    """A dataset version (``NAME`` or ``NAME@vN``) as a `datasets.DatasetDict`, ``train`` and
+    ``test`` as the students split it; see `stillroom.flows.load_version`."""
+    from stillroom.flows import load_version as load
+
+    return load(spec, store, test_fraction=test_fraction, seed=seed)

@@ -255,7 +255,47 @@ def test_show_failures_and_diff(tmp_path):
     code, _, out = run_cli("datasets", "diff", str(first), str(second), "--store", str(store.root))
     assert code == 0
     assert out.splitlines()[0] == "d@v1 -> d@v2: 1 added, 1 removed, 2 relabeled, 0 unchanged"
+    assert out.splitlines()[1] == "agreement: 0.0% (0 of the 1 records both answered)"
     assert "a\tpos -> neg" in out and "b\tNone -> pos" in out
+    # versions of different sizes, and of different datasets
+    rows3 = {k: [*v, *v] for k, v in rows2.items()} | {"id": ["a", "b", "d", "e", "f", "g"]}
+    rows3["label"] = ["neg", "pos", "pos", "neg", "neg", "neg"]
+    other = store.commit("other", pa.table(rows3), licence=Licence("MIT"))
+    code, _, out = run_cli("datasets", "diff", str(second), str(other), "--store", str(store.root))
+    assert code == 0
+    assert out.splitlines()[:2] == [
+        "d@v2 -> other@v1: 3 added, 0 removed, 1 relabeled, 2 unchanged",
+        "agreement: 66.7% (2 of the 3 records both answered)",
+    ]
+    assert "d\tneg -> pos" in out
+
+
+def test_log_prints_each_versions_lineage(tmp_path):
+    store = Store(tmp_path / "s")
+    source = store.commit(
+        "d-source", pa.table({"id": ["a"], "text": ["x"]}), licence=Licence("MIT")
+    )
+    first = store.commit(
+        "d",
+        pa.table({"id": ["a"], "label": ["pos"]}),
+        licence=Licence("MIT"),
+        parent=source,
+        message="first labels",
+        command="stillroom label c.yaml",
+    )
+    second = store.commit(
+        "d", pa.table({"id": ["a"], "label": ["neg"]}), licence=Licence("MIT"), parent=source
+    )
+    assert store.manifest(second)["previous"] == str(first)
+    assert store.manifest(first)["previous"] is None
+    code, _, out = run_cli("datasets", "log", "d", "--store", str(store.root))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("d@v2  ") and lines[0].endswith("1 rows  from d-source@v1")
+    assert lines[1].startswith("d@v1  ")
+    assert lines[2:] == ["    first labels", "    $ stillroom label c.yaml"]
+    code, err, _ = run_cli("datasets", "log", "nope", "--store", str(store.root))
+    assert code == 2 and "no dataset named 'nope'" in err
 
 
 def test_estimate_counts_one_request_per_label_for_multi_label(write_config):

@@ -125,6 +125,59 @@ def test_label_scores_are_exact_and_cached(tiny_lm, tmp_path):
     assert again._model is None  # nothing was loaded: every answer came from the cache
 
 
+def test_a_rationale_comes_first_and_the_labels_are_scored_after_it(tiny_lm, tmp_path):
+    """Distilling step by step with a local teacher: a greedy rationale, then each label's exact
+    log-likelihood after it and a last line "Label:", checked against a by-hand reference (a full
+    forward pass per token, no cache)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    task = ClassifyTask(TASK.labels, TASK.instructions, rationale=True)
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    teacher = TransformersTeacher(task, model=str(tiny_lm), cache=cache, rationale_tokens=6)
+    answers = teacher.label(TEXTS)
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm)
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+
+    def logp(ids):
+        with torch.no_grad():
+            return model(torch.tensor([ids])).logits[0].log_softmax(-1)
+
+    for (_, text), answer in zip(TEXTS, answers, strict=True):
+        prompt = tok(
+            tok.apply_chat_template(
+                build_messages(task, text), tokenize=False, add_generation_prompt=True
+            ),
+            add_special_tokens=False,
+        ).input_ids
+        ids = list(prompt)
+        while len(ids) - len(prompt) < 6 and (not ids or ids[-1] != tok.eos_token_id):
+            ids.append(int(logp(ids)[-1].argmax()))
+        written = [t for t in ids[len(prompt) :] if t != tok.eos_token_id]
+        why = tok.decode(written, skip_special_tokens=True).split("Label:")[0].strip()
+        tail = f"{why}\nLabel:" if why else "Label:"
+        head = prompt + tok(tail, add_special_tokens=False).input_ids
+        scores = []
+        for label in task.labels:
+            label_ids = tok(" " + label, add_special_tokens=False).input_ids + [tok.eos_token_id]
+            out = logp(head + label_ids)
+            scores.append(sum(out[len(head) + i - 1, t].item() for i, t in enumerate(label_ids)))
+        top = max(scores)
+        z = sum(math.exp(x - top) for x in scores)
+        assert answer.rationale == (why or None)
+        assert list(answer.probs) == pytest.approx(
+            [math.exp(x - top) / z for x in scores], abs=1e-5
+        )
+        assert answer.usage.output_tokens == len(ids) - len(prompt) > 0
+    assert any(a.rationale for a in answers)
+    # cached with the rationale: a second teacher computes nothing and answers the same
+    again = TransformersTeacher(task, model=str(tiny_lm), cache=cache, rationale_tokens=6)
+    assert [(a.probs, a.rationale) for a in again.label(TEXTS)] == [
+        (a.probs, a.rationale) for a in answers
+    ]
+    assert again.stats.cache_hits == 3 and again._model is None
+
+
 def test_missing_model_folder_is_a_clear_error():
     with pytest.raises(LabelerError, match="teacher model folder not found: /no/such/model"):
         TransformersTeacher(TASK, model="/no/such/model").label(TEXTS[:1])

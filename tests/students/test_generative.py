@@ -86,6 +86,7 @@ def student(folder, **kwargs):
         "learning_rate": 1e-2,
         "batch_size": 4,
         "max_new_tokens": 12,
+        "lora": 0,  # every weight: on a CPU the default would train LoRA adapters
         "progress": False,
         "seed": 0,
     }
@@ -241,6 +242,19 @@ def test_full_vocabulary_distillation_from_a_local_teacher(tiny_causal):
     fitted.fit(examples())
     assert fitted.model_.config.num_hidden_layers == 2 and fitted.kd_examples_ == 8
     assert all(h["kl"] is not None and h["kl"] >= 0 for h in fitted.history_)
+
+
+def test_lora_auto_is_rank_8_on_a_cpu_for_a_pretrained_base_only(tiny_causal):
+    cpu = torch.device("cpu")
+    assert GenerativeStudent(base=str(tiny_causal))._rank(cpu) == 8
+    assert GenerativeStudent(init="every_other_layer")._rank(cpu) is None
+    assert GenerativeStudent()._rank(torch.device("cuda")) is None
+    assert GenerativeStudent(lora=0)._rank(cpu) is None
+    assert GenerativeStudent(lora=4)._rank(torch.device("cuda")) == 4
+    fitted = student(tiny_causal, lora="auto", epochs=1).fit(examples()[:4])
+    assert fitted.lora_ == 8 and fitted.history_[0]["loss"] > 0
+    with pytest.raises(ValueError, match="lora must be a rank"):
+        GenerativeStudent(base=str(tiny_causal), lora="big").check()
 
 
 def test_lora_trains_adapters_and_saves_merged_or_apart(tiny_causal, tmp_path):

@@ -1,0 +1,59 @@
+"""Versions in and out of Hugging Face `datasets`, split as the students see them: the records
+held out for evaluation (`evaluate.test_fraction`, by id and seed) are the ``test`` split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from stillroom import storage
+
+from ._config import DEFAULT_STORE, EvaluateConfig
+from ._training import held_out
+
+_EVALUATE = EvaluateConfig()
+
+
+def _held_out(store: storage.Store, ref: storage.DatasetRef, fraction: float, seed: int) -> Any:
+    if fraction <= 0:
+        return None
+    if not 0 < fraction < 1:
+        raise storage.HubError(f"test fraction must be in [0, 1), got {fraction}")
+    ids = store.load(ref, verify=False).column("id").to_pylist()
+    return held_out(ids, fraction, seed).tolist()
+
+
+def load_version(
+    spec: str,
+    store: str | Path = DEFAULT_STORE,
+    *,
+    test_fraction: float = _EVALUATE.test_fraction,
+    seed: int = _EVALUATE.seed,
+) -> Any:
+    """A version (``NAME`` for the latest, or ``NAME@vN``) as a `datasets.DatasetDict`:
+    ``train`` and ``test``, the test records those a config with this `evaluate.test_fraction`
+    and `evaluate.seed` holds out (0 puts everything in ``train``). Labels are a `ClassLabel`
+    feature and the probabilities a list of one float per label.
+
+    >>> ds = load_version("banking77@v2")  # doctest: +SKIP
+    >>> ds["train"].features["label"].names[:2]  # doctest: +SKIP
+    ['card_arrival', 'card_linking']
+    """
+    s = storage.Store(store)
+    ref = s.resolve(spec)
+    return s.dataset_dict(ref, _held_out(s, ref, test_fraction, seed))
+
+
+def export_version(
+    spec: str,
+    folder: str | Path,
+    store: str | Path = DEFAULT_STORE,
+    *,
+    test_fraction: float = _EVALUATE.test_fraction,
+    seed: int = _EVALUATE.seed,
+) -> Path:
+    """Write a version as a folder `datasets.load_dataset(folder)` reads, with a dataset card the
+    Hub accepts; the splits are `load_version`'s."""
+    s = storage.Store(store)
+    ref = s.resolve(spec)
+    return s.export(ref, folder, _held_out(s, ref, test_fraction, seed))

@@ -1,0 +1,159 @@
+"""Hugging Face datasets both ways through the CLI: a `save_to_disk` folder (a DatasetDict, gold
+as ClassLabel integers, the licence in its info) or a folder of data files with a card as the
+source; a labeled version exported and read back by `datasets.load_dataset`, and loaded with
+`stillroom.load_version` split as the students split it."""
+
+import json
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+from typer.testing import CliRunner
+
+import stillroom
+from stillroom.flows._cli import app
+from stillroom.flows._training import held_out
+from stillroom.storage import Store
+
+datasets = pytest.importorskip("datasets")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def saved_dict(tmp_path, banking_rows, banking_labels):
+    """A DatasetDict saved to disk: gold as ClassLabel integers, CC-BY-4.0 in its info."""
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "text": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=banking_labels),
+        }
+    )
+    info = datasets.DatasetInfo(license="cc-by-4.0", features=features)
+
+    def part(rows):
+        columns = {
+            "id": [r["id"] for r in rows],
+            "text": [r["text"] for r in rows],
+            "label": [banking_labels.index(r["label"]) for r in rows],
+        }
+        return datasets.Dataset.from_dict(columns, features=features, info=info)
+
+    folder = tmp_path / "banking-hf"
+    datasets.DatasetDict(
+        {"train": part(banking_rows[:24]), "test": part(banking_rows[24:30])}
+    ).save_to_disk(str(folder))
+    return folder
+
+
+def test_a_saved_dataset_dict_with_class_labels_is_a_source(
+    saved_dict, write_config, delete, banking_rows
+):
+    runner = CliRunner()
+    base = {"data.path": str(saved_dict), "data.licence": delete, "data.licence_statement": delete}
+
+    missing = runner.invoke(app, ["label", str(write_config(base))])
+    assert missing.exit_code == 2
+    assert "holds splits train, test: choose one with data.split" in missing.stderr
+
+    wrong = runner.invoke(app, ["label", str(write_config(base | {"data.split": "dev"}))])
+    assert wrong.exit_code == 2 and "data.split 'dev' is not a split of" in wrong.stderr
+
+    config = write_config(base | {"data.split": "train"})
+    out = runner.invoke(app, ["label", str(config)])
+    assert out.exit_code == 0, out.output
+    store = Store(config.parent / "store")
+    source = store.resolve("banking77-source")
+    rows = store.load(source).to_pylist()
+    # ClassLabel integers are read as their names, not refused as '0' is not in task.labels
+    assert [r["gold"] for r in rows] == [r["label"] for r in banking_rows[:24]]
+    licence = store.manifest(source)["licence"]
+    assert licence["spdx"] == "CC-BY-4.0" and "dataset card" in licence["statement"]
+
+
+def test_a_folder_of_data_files_with_a_card(tmp_path, write_config, delete, banking_rows):
+    folder = tmp_path / "files"
+    (folder / "data").mkdir(parents=True)
+    for split, rows in (("train", banking_rows[:20]), ("validation", banking_rows[20:26])):
+        with (folder / "data" / f"{split}.jsonl").open("w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    (folder / "README.md").write_text(
+        "---\nlicense: other\nlicense_name: acme data\nlanguage: en\n---\n# x\n"
+    )
+    config = write_config(
+        {"data.path": str(folder), "data.split": "validation", "data.licence": delete}
+    )
+    out = CliRunner().invoke(app, ["label", str(config)])
+    assert out.exit_code == 0, out.output
+    store = Store(config.parent / "store")
+    source = store.manifest(store.resolve("banking77-source"))
+    assert source["rows"] == 6 and source["licence"]["spdx"] == "LicenseRef-acme-data"
+    assert source["language"] == ["en"]
+    assert store.manifest(store.resolve("banking77"))["language"] == ["en"]  # carried on
+
+
+def test_export_and_load_version_split_as_the_students(write_config, tmp_path):
+    runner = CliRunner()
+    config = write_config({"data.limit": 40})
+    assert runner.invoke(app, ["label", str(config)]).exit_code == 0
+    store_dir = str(config.parent / "store")
+    store = Store(store_dir)
+    table = store.load(store.resolve("banking77"))
+    ids = table.column("id").to_pylist()
+    expected_test = {i for i, t in zip(ids, held_out(ids, 0.2, 0), strict=True) if t}
+
+    loaded = stillroom.load_version("banking77", store_dir)
+    assert {r["id"] for r in loaded["test"]} == expected_test
+    assert loaded["train"].num_rows + loaded["test"].num_rows == 40
+    names = loaded["train"].features["label"].names
+    first = table.to_pylist()[ids.index(loaded["train"][0]["id"])]
+    assert names[loaded["train"][0]["label"]] == first["label"]
+    assert loaded["train"][0]["probs"] == pytest.approx(first["probs"])
+
+    out_dir = tmp_path / "export"
+    out = runner.invoke(
+        app, ["datasets", "export", "banking77@v1", str(out_dir), "--store", store_dir]
+    )
+    assert out.exit_code == 0, out.output
+    back = datasets.load_dataset(str(out_dir), cache_dir=str(tmp_path / "hf-cache"))
+    for split in ("train", "test"):
+        assert back[split].to_list() == loaded[split].to_list()
+        assert back[split].features == loaded[split].features
+
+    again = runner.invoke(
+        app, ["datasets", "export", "banking77@v1", str(out_dir), "--store", store_dir]
+    )
+    assert again.exit_code == 2 and "is not an empty folder" in again.stderr
+    none = runner.invoke(
+        app, ["datasets", "export", "nope", str(tmp_path / "n"), "--store", store_dir]
+    )
+    assert none.exit_code == 2 and "no dataset named 'nope'" in none.stderr
+
+
+def test_each_labeled_version_records_its_message_command_and_lineage(write_config, monkeypatch):
+    runner = CliRunner()
+    config = write_config({"data.limit": 12})
+    argv = ["stillroom", "label", str(config), "--set", "teacher.api_key_env=SECRET_NAME"]
+    monkeypatch.setattr("sys.argv", argv)
+    out = runner.invoke(app, ["label", str(config), "-m", "first pass"])
+    assert out.exit_code == 0, out.output
+    again = runner.invoke(app, ["label", str(write_config({"data.limit": 14}))])
+    assert again.exit_code == 0, again.output
+    store = Store(config.parent / "store")
+    first, second = (store.manifest(store.resolve(f"banking77@v{n}")) for n in (1, 2))
+    assert first["message"] == "first pass"
+    assert first["command"] == f"stillroom label {config} --set teacher.api_key_env=HIDDEN"
+    assert first["parent"] == "banking77-source@v1" and first["previous"] is None
+    assert second["parent"] == "banking77-source@v2" and second["previous"] == "banking77@v1"
+    assert second["message"] == "14 of 14 records labeled by zero-shot all-minilm-l6-v2"
+    source = store.manifest(store.resolve("banking77-source@v2"))
+    assert (
+        source["previous"] == "banking77-source@v1" and "14 records read from" in source["message"]
+    )
+    log = runner.invoke(app, ["datasets", "log", "banking77", "--store", str(store.root)])
+    assert log.exit_code == 0
+    assert log.stdout.splitlines()[0].endswith("14 rows  from banking77-source@v2")
