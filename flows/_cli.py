@@ -183,7 +183,10 @@ def _show_report(report_path: Path) -> None:
     from rich.console import Console
     from rich.markdown import Markdown
 
-    Console(soft_wrap=False).print(Markdown((report_path.parent / "report.md").read_text()))
+    console = Console(soft_wrap=False)
+    if not console.is_terminal:  # piped or logged: wide enough for the students' table
+        console = Console(soft_wrap=False, width=max(console.width, 120))
+    console.print(Markdown((report_path.parent / "report.md").read_text()))
     typer.echo(str(report_path))
 
 

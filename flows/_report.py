@@ -248,7 +248,10 @@ def _fmt(value: Any, pct: bool = False) -> str:
         return "–"
     if pct:
         return f"{100 * value:.1f}%"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        # 4 significant digits, but never in exponent form for a large value (871261, not 8.713e+05)
+        return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+    return str(value)
 
 
 def render_report(report: dict[str, Any], failures: dict[str, int]) -> str:

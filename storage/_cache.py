@@ -85,9 +85,10 @@ class ResponseCache:
         try:
             # the first statement reads the header: a file that is not a database fails here,
             # before anything could be written to it
+            # wait for other writers (other processes labeling into the same store) first
+            db.execute("PRAGMA busy_timeout=30000")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=30000")
             db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             db.close()
