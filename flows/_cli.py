@@ -43,6 +43,13 @@ SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="override a key: --set teacher.model=M")
 ]
 StoreOpt = Annotated[str, typer.Option(help="the store folder")]
+AcknowledgeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--acknowledge-terms",
+        help="train although the version's terms forbid it, saying why (recorded in the run)",
+    ),
+]
 MessageOpt = Annotated[
     str | None,
     typer.Option("--message", "-m", help="recorded with the version this run commits"),
@@ -146,23 +153,39 @@ def _main(
         log.addHandler(handler)
 
 
-def _load(path: Path, overrides: list[str] | None, message: str | None = None) -> Config:
+def _load(
+    path: Path,
+    overrides: list[str] | None,
+    message: str | None = None,
+    acknowledge: str | None = None,
+) -> Config:
     from ._config import load_config
 
     cfg = load_config(path, overrides or [])
-    return cfg if message is None else cfg.model_copy(update={"message": message})
+    update: dict[str, Any] = {}
+    if message is not None:
+        update["message"] = message
+    if acknowledge is not None:
+        if not acknowledge.strip():
+            raise typer.BadParameter("--acknowledge-terms needs a reason")
+        update["acknowledge_terms"] = acknowledge
+    return cfg.model_copy(update=update) if update else cfg
 
 
-def _check_version(cfg: Config, spec: str) -> None:
-    """A missing or damaged version fails here, before Prefect starts."""
+def _check_version(cfg: Config, spec: str, training: bool = True) -> None:
+    """A missing or damaged version, or one whose terms forbid training (when `training`),
+    fails here, before Prefect starts."""
     from stillroom import storage
 
-    from ._training import check_trainable
+    from ._training import check_trainable, terms_gate
 
     store = storage.Store(cfg.store)
     ref = store.resolve(spec)
     store.load(ref)  # re-hashes and checks the version against its manifest
-    check_trainable(ref, store.manifest(ref), cfg)
+    manifest = store.manifest(ref)
+    check_trainable(ref, manifest, cfg)
+    if training:
+        terms_gate(ref, manifest, cfg)
 
 
 def _with_engine(prepare: Callable[[], None], flow: Callable[[], R]) -> tuple[R, dict[str, float]]:
@@ -214,13 +237,15 @@ def run(
     set_: SetOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="run folder")] = None,
     message: MessageOpt = None,
+    acknowledge: AcknowledgeOpt = None,
 ) -> None:
     """Ingest -> label -> commit -> train -> evaluate; prints the results and report.json's path."""
-    from ._teacher import preflight
+    from ._teacher import preflight, terms_before_labeling
 
     started = time.perf_counter()
-    cfg = _load(config, set_, message)
+    cfg = _load(config, set_, message, acknowledge)
     teacher = preflight(cfg)
+    terms_before_labeling(cfg)  # nothing is paid for a run that could not train
 
     def flow() -> Path:
         from ._flow import distill
@@ -286,9 +311,10 @@ def train(
     dataset: Annotated[str, typer.Option("--dataset", help="NAME[@VERSION]")],
     set_: SetOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="run folder")] = None,
+    acknowledge: AcknowledgeOpt = None,
 ) -> None:
     """Train the configured students on a labeled version; prints the run folder."""
-    cfg = _load(config, set_)
+    cfg = _load(config, set_, acknowledge=acknowledge)
     _check_version(cfg, dataset)
 
     def flow() -> Path:
@@ -307,10 +333,11 @@ def evaluate(
     dataset: Annotated[str, typer.Option("--dataset", help="NAME[@VERSION]")],
     set_: SetOpt = None,
     run_dir: Annotated[Path | None, typer.Option("--run", help="a folder made by `train`")] = None,
+    acknowledge: AcknowledgeOpt = None,
 ) -> None:
     """Measure trained students against the teacher (training them first when --run is not given)."""
-    cfg = _load(config, set_)
-    _check_version(cfg, dataset)
+    cfg = _load(config, set_, acknowledge=acknowledge)
+    _check_version(cfg, dataset, training=run_dir is None)
 
     def flow() -> Path:
         from ._flow import evaluate_run
@@ -393,6 +420,11 @@ def datasets_show(
     ref = s.resolve(spec)
     manifest = s.manifest(ref)
     typer.echo(json.dumps(manifest, indent=2))
+    # for people, on stderr: stdout stays the manifest's JSON for scripts
+    restrictions = storage.manifest_restrictions(manifest)
+    typer.echo("usage restrictions:" + ("" if restrictions else " none"), err=True)
+    for restriction in restrictions:
+        typer.echo(f"  {storage.describe_restriction(restriction)}", err=True)
     if (manifest.get("task") or {}).get("kind") == "generate":
         from ._generation import generation_lines, generation_stats
 

@@ -38,6 +38,12 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Restriction = Literal[
+    "no-training", "no-competing-models", "non-commercial", "share-alike", "attribution"
+]
+"""What a licence or a provider's terms may forbid or ask (storage.RESTRICTIONS)."""
+
+
 class DataConfig(_Model):
     path: str
     id_field: str | None = "id"
@@ -52,6 +58,9 @@ class DataConfig(_Model):
     split: str | None = None
     # SPDX id; unset: what the source's dataset card states, else NOASSERTION
     licence: str | None = None
+    # what the source's terms restrict beyond its SPDX id (e.g. [no-training] for a set
+    # released for evaluation only)
+    restrictions: list[Restriction] = Field(default_factory=list)
     licence_statement: str = ""
     source: str = ""
     citation: str = ""
@@ -214,23 +223,53 @@ class PriceConfig(_Model):
 
 
 class TermsConfig(_Model):
+    """A teacher's terms: their own words, where they are, the date of that wording, and what
+    they restrict (training at all, competing models, commercial use) or owe (attribution)."""
+
     profile: str = "custom"
     statement: str
-    restrictions: list[str] = Field(default_factory=list)
+    restrictions: list[Restriction] = Field(default_factory=list)
     url: str = ""
+    as_of: str = ""  # the date of the wording quoted in `statement` (its effective date)
+    attribution: str = ""  # what credit the outputs owe, if any
 
 
-# Known teacher terms. Restrictions are checked before training (e.g. generative students).
+# Dated profiles of the providers' terms on outputs, quoting the clause that matters for
+# distillation; the wording can change after `as_of`: check the URL before relying on it.
 TERMS_PROFILES: dict[str, TermsConfig] = {
     "openai": TermsConfig(
         profile="openai",
-        statement="OpenAI Terms of Use: you may not use output to develop models that compete with OpenAI.",
+        statement='OpenAI Terms of Use, "What you cannot do": "Use Output to develop models that '
+        'compete with OpenAI."',
         restrictions=["no-competing-models"],
         url="https://openai.com/policies/terms-of-use",
+        as_of="2024-01-31",
+    ),
+    "anthropic": TermsConfig(
+        profile="anthropic",
+        statement="Anthropic Commercial Terms of Service: the customer may not access the "
+        'Services "to build a competing product or service, including to train competing AI '
+        "models\" without Anthropic's approval.",
+        restrictions=["no-competing-models"],
+        url="https://www.anthropic.com/legal/commercial-terms",
+        as_of="2025-06-17",
+    ),
+    "google-gemini": TermsConfig(
+        profile="google-gemini",
+        statement='Gemini API Additional Terms of Service, "Use Restrictions": "You may not use '
+        "the Services to develop models that compete with the Services (e.g., Gemini API or "
+        'Google AI Studio)."',
+        restrictions=["no-competing-models"],
+        url="https://ai.google.dev/gemini-api/terms",
+        as_of="2025-05-20",
     ),
     "apache-2.0": TermsConfig(
         profile="apache-2.0",
-        statement="The teacher model is released under the Apache License 2.0; its outputs carry no extra restriction.",
+        statement="The teacher model is released under the Apache License 2.0 (as are "
+        "SmolLM2-135M-Instruct and all-MiniLM-L6-v2, the local teachers stillroom ships); the "
+        "licence covers the model, and its outputs carry no restriction.",
+        url="https://www.apache.org/licenses/LICENSE-2.0",
+        as_of="2004-01",
     ),
     "unknown": TermsConfig(
         profile="unknown",
@@ -551,6 +590,9 @@ class Config(_Model):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     # recorded with the version this run commits (usually given as -m on the command line)
     message: str = ""
+    # why training on a version whose terms forbid it is all right (--acknowledge-terms);
+    # recorded in the run and every student's model card
+    acknowledge_terms: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _task_kind(self) -> Config:

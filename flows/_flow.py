@@ -136,7 +136,10 @@ def evaluate_run(config: Config, folder: str, labeling: LabelingSummary | None =
 @flow(name="distill")
 def distill(config: Config, out: str | None = None) -> Path:
     """The whole loop, one flow of tasks; returns the path of report.json. A generate task
-    without students stops after labeling, with its completions measured."""
+    without students stops after labeling, with its completions measured; a config whose
+    students could not train on what it labels (terms that forbid training, not acknowledged)
+    stops before the teacher is paid."""
+    _teacher.terms_before_labeling(config)
     ref, labeling = _label(config)
     if config.task.kind == "generate" and not config.students:
         return _report_generation(config, ref, labeling, out)
@@ -184,6 +187,7 @@ def _train(config: Config, dataset: str, out: str | None) -> Path:
         return _train_generative(config, dataset, out)
     store = storage.Store(config.store)
     ref, manifest, split = _training.load_split(config, store, dataset)
+    manifest = _training.terms_gate(ref, manifest, config)
     folder = _run_dir(config, out)
     trained = []
     for i, spec in enumerate(config.students):
@@ -216,6 +220,7 @@ def _train(config: Config, dataset: str, out: str | None) -> Path:
         "dataset": str(ref),
         "train_records": len(split.train_text),
         "calibration_records": len(split.calib_text),
+        "acknowledged_terms": manifest.get("acknowledged_terms"),
         "students": trained,
     }
     (folder / "train.json").write_text(json.dumps(record, indent=2))
@@ -255,6 +260,7 @@ def _labeled_texts(
 def _train_generative(config: Config, dataset: str, out: str | None) -> Path:
     store = storage.Store(config.store)
     ref, manifest, data = _completions(config, store, dataset)
+    manifest = _training.terms_gate(ref, manifest, config)
     folder = _run_dir(config, out)
     trained = []
     for i, spec in enumerate(config.students):
@@ -268,7 +274,12 @@ def _train_generative(config: Config, dataset: str, out: str | None) -> Path:
         )
         entry = {"folder": str(sub), "spec": spec.model_dump(), "train_s": train_s}
         trained.append(entry | {"size_bytes": size, "calibrated": False, "variants": []})
-    record = {"dataset": str(ref), "train_records": len(data.train), "students": trained}
+    record = {
+        "dataset": str(ref),
+        "train_records": len(data.train),
+        "acknowledged_terms": manifest.get("acknowledged_terms"),
+        "students": trained,
+    }
     (folder / "train.json").write_text(json.dumps(record, indent=2))
     return folder
 
@@ -291,6 +302,8 @@ def _evaluate(config: Config, folder: str, labeling: LabelingSummary | None) -> 
     trained = json.loads((run / "train.json").read_text())
     store = storage.Store(config.store)
     ref, manifest, split = _training.load_split(config, store, trained["dataset"])
+    if trained.get("acknowledged_terms"):  # the cards rewritten with metrics keep it
+        manifest = manifest | {"acknowledged_terms": trained["acknowledged_terms"]}
     results = []
     for entry in trained["students"]:
         spec = student_config(entry["spec"])
@@ -384,6 +397,8 @@ def _evaluate_generative(config: Config, folder: str, labeling: LabelingSummary 
     trained = json.loads((run / "train.json").read_text())
     store = storage.Store(config.store)
     ref, manifest, data = _completions(config, store, trained["dataset"])
+    if trained.get("acknowledged_terms"):  # the cards rewritten with metrics keep it
+        manifest = manifest | {"acknowledged_terms": trained["acknowledged_terms"]}
     results = []
     for entry in trained["students"]:
         spec = student_config(entry["spec"])

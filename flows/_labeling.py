@@ -153,7 +153,11 @@ def ingest(config: Config, store: storage.Store) -> storage.DatasetRef:
     """Read the records and commit them as the source dataset `NAME-source`."""
     table = read_source(config)
     licence = source_licence(config.data)
-    metadata: dict[str, Any] = {"kind": "source", "data": config.data.model_dump()}
+    metadata: dict[str, Any] = {
+        "kind": "source",
+        "data": config.data.model_dump(),
+        "restrictions": storage.restrictions_of(licence.__dict__, None, config.data.restrictions),
+    }
     language = source_card(config.data).get("language")
     if language:
         metadata["language"] = [language] if isinstance(language, str) else list(language)
@@ -204,6 +208,10 @@ def commit_labels(
         "labeling": summary,
     }
     described_source = store.manifest(source)
+    data_restrictions = (described_source.get("data") or {}).get("restrictions") or ()
+    metadata["restrictions"] = storage.restrictions_of(
+        described_source["licence"], metadata["terms"], data_restrictions
+    )
     if described_source.get("language"):
         metadata["language"] = described_source["language"]
     licence = storage.Licence(**described_source["licence"])

@@ -139,10 +139,26 @@ def _provenance(manifest: dict[str, Any]) -> list[str]:
     lines.append(
         f"- teacher terms ({terms.get('profile', 'unknown')}): {terms.get('statement', '')}"
     )
+    if terms.get("as_of") or terms.get("url"):
+        lines.append(
+            f"- terms wording as of {terms.get('as_of') or '?'}: {terms.get('url') or 'no URL'}"
+        )
     if terms.get("restrictions"):
         lines.append(
             f"- restrictions inherited from the teacher: {', '.join(terms['restrictions'])}"
         )
+    restrictions = storage.manifest_restrictions(manifest)
+    if restrictions:
+        lines += ["", "### Usage restrictions (inherited from the data and the teacher)", ""]
+        lines += [f"- {storage.describe_restriction(r)}" for r in restrictions]
+    acknowledged = manifest.get("acknowledged_terms")
+    if acknowledged:
+        overrides = "; ".join(acknowledged.get("overrides") or []) or "no restriction forbade it"
+        lines += [
+            "",
+            f"**Terms acknowledged** by {acknowledged['user']} at {acknowledged['at']}: "
+            f'"{acknowledged["text"]}" (trained although: {overrides}).',
+        ]
     return lines
 
 

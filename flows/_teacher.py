@@ -15,9 +15,9 @@ from stillroom import labelers, storage
 
 from ._config import Config, DataConfig, student_config
 from ._errors import SetupError
-from ._ingest import InputError, read_records
+from ._ingest import InputError, read_records, source_licence
 from ._report import STUDENT_INFO
-from ._training import check_students, load_student, student_columns
+from ._training import check_students, load_student, student_columns, terms_gate
 
 log = logging.getLogger("stillroom")
 
@@ -265,6 +265,16 @@ def terms_of(config: Config) -> dict[str, Any]:
         )
         return inherited
     return config.teacher.resolved_terms().model_dump()
+
+
+def terms_before_labeling(config: Config) -> None:
+    """For `run`: refuse, before the teacher is paid, a config whose students could not train on
+    what it labels (the source's terms or the teacher's forbid training) unless acknowledged."""
+    if not config.students:
+        return
+    licence = source_licence(config.data).__dict__
+    restrictions = storage.restrictions_of(licence, terms_of(config), config.data.restrictions)
+    terms_gate(f"what {config.name} would label", {"restrictions": restrictions}, config)
 
 
 def _api_key(config: Config) -> str | None:

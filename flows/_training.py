@@ -4,8 +4,10 @@ on the teacher's labels, and measure it against the teacher (and gold, where the
 from __future__ import annotations
 
 import copy
+import getpass
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -126,6 +128,40 @@ def check_trainable(ref: storage.DatasetRef, manifest: dict[str, Any], config: C
         )
     if not completions and config.task.kind == "generate":
         raise SetupError(f"{ref} holds labels, not completions: train it with a classify config")
+
+
+def terms_gate(
+    ref: storage.DatasetRef | str, manifest: dict[str, Any], config: Config
+) -> dict[str, Any]:
+    """The manifest to train with. A version whose restrictions forbid training (its source's
+    terms, or a teacher's) is refused with one line naming the restriction and how to go on,
+    unless the config acknowledges it; the acknowledgement (the reason, when, who, and what it
+    overrides) is then added to the manifest as `acknowledged_terms`, which train.json and every
+    student's model card record."""
+    restrictions = storage.manifest_restrictions(manifest)
+    forbidden = storage.forbids_training(restrictions)
+    if forbidden and not config.acknowledge_terms:
+        raise SetupError(
+            f"{ref} may not be used to train models: {storage.describe_restriction(forbidden[0])}. "
+            'To train on it anyway, say why: --acknowledge-terms "REASON" (or acknowledge_terms: '
+            "in the config); the reason is recorded in the run and every student's model card"
+        )
+    if not config.acknowledge_terms:
+        return manifest
+    acknowledged = {
+        "text": config.acknowledge_terms,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "user": _user(),
+        "overrides": [storage.describe_restriction(r) for r in forbidden],
+    }
+    return manifest | {"acknowledged_terms": acknowledged}
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
 
 
 def load_split(

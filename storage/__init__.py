@@ -7,8 +7,11 @@ from ._cache import ResponseCache, canonical_json, request_key
 from ._card import card_metadata, front_matter, hub_licence, render_card, spdx_of
 from ._hub import HubError
 from ._store import DatasetRef, Licence, Store, StoreError, VerifyResult, sha256_file
+from ._terms import RESTRICTIONS, forbids_training, manifest_restrictions, restrictions_of
+from ._terms import describe as describe_restriction
 
 __all__ = [
+    "RESTRICTIONS",
     "DatasetRef",
     "Licence",
     "HubError",
@@ -18,10 +21,14 @@ __all__ = [
     "VerifyResult",
     "canonical_json",
     "card_metadata",
+    "describe_restriction",
+    "forbids_training",
     "front_matter",
     "hub_licence",
+    "manifest_restrictions",
     "render_card",
     "request_key",
+    "restrictions_of",
     "sha256_file",
     "spdx_of",
 ]

@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from ._terms import describe, manifest_restrictions
+
 # Licence ids the Hugging Face Hub accepts that are SPDX ids too (lower-cased), and the SPDX ids
 # the Hub spells differently. Any other licence is "other" with its name; none stated, "unknown".
 # fmt: off
@@ -138,6 +140,9 @@ def card_metadata(manifest: dict[str, Any], splits: dict[str, str] | None = None
         "terms": {k: terms[k] for k in ("profile", "statement", "restrictions") if terms.get(k)}
         or None,
     }
+    restrictions = manifest_restrictions(manifest)
+    if restrictions:
+        known["restrictions"] = [r["restriction"] for r in restrictions]
     meta["stillroom"] = {k: v for k, v in known.items() if v is not None}
     return meta
 
@@ -179,6 +184,10 @@ def render_card(manifest: dict[str, Any], splits: dict[str, str] | None = None) 
         ]
         if terms.get("restrictions"):
             lines.append(f"- restrictions: {', '.join(terms['restrictions'])}")
+    restrictions = manifest_restrictions(manifest)
+    if restrictions:
+        lines += ["", "## Usage restrictions", ""]
+        lines += [f"- {describe(r)}" for r in restrictions]
     labeling = manifest.get("labeling")
     if labeling:
         lines += ["", "## Labelling", ""] + [f"- {k}: {v}" for k, v in labeling.items()]
