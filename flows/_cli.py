@@ -34,9 +34,14 @@ app = typer.Typer(
     help="Distil a teacher LLM into small, cheap students.",
 )
 datasets_app = typer.Typer(
-    no_args_is_help=True, help="List, show, diff and verify dataset versions."
+    no_args_is_help=True,
+    help="List, show, diff, log, verify, export and clean up dataset versions.",
 )
 app.add_typer(datasets_app, name="datasets")
+cache_app = typer.Typer(
+    no_args_is_help=True, help="Share paid answers: export the response cache, import another's."
+)
+app.add_typer(cache_app, name="cache")
 
 ConfigArg = Annotated[Path, typer.Argument(help="the YAML config")]
 SetOpt = Annotated[
@@ -385,6 +390,43 @@ def spend(
     typer.echo(f"total: ${total:.4f}")
 
 
+@cache_app.command("export")
+@handled
+def cache_export(
+    file: Annotated[Path, typer.Argument(help="a .jsonl (or .jsonl.gz) file to write")],
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Write every answer in the store's cache (request, response, tokens, cost) to FILE, for a
+    teammate's store to import; it holds no API key (none is ever cached)."""
+    from stillroom import storage
+
+    path = Path(store) / "cache.sqlite"
+    if not path.exists():
+        raise storage.StoreError(f"no response cache in {store} (no {path})")
+    with storage.ResponseCache(path) as cache:
+        count = cache.export(file)
+    typer.echo(f"{count} answers written to {file}")
+
+
+@cache_app.command("import")
+@handled
+def cache_import(
+    file: Annotated[Path, typer.Argument(help="a file `stillroom cache export` wrote")],
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Add the answers in FILE to the store's cache: the same requests are then answered from
+    it, unpaid. An answer already there is never overwritten; a line whose key does not match
+    its request is rejected. The spend ledger is left alone (these were paid elsewhere)."""
+    from stillroom import storage
+
+    with storage.ResponseCache(Path(store) / "cache.sqlite") as cache:
+        counts = cache.import_answers(file)
+    typer.echo(
+        f"{counts['added']} answers added, {counts['present']} already present (kept), "
+        f"{counts['rejected']} rejected"
+    )
+
+
 @datasets_app.command("list")
 @handled
 def datasets_list(
@@ -527,6 +569,50 @@ def datasets_verify(
     for problem in result.problems:
         typer.echo(f"{result.ref}: {problem}", err=True)
     raise typer.Exit(1)
+
+
+@datasets_app.command("gc")
+@handled
+def datasets_gc(
+    store: StoreOpt = DEFAULT_STORE,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only list what would go")] = False,
+    grace_hours: Annotated[
+        float, typer.Option(help="keep leftovers changed more recently than this")
+    ] = 1.0,
+) -> None:
+    """Remove what nothing references: folders of commits that never finished, and checkpoints
+    of fits that never completed (a finished fit removes its own). Versions, runs, the catalog
+    and the cache stay."""
+    from stillroom import storage
+
+    grace = grace_hours * 3600
+    found = storage.Store(store).gc(grace_s=grace, dry_run=dry_run)
+    found += _stale_checkpoints(Path(store) / "checkpoints", grace, dry_run)
+    for path, size in found:
+        typer.echo(f"{'would remove' if dry_run else 'removed'} {path} ({size / 1e6:.1f} MB)")
+    total = sum(size for _, size in found)
+    typer.echo(
+        f"{len(found)} leftovers, {total / 1e6:.1f} MB{' (dry run)' if dry_run else ' freed'}",
+        err=True,
+    )
+
+
+def _stale_checkpoints(folder: Path, grace_s: float, dry_run: bool) -> list[tuple[Path, int]]:
+    """A generative or bert fit's checkpoint folders untouched for `grace_s` seconds: fits that
+    were stopped and never resumed (a running fit writes one every few minutes at most)."""
+    import shutil
+
+    if not folder.is_dir():
+        return []
+    now, found = time.time(), []
+    for entry in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = [entry, *entry.rglob("*")]
+        if now - max(f.stat().st_mtime for f in files) >= grace_s:
+            found.append((entry, sum(f.stat().st_size for f in files if f.is_file())))
+    if not dry_run:
+        for path, _ in found:
+            shutil.rmtree(path, ignore_errors=True)
+    return found
 
 
 @datasets_app.command("export")

@@ -7,6 +7,7 @@ running labeler, stops the run with a StoreError rather than losing what was pai
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -217,6 +218,65 @@ class ResponseCache:
             calls, tokens = self._db.execute(query, params).fetchone()
         return int(calls), int(tokens)
 
+    def export(self, path: str | Path) -> int:
+        """Write every answer (request, response, tokens, cost, when) to `path` as JSON lines
+        (gzip-compressed when the name ends in .gz), for another store to import; returns how
+        many. Requests hold no secrets (keys never enter the cache), so the file holds none."""
+        out = Path(path)
+        count = 0
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        opener = gzip.open if out.suffix == ".gz" else open
+        try:
+            with self._using(), opener(tmp, "wt", encoding="utf-8") as f:
+                rows = self._db.execute(
+                    "SELECT key, request, response, input_tokens, output_tokens, cost_usd,"
+                    " created_at FROM responses ORDER BY created_at, key"
+                )
+                for key, request, response, inp, outp, cost, created in rows:
+                    entry = {
+                        "key": key,
+                        "request": json.loads(request),
+                        "response": json.loads(response),
+                        "input_tokens": inp,
+                        "output_tokens": outp,
+                        "cost_usd": cost,
+                        "created_at": created,
+                    }
+                    f.write(canonical_json(entry) + "\n")
+                    count += 1
+            os.replace(tmp, out)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write {out}: {exc.strerror or exc}") from None
+        return count
+
+    def import_answers(self, path: str | Path) -> dict[str, int]:
+        """Add the answers of a file `export` wrote. An answer already here is never overwritten;
+        a line whose key is not the hash of its request (edited, or not an export) is rejected.
+        Imported answers are not spend: the ledger is left alone. Returns {added, present,
+        rejected}."""
+        source = Path(path)
+        if not source.is_file():
+            raise StoreError(f"no such file to import: {source}")
+        counts = {"added": 0, "present": 0, "rejected": 0}
+        opener = gzip.open if source.suffix == ".gz" else open
+        try:
+            with opener(source, "rt", encoding="utf-8") as f, self._using(), self._db:
+                self._check_same_file()
+                self._db.execute("BEGIN IMMEDIATE")
+                for line in f:
+                    row = _import_row(line)
+                    if row is None:
+                        counts["rejected"] += 1
+                        continue
+                    cursor = self._db.execute(
+                        "INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)", row
+                    )
+                    counts["added" if cursor.rowcount else "present"] += 1
+        except (OSError, EOFError, UnicodeDecodeError) as exc:
+            raise StoreError(f"cannot read {source}: {exc}; nothing was imported") from None
+        return counts
+
     def _check_same_file(self) -> None:
         """Raise when the file at `path` is no longer the one opened: writing on would store
         answers in a deleted file, lost at close. What the open file holds is copied aside."""
@@ -257,6 +317,33 @@ class ResponseCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _import_row(line: str) -> tuple[Any, ...] | None:
+    """A responses row from one exported line; None when the line is not a whole, genuine
+    answer (its key must be the hash of its request)."""
+    try:
+        entry = json.loads(line)
+        request, response = entry["request"], entry["response"]
+        numbers = [entry[k] for k in ("input_tokens", "output_tokens", "cost_usd", "created_at")]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(request, dict) or not isinstance(response, dict):
+        return None
+    if entry.get("key") != request_key(request):
+        return None
+    if not all(isinstance(n, int | float) and not isinstance(n, bool) for n in numbers):
+        return None
+    inp, outp, cost, created = numbers
+    return (
+        entry["key"],
+        canonical_json(request),
+        canonical_json(response),
+        int(inp),
+        int(outp),
+        float(cost),
+        float(created),
+    )
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

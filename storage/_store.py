@@ -273,6 +273,31 @@ class Store:
             )
         return entries
 
+    def gc(self, *, grace_s: float = 3600.0, dry_run: bool = False) -> list[tuple[Path, int]]:
+        """Remove what no version references: the temporary folders of commits that never
+        finished, and numbered folders that never became a version (no manifest.json), once
+        nothing has changed in them for `grace_s` seconds (a commit in progress is younger).
+        Versions, the catalog and the cache are never touched. Returns (path, bytes) of what
+        was (with `dry_run`, would be) removed."""
+        if not self.datasets_dir.is_dir():
+            return []
+        now = time.time()
+        found: list[tuple[Path, int]] = []
+        for folder in sorted(p for p in self.datasets_dir.iterdir() if p.is_dir()):
+            for entry in sorted(folder.iterdir()):
+                if not entry.is_dir():
+                    continue
+                leftover = entry.name.startswith(".tmp-") or (
+                    _VERSION.fullmatch(entry.name) is not None
+                    and not (entry / MANIFEST_FILE).exists()
+                )
+                if leftover and now - _newest_mtime(entry) >= grace_s:
+                    found.append((entry, _size(entry)))
+        if not dry_run:
+            for path, _ in found:
+                shutil.rmtree(path, ignore_errors=True)
+        return found
+
     def _latest_with_manifest(self, name: str) -> DatasetRef | None:
         for version in reversed(self.versions(name)):
             if (self.datasets_dir / name / version / MANIFEST_FILE).exists():
@@ -442,6 +467,17 @@ class Store:
                     }
                 )
         return out
+
+
+def _newest_mtime(folder: Path) -> float:
+    """The latest modification time of `folder` and anything in it."""
+    times = [folder.stat().st_mtime]
+    times += [p.stat().st_mtime for p in folder.rglob("*")]
+    return max(times)
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 class _Damage(Exception):

@@ -157,3 +157,78 @@ def test_each_labeled_version_records_its_message_command_and_lineage(write_conf
     log = runner.invoke(app, ["datasets", "log", "banking77", "--store", str(store.root)])
     assert log.exit_code == 0
     assert log.stdout.splitlines()[0].endswith("14 rows  from banking77-source@v2")
+
+
+def test_a_teammate_imports_paid_answers_and_labels_without_paying(
+    write_config, fake_openai, tmp_path
+):
+    runner = CliRunner()
+    server, url = fake_openai()
+    key = "sk-never-in-a-file-0123456789"
+    teacher = {
+        "teacher.provider": "openai",
+        "teacher.model": "fake",
+        "teacher.base_url": url,
+        "teacher.api_key_env": "STILLROOM_TEST_KEY",
+        "data.limit": 25,
+    }
+    mine = write_config(teacher | {"store": str(tmp_path / "mine")}, "mine.yaml")
+    env = {"STILLROOM_TEST_KEY": key}
+    assert runner.invoke(app, ["label", str(mine)], env=env).exit_code == 0
+    paid = server.requests
+    assert paid >= 25
+
+    shared = tmp_path / "answers.jsonl.gz"
+    out = runner.invoke(app, ["cache", "export", str(shared), "--store", str(tmp_path / "mine")])
+    assert out.exit_code == 0 and out.stdout.strip() == f"25 answers written to {shared}"
+    import gzip
+
+    with gzip.open(shared, "rt") as f:
+        assert key not in f.read()
+
+    theirs = write_config(teacher | {"store": str(tmp_path / "theirs")}, "theirs.yaml")
+    imported = runner.invoke(
+        app, ["cache", "import", str(shared), "--store", str(tmp_path / "theirs")]
+    )
+    assert imported.exit_code == 0
+    assert imported.stdout.strip() == "25 answers added, 0 already present (kept), 0 rejected"
+    labeled = runner.invoke(app, ["label", str(theirs)], env=env)
+    assert labeled.exit_code == 0, labeled.output
+    assert server.requests == paid  # every answer came from the imported cache
+    assert "0 teacher calls, 25 cache hits, $0.0000" in labeled.stderr
+    a, b = (Store(tmp_path / s) for s in ("mine", "theirs"))
+    assert (
+        a.manifest(a.resolve("banking77"))["content_sha256"]
+        == b.manifest(b.resolve("banking77"))["content_sha256"]
+    )
+
+    missing = runner.invoke(
+        app, ["cache", "import", str(tmp_path / "nope.jsonl"), "--store", str(tmp_path / "theirs")]
+    )
+    assert missing.exit_code == 2 and "no such file to import" in missing.stderr
+
+
+def test_gc_removes_stale_checkpoints_and_unfinished_commits(tmp_path):
+    import os
+    import time
+
+    store = tmp_path / "store"
+    stale = store / "checkpoints" / "generative-abc"
+    stale.mkdir(parents=True)
+    (stale / "state.pt").write_bytes(b"x" * 2_000_000)
+    live = store / "checkpoints" / "generative-new"
+    live.mkdir()
+    (live / "state.pt").write_bytes(b"y")
+    unfinished = store / "datasets" / "d" / ".tmp-1"
+    unfinished.mkdir(parents=True)
+    old = time.time() - 3 * 3600
+    for path in (stale, stale / "state.pt", unfinished):
+        os.utime(path, (old, old))
+    runner = CliRunner()
+    dry = runner.invoke(app, ["datasets", "gc", "--store", str(store), "--dry-run"])
+    assert dry.exit_code == 0 and stale.exists()
+    assert f"would remove {unfinished} (0.0 MB)" in dry.stdout
+    assert f"would remove {stale} (2.0 MB)" in dry.stdout
+    done = runner.invoke(app, ["datasets", "gc", "--store", str(store)])
+    assert done.exit_code == 0 and "2 leftovers, 2.0 MB freed" in done.stderr
+    assert not stale.exists() and not unfinished.exists() and live.exists()

@@ -150,3 +150,42 @@ def test_outputs_sums_one_request_shape_of_the_ledger(tmp_path):
     assert gen.outputs("gen", "m3", 24) == gen.outputs("none", "m1") == (0, 0)
     gen.close()
     other.close()
+
+
+def test_export_then_import_adds_answers_without_overwriting_or_paying(tmp_path):
+    import gzip
+    import json
+
+    source = ResponseCache(tmp_path / "a.sqlite", tag="team")
+    source.put({"q": 1}, {"answer": "x"}, input_tokens=10, output_tokens=2, cost_usd=0.5)
+    source.put({"q": 2}, {"answer": "y"}, input_tokens=5, output_tokens=1, cost_usd=0.25)
+    for name in ("answers.jsonl", "answers.jsonl.gz"):
+        assert source.export(tmp_path / name) == 2
+    with gzip.open(tmp_path / "answers.jsonl.gz", "rt") as f:
+        lines = f.read().splitlines()
+    assert lines == (tmp_path / "answers.jsonl").read_text().splitlines()
+
+    target = ResponseCache(tmp_path / "b.sqlite")
+    target.put({"q": 2}, {"answer": "mine"})  # already answered here: kept as it is
+    tampered = json.loads(lines[0]) | {"response": {"answer": "forged"}}
+    tampered["request"] = {"q": 3}  # the key no longer matches the request
+    (tmp_path / "mixed.jsonl").write_text(
+        "\n".join([*lines, json.dumps(tampered), "not json", '{"key": "k"}']) + "\n"
+    )
+    assert target.import_answers(tmp_path / "mixed.jsonl") == {
+        "added": 1,
+        "present": 1,
+        "rejected": 3,
+    }
+    assert target.get({"q": 1}) == {"answer": "x"} and target.get({"q": 2}) == {"answer": "mine"}
+    assert target.get({"q": 3}) is None
+    assert target.spend() == []  # imported answers were paid elsewhere: no spend here
+    assert target.totals()["entries"] == 2
+    # importing twice changes nothing
+    assert target.import_answers(tmp_path / "answers.jsonl.gz") == {
+        "added": 0,
+        "present": 2,
+        "rejected": 0,
+    }
+    with pytest.raises(StoreError, match="no such file to import"):
+        target.import_answers(tmp_path / "none.jsonl")

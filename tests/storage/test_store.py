@@ -304,3 +304,33 @@ def test_a_dataset_folder_that_is_a_file_is_named(tmp_path):
     (tmp_path / "datasets" / "demo").write_text("x")
     with pytest.raises(StoreError, match="^cannot write in .*datasets/demo: "):
         Store(tmp_path).commit("demo", table(), licence=LICENCE)
+
+
+def test_gc_removes_unfinished_commits_once_they_are_old(tmp_path):
+    import os
+    import time
+
+    store = Store(tmp_path)
+    ref = store.commit("demo", table(), licence=LICENCE)
+    folder = tmp_path / "datasets" / "demo"
+    stale_tmp = folder / ".tmp-dead"
+    stale_tmp.mkdir()
+    (stale_tmp / "data.parquet").write_bytes(b"x" * 1000)
+    never = folder / "v7"  # a number taken by a crash before it became a version
+    never.mkdir()
+    (never / "data.parquet").write_bytes(b"y" * 10)
+    fresh = folder / ".tmp-running"  # a commit in progress
+    fresh.mkdir()
+    (fresh / "data.parquet").write_bytes(b"z")
+    old = time.time() - 2 * 3600
+    for path in (stale_tmp, stale_tmp / "data.parquet", never, never / "data.parquet"):
+        os.utime(path, (old, old))
+
+    listed = store.gc(dry_run=True)
+    assert [(p.name, size) for p, size in listed] == [(".tmp-dead", 1000), ("v7", 10)]
+    assert stale_tmp.exists() and never.exists()  # a dry run removes nothing
+    assert store.gc() == listed
+    assert not stale_tmp.exists() and not never.exists() and fresh.exists()
+    assert store.verify(ref).ok and store.versions("demo") == ["v1"]
+    # v7 never was a version (no manifest, no catalog line): the next one follows v1
+    assert store.commit("demo", table(5), licence=LICENCE).version == "v2"
