@@ -226,7 +226,7 @@ def _budget_note(cfg: Config, failures: dict[str, int]) -> None:
     if not left:
         return
 
-    with storage.ResponseCache(Path(cfg.store) / "cache.sqlite") as cache:
+    with storage.ResponseCache(cfg.cache_path) as cache:
         spent = cache.spent(cfg.name)
     typer.echo(
         f"stillroom: budget reached: ${spent:.4f} of ${cfg.teacher.budget_usd} spent; {left} "
@@ -374,7 +374,7 @@ def spend(
     """The spend ledger: every paid teacher call, summed by config name and model."""
     from stillroom import storage
 
-    path = Path(store) / "cache.sqlite"
+    path = _local(store) / "cache.sqlite"
     if not path.exists():
         typer.echo(f"no teacher calls recorded in {store}")
         return
@@ -400,7 +400,7 @@ def cache_export(
     teammate's store to import; it holds no API key (none is ever cached)."""
     from stillroom import storage
 
-    path = Path(store) / "cache.sqlite"
+    path = _local(store) / "cache.sqlite"
     if not path.exists():
         raise storage.StoreError(f"no response cache in {store} (no {path})")
     with storage.ResponseCache(path) as cache:
@@ -419,7 +419,7 @@ def cache_import(
     its request is rejected. The spend ledger is left alone (these were paid elsewhere)."""
     from stillroom import storage
 
-    with storage.ResponseCache(Path(store) / "cache.sqlite") as cache:
+    with storage.ResponseCache(_local(store) / "cache.sqlite") as cache:
         counts = cache.import_answers(file)
     typer.echo(
         f"{counts['added']} answers added, {counts['present']} already present (kept), "
@@ -587,7 +587,7 @@ def datasets_gc(
 
     grace = grace_hours * 3600
     found = storage.Store(store).gc(grace_s=grace, dry_run=dry_run)
-    found += _stale_checkpoints(Path(store) / "checkpoints", grace, dry_run)
+    found += _stale_checkpoints(_local(store) / "checkpoints", grace, dry_run)
     for path, size in found:
         typer.echo(f"{'would remove' if dry_run else 'removed'} {path} ({size / 1e6:.1f} MB)")
     total = sum(size for _, size in found)
@@ -597,7 +597,15 @@ def datasets_gc(
     )
 
 
-def _stale_checkpoints(folder: Path, grace_s: float, dry_run: bool) -> list[tuple[Path, int]]:
+def _local(store: str) -> Path:
+    """The store's local files: the store itself, or for one in object storage the default
+    local folder (the config's `local_dir`)."""
+    from ._config import local_dir
+
+    return local_dir(store)
+
+
+def _stale_checkpoints(folder: Path, grace_s: float, dry_run: bool) -> list[tuple[str, int]]:
     """A generative or bert fit's checkpoint folders untouched for `grace_s` seconds: fits that
     were stopped and never resumed (a running fit writes one every few minutes at most)."""
     import shutil
@@ -612,7 +620,7 @@ def _stale_checkpoints(folder: Path, grace_s: float, dry_run: bool) -> list[tupl
     if not dry_run:
         for path, _ in found:
             shutil.rmtree(path, ignore_errors=True)
-    return found
+    return [(str(path), size) for path, size in found]
 
 
 @datasets_app.command("export")

@@ -22,12 +22,19 @@ from pydantic import (
     model_validator,
 )
 
-from stillroom import labelers
+from stillroom import labelers, storage
 
 _CLIENT = labelers.OpenAIOptions()
 _GENERATE = labelers.GenerateTask()  # a generation's defaults, written once in labelers
 _SECRET_HEADER = re.compile(r"auth|key|token|secret|password|cookie|signature", re.IGNORECASE)
 DEFAULT_STORE = ".stillroom"
+DEFAULT_LOCAL_DIR = ".stillroom-local"
+
+
+def local_dir(store: str, local: str = DEFAULT_LOCAL_DIR) -> Path:
+    """Where a store's local files are (the response cache, checkpoints, models, run folders):
+    the store itself when it is a local folder, else `local`."""
+    return Path(local) if storage.is_remote(store) else Path(store.removeprefix("file://"))
 
 
 class ConfigError(Exception):
@@ -582,6 +589,10 @@ class EvaluateConfig(_Model):
 class Config(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
     store: str = DEFAULT_STORE
+    # a store in object storage (s3://bucket/prefix, any fsspec URL) keeps on this machine what
+    # stays local: the response cache, checkpoints, de-quantised models, run folders (uploaded
+    # to STORE/runs once written); a local store keeps them in itself
+    local_dir: str = DEFAULT_LOCAL_DIR
     data: DataConfig
     task: TaskConfig
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
@@ -593,6 +604,16 @@ class Config(_Model):
     # why training on a version whose terms forbid it is all right (--acknowledge-terms);
     # recorded in the run and every student's model card
     acknowledge_terms: str | None = Field(default=None, min_length=1)
+
+    @property
+    def local(self) -> Path:
+        """Where this config's local files are (see `local_dir`)."""
+        return local_dir(self.store, self.local_dir)
+
+    @property
+    def cache_path(self) -> Path:
+        """The response cache: always a local SQLite file."""
+        return self.local / "cache.sqlite"
 
     @model_validator(mode="after")
     def _task_kind(self) -> Config:

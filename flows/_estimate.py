@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from stillroom import labelers, storage
@@ -94,7 +93,7 @@ def _recorded(config: Config, ids: list[str]) -> dict[str, Any]:
 @contextlib.contextmanager
 def _cache(config: Config) -> Iterator[storage.ResponseCache | None]:
     """The response cache when there is one: estimating creates nothing."""
-    if not (Path(config.store) / "cache.sqlite").exists():
+    if not config.cache_path.exists():
         yield None
         return
     with open_cache(config) as cache:

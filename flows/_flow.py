@@ -124,13 +124,15 @@ def label_dataset(config: Config) -> tuple[storage.DatasetRef, LabelingSummary]:
 @flow(name="train")
 def train(config: Config, dataset: str, out: str | None = None) -> Path:
     """Train every configured student on a labeled version; returns the run folder."""
-    return _train(config, dataset, out)
+    return _uploaded(config, _train(config, dataset, out))
 
 
 @flow(name="evaluate")
 def evaluate_run(config: Config, folder: str, labeling: LabelingSummary | None = None) -> Path:
     """Measure the students in a run folder against the teacher; writes report.json and report.md."""
-    return _evaluate(config, folder, labeling)
+    report = _evaluate(config, folder, labeling)
+    _uploaded(config, report.parent)
+    return report
 
 
 @flow(name="distill")
@@ -142,9 +144,21 @@ def distill(config: Config, out: str | None = None) -> Path:
     _teacher.terms_before_labeling(config)
     ref, labeling = _label(config)
     if config.task.kind == "generate" and not config.students:
-        return _report_generation(config, ref, labeling, out)
-    folder = _train(config, str(ref), out)
-    return _evaluate(config, str(folder), labeling)
+        report = _report_generation(config, ref, labeling, out)
+    else:
+        folder = _train(config, str(ref), out)
+        report = _evaluate(config, str(folder), labeling)
+    _uploaded(config, report.parent)
+    return report
+
+
+def _uploaded(config: Config, folder: Path) -> Path:
+    """The run folder, copied into the store when the store is in object storage (a local
+    store's run folders are in it already); returns the local folder."""
+    where = storage.Store(config.store).upload_run(folder)
+    if where != str(folder):
+        get_run_logger().info(f"run folder {folder} copied to {where}")
+    return folder
 
 
 # The stages' bodies: each flow above runs one, `distill` all three (as one flow run, not three
@@ -179,7 +193,7 @@ def _label(config: Config) -> tuple[storage.DatasetRef, LabelingSummary]:
 def _run_dir(config: Config, out: str | None) -> Path:
     if out:
         return Path(out)
-    return Path(config.store) / "runs" / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return config.local / "runs" / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _train(config: Config, dataset: str, out: str | None) -> Path:
@@ -194,7 +208,7 @@ def _train(config: Config, dataset: str, out: str | None) -> Path:
         if isinstance(spec, GenerativeStudentConfig):  # classifies by writing the label
             trained.append(_train_classifier(config, store, ref, manifest, spec, folder, i))
             continue
-        student, train_s = train_student(spec, split, config.store)
+        student, train_s = train_student(spec, split, str(config.local))
         sub = folder / "students" / f"{i}-{spec.kind}"
         size = save_student(student, sub, spec.model_dump(), str(ref), manifest)
         get_run_logger().info(

@@ -103,7 +103,7 @@ def train_generative(
 ) -> tuple[students.GenerativeStudent, float]:
     """Fine-tune one generative student on the training completions; returns it and the
     training seconds."""
-    student = make_generative(spec, config, config.store)
+    student = make_generative(spec, config, config.local)
     start = time.perf_counter()
     try:
         student.fit(data.train)
@@ -238,7 +238,7 @@ def _in_store(store: str | Path | None) -> dict[str, str]:
 def train_classifier(
     spec: GenerativeStudentConfig, data: LabeledTexts, config: Config
 ) -> tuple[students.GenerativeStudent, float]:
-    student = make_classifier(spec, config, config.store)
+    student = make_classifier(spec, config, config.local)
     start = time.perf_counter()
     try:
         student.fit(classifier_examples(spec, data))

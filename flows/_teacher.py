@@ -85,7 +85,7 @@ def read_source(config: Config) -> pa.Table:
 
 
 def open_cache(config: Config) -> storage.ResponseCache:
-    return storage.ResponseCache(Path(config.store) / "cache.sqlite", tag=config.name)
+    return storage.ResponseCache(config.cache_path, tag=config.name)
 
 
 def budget_left(config: Config, cache: storage.ResponseCache) -> labelers.Budget | None:
@@ -294,7 +294,7 @@ def preflight(config: Config) -> labelers.Teacher:
     """Fail fast on bad input, before Prefect starts or anything is written: the data file and its
     columns, the API key variable, the teacher's URL, the store. Returns the teacher it built."""
     storage.Store(config.store)
-    cache = Path(config.store) / "cache.sqlite"
+    cache = config.cache_path
     if cache.exists():  # a damaged cache fails now, not after the model has loaded
         open_cache(config).close()
     read_source(config)

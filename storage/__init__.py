@@ -6,7 +6,15 @@ Everything is plain files in a store folder: Parquet, JSON manifests, dataset ca
 from ._cache import ResponseCache, canonical_json, request_key
 from ._card import card_metadata, front_matter, hub_licence, render_card, spdx_of
 from ._hub import HubError
-from ._store import DatasetRef, Licence, Store, StoreError, VerifyResult, sha256_file
+from ._store import (
+    DatasetRef,
+    Licence,
+    Store,
+    StoreError,
+    VerifyResult,
+    is_remote,
+    sha256_file,
+)
 from ._terms import RESTRICTIONS, forbids_training, manifest_restrictions, restrictions_of
 from ._terms import describe as describe_restriction
 
@@ -25,6 +33,7 @@ __all__ = [
     "forbids_training",
     "front_matter",
     "hub_licence",
+    "is_remote",
     "manifest_restrictions",
     "render_card",
     "request_key",

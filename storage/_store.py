@@ -14,12 +14,14 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import _catalog, _hub
@@ -27,6 +29,9 @@ from ._card import render_card
 
 DATA_FILE = "data.parquet"
 MANIFEST_FILE = "manifest.json"
+CLAIM_FILE = ".claim"
+"""An object store's mark that a writer took a version's number (removed once it is whole)."""
+DATASETS = "datasets"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _VERSION = re.compile(r"v(\d+)")
 # a version folder, or one moved aside (v3.damaged): its number is never given out again
@@ -102,15 +107,51 @@ class Store:
     root : a local folder (created on first write).
     """
 
+    def __new__(cls, root: str | Path) -> Store:
+        # any fsspec URL (s3://bucket/prefix, ...) is an object store: same API, same checks
+        if cls is Store and is_remote(str(root)):
+            from ._remote import ObjectStore
+
+            remote: Store = super().__new__(ObjectStore)
+            return remote
+        return super().__new__(cls)
+
     def __init__(self, root: str | Path) -> None:
         text = str(root)
-        if "://" in text and not text.startswith("file://"):
-            raise StoreError(f"store {text!r}: only local folders are supported in this version")
         self.root = Path(text.removeprefix("file://"))
+        self.location = str(self.root)
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(
                 f"store {self.root} is a file, not a folder: name a folder (it is created on first write)"
             )
+
+    # --- where files are: every read and listing goes through these (ObjectStore overrides) ---
+
+    def _where(self, rel: str) -> str:
+        """A path inside the store, as messages name it."""
+        return str(self.root / rel)
+
+    def _dirs(self, rel: str) -> list[str]:
+        """The names of the folders in `rel` ([] when it is not a folder)."""
+        folder = self.root / rel
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+    def _entries(self, rel: str) -> list[str]:
+        """The names of everything in `rel` ([] when it is not a folder)."""
+        folder = self.root / rel
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+    def _isdir(self, rel: str) -> bool:
+        return (self.root / rel).is_dir()
+
+    def _isfile(self, rel: str) -> bool:
+        return (self.root / rel).is_file()
+
+    def _read(self, rel: str) -> bytes:
+        return (self.root / rel).read_bytes()
+
+    def _open(self, rel: str) -> BinaryIO:
+        return (self.root / rel).open("rb")
 
     @property
     def datasets_dir(self) -> Path:
@@ -121,17 +162,10 @@ class Store:
         return self.root / _catalog.CATALOG_FILE
 
     def names(self) -> list[str]:
-        if not self.datasets_dir.is_dir():
-            return []
-        return sorted(
-            p.name for p in self.datasets_dir.iterdir() if p.is_dir() and _NAME.match(p.name)
-        )
+        return [name for name in self._dirs(DATASETS) if _NAME.match(name)]
 
     def versions(self, name: str) -> list[str]:
-        folder = self.datasets_dir / name
-        if not folder.is_dir():
-            return []
-        found = [p.name for p in folder.iterdir() if _VERSION.fullmatch(p.name) and p.is_dir()]
+        found = [v for v in self._dirs(f"{DATASETS}/{name}") if _VERSION.fullmatch(v)]
         return sorted(found, key=lambda v: int(v[1:]))
 
     def resolve(self, spec: str) -> DatasetRef:
@@ -139,7 +173,7 @@ class Store:
         name, version = DatasetRef.parse(spec)
         versions = self.versions(name) if _NAME.match(name) else []
         if not versions:
-            raise StoreError(f"no dataset named {name!r} in store {self.root}")
+            raise StoreError(f"no dataset named {name!r} in store {self.location}")
         if version is None:
             return DatasetRef(name, versions[-1])
         if version not in versions:
@@ -153,9 +187,19 @@ class Store:
 
     def manifest(self, ref: DatasetRef) -> dict[str, Any]:
         try:
-            return _read_manifest(self.path(ref))[1]
+            return self._read_manifest(ref)[1]
         except _Damage as exc:
             raise StoreError(f"{ref}: {exc}") from None
+
+    def _read_manifest(self, ref: DatasetRef) -> tuple[bytes, dict[str, Any]]:
+        """The manifest's bytes (what the catalog hashed) and its content."""
+        try:
+            raw = self._read(f"{_folder(ref)}/{MANIFEST_FILE}")
+        except FileNotFoundError:
+            raise _Damage(f"{MANIFEST_FILE} is missing") from None
+        except OSError as exc:
+            raise _Damage(f"unreadable manifest ({exc.strerror or exc})") from None
+        return raw, _parse_manifest(raw)
 
     def load(self, ref: DatasetRef, *, verify: bool = True) -> pa.Table:
         """The version's table.
@@ -171,15 +215,37 @@ class Store:
                 return pq.read_table(self.path(ref) / DATA_FILE)
             except (OSError, pa.ArrowException) as exc:
                 raise StoreError(f"{ref}: unreadable data file ({exc})") from None
-        result, table = self._examine(ref)
-        if table is None or not result.ok:
-            more = len(result.problems) - 1
-            raise StoreError(
-                f"{ref} is damaged: {result.problems[0]}"
-                + (f" (and {more} more)" if more > 0 else "")
-                + f"; run `stillroom datasets verify {ref}` for details"
-            )
-        return table
+        with self._verified(ref) as data:
+            return data.read()
+
+    def scan(
+        self, ref: DatasetRef, *, batch_size: int = 65_536, columns: Sequence[str] | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """The version's records in batches, verified first (as `load`): memory stays that of a
+        batch (and a row group), however many records the version holds."""
+        with self._verified(ref) as data:
+            try:
+                yield from data.iter_batches(batch_size=batch_size, columns=columns)
+            except (OSError, pa.ArrowException) as exc:
+                raise StoreError(f"{ref}: unreadable data file ({exc})") from None
+
+    @contextmanager
+    def _verified(self, ref: DatasetRef) -> Iterator[pq.ParquetFile]:
+        """The version's data file, open, once `_examine` found nothing wrong with it: what is
+        read next comes from the very file that was hashed (one open handle)."""
+        result, data = self._examine(ref)
+        try:
+            if data is None or not result.ok:
+                more = len(result.problems) - 1
+                raise StoreError(
+                    f"{ref} is damaged: {result.problems[0]}"
+                    + (f" (and {more} more)" if more > 0 else "")
+                    + f"; run `stillroom datasets verify {ref}` for details"
+                )
+            yield data
+        finally:
+            if data is not None:
+                data.close(force=True)  # the file it was given, too
 
     def dataset_dict(self, ref: DatasetRef, held_out: Sequence[bool] | None = None) -> Any:
         """The version as a `datasets.DatasetDict` (verified first): ``train``, and ``test`` of
@@ -197,7 +263,7 @@ class Store:
     def commit(
         self,
         name: str,
-        table: pa.Table,
+        table: pa.Table | pa.RecordBatchReader,
         *,
         licence: Licence,
         parent: DatasetRef | None = None,
@@ -216,20 +282,19 @@ class Store:
         `StoreError` says how to set it aside. A version folder with no manifest.json is not
         a version (commit writes the manifest before the folder appears); it is left as it is
         and its number is not used again.
+
+        `table` may be a `pyarrow.RecordBatchReader`: its batches are written as they come
+        (row groups of at most 65,536 rows, as a table's are), so memory stays that of a batch
+        however many records the version holds.
         """
         if not _NAME.match(name):
             raise StoreError(
                 f"invalid dataset name {name!r}: use letters, digits, '.', '_' and '-'"
             )
-        folder = self.datasets_dir / name
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
-        except OSError as exc:
-            raise StoreError(f"cannot write in {folder}: {exc.strerror or exc}") from None
+        tmp = self._stage(name)
         try:
             data_path = tmp / DATA_FILE
-            pq.write_table(table, data_path, compression="zstd")
+            rows, schema = _write_parquet(table, data_path)
             content = sha256_file(data_path)
             latest = self._latest_with_manifest(name)
             if latest is not None and self._unchanged(latest, content, parent, licence):
@@ -237,8 +302,8 @@ class Store:
             manifest = {
                 "name": name,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "rows": table.num_rows,
-                "schema": {f.name: str(f.type) for f in table.schema},
+                "rows": rows,
+                "schema": {f.name: str(f.type) for f in schema},
                 "content_sha256": content,
                 "parent": str(parent) if parent else None,
                 "message": message,
@@ -246,16 +311,26 @@ class Store:
                 "licence": licence.__dict__,
                 **(metadata or {}),
             }
-            return self._publish(folder, tmp, manifest)
+            return self._publish(name, tmp, manifest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _stage(self, name: str) -> Path:
+        """A new local folder where a version's files are written before they are published:
+        inside the dataset's folder, so that publishing is one rename."""
+        folder = self.datasets_dir / name
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
+        except OSError as exc:
+            raise StoreError(f"cannot write in {folder}: {exc.strerror or exc}") from None
 
     def log(self, name: str) -> list[dict[str, Any]]:
         """The versions of `name`, newest first, each as its lineage: version, created_at, rows,
         parent, previous, message, command (a version whose manifest cannot be read says so in
         `problem`)."""
         if not self.versions(name):
-            raise StoreError(f"no dataset named {name!r} in store {self.root}")
+            raise StoreError(f"no dataset named {name!r} in store {self.location}")
         entries: list[dict[str, Any]] = []
         for version in reversed(self.versions(name)):
             ref = DatasetRef(name, version)
@@ -273,13 +348,13 @@ class Store:
             )
         return entries
 
-    def gc(self, *, grace_s: float = 3600.0, dry_run: bool = False) -> list[tuple[Path, int]]:
+    def gc(self, *, grace_s: float = 3600.0, dry_run: bool = False) -> list[tuple[str, int]]:
         """Remove what no version references: the temporary folders of commits that never
         finished, and numbered folders that never became a version (no manifest.json), once
         nothing has changed in them for `grace_s` seconds (a commit in progress is younger).
         Versions, the catalog and the cache are never touched. Returns (path, bytes) of what
         was (with `dry_run`, would be) removed."""
-        if not self.datasets_dir.is_dir():
+        if not self.root.joinpath(DATASETS).is_dir():
             return []
         now = time.time()
         found: list[tuple[Path, int]] = []
@@ -296,11 +371,16 @@ class Store:
         if not dry_run:
             for path, _ in found:
                 shutil.rmtree(path, ignore_errors=True)
-        return found
+        return [(str(path), size) for path, size in found]
+
+    def upload_run(self, folder: Path) -> str:
+        """Where a run folder is in the store: a local store's are in it already (its `runs`
+        folder, or wherever the user put them), so nothing is copied."""
+        return str(folder)
 
     def _latest_with_manifest(self, name: str) -> DatasetRef | None:
         for version in reversed(self.versions(name)):
-            if (self.datasets_dir / name / version / MANIFEST_FILE).exists():
+            if self._isfile(f"{DATASETS}/{name}/{version}/{MANIFEST_FILE}"):
                 return DatasetRef(name, version)
         return None
 
@@ -311,7 +391,7 @@ class Store:
         neither returning it nor quietly writing past it would be right."""
         result = self.verify(latest)
         if not result.ok:
-            path = self.path(latest)
+            path = self._where(_folder(latest))
             raise StoreError(
                 f"{latest}, the latest version of {latest.name!r}, is damaged ({result.problems[0]}); "
                 f"nothing was written. Move it aside (mv {path} {path}.damaged) and run again to "
@@ -321,22 +401,12 @@ class Store:
         same = (previous.get("content_sha256"), previous.get("parent"), previous.get("licence"))
         return same == (content, str(parent) if parent else None, licence.__dict__)
 
-    def _publish(self, folder: Path, tmp: Path, manifest: dict[str, Any]) -> DatasetRef:
-        number = self._last_number(folder) + 1
+    def _publish(self, name: str, tmp: Path, manifest: dict[str, Any]) -> DatasetRef:
+        folder = self.datasets_dir / name
+        number = self._last_number(name) + 1
         while True:
-            ref = DatasetRef(folder.name, f"v{number}")
-            manifest["version"] = ref.version
-            # the version this one follows: the newest below its number, whoever wrote it
-            below = [v for v in self.versions(folder.name) if int(v[1:]) < number]
-            manifest["previous"] = str(DatasetRef(folder.name, below[-1])) if below else None
-            (tmp / "README.md").write_text(render_card(manifest))
-            manifest["files"] = {
-                p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                for p in sorted(tmp.iterdir())
-                if p.name != MANIFEST_FILE
-            }
-            text = json.dumps(manifest, indent=2, sort_keys=True)
-            (tmp / MANIFEST_FILE).write_text(text)
+            ref = DatasetRef(name, f"v{number}")
+            text = self._finish(ref, number, tmp, manifest)
             for p in tmp.iterdir():
                 with p.open("rb") as f:
                     os.fsync(f.fileno())
@@ -349,16 +419,38 @@ class Store:
             self._record(ref, sha256_bytes(text.encode()), manifest["content_sha256"])
             return ref
 
-    def _last_number(self, folder: Path) -> int:
-        """The highest number `folder`'s name ever used: its version folders, those moved aside
-        and the catalog's lines, so no number is given to two different versions."""
-        numbers = [int(m[1]) for p in folder.iterdir() if (m := _TAKEN.fullmatch(p.name))]
-        numbers += [
-            int(m[1])
-            for name, version in self._catalog()
-            if name == folder.name and (m := _VERSION.fullmatch(version))
-        ]
+    def _finish(self, ref: DatasetRef, number: int, tmp: Path, manifest: dict[str, Any]) -> str:
+        """Complete the staged version as `ref`: its card, its files' digests and its manifest
+        (written into `tmp`, returned as text)."""
+        manifest["version"] = ref.version
+        # the version this one follows: the newest below its number, whoever wrote it
+        below = [v for v in self.versions(ref.name) if int(v[1:]) < number]
+        manifest["previous"] = str(DatasetRef(ref.name, below[-1])) if below else None
+        (tmp / "README.md").write_text(render_card(manifest))
+        manifest["files"] = {
+            p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(tmp.iterdir())
+            if p.name != MANIFEST_FILE
+        }
+        text = json.dumps(manifest, indent=2, sort_keys=True)
+        (tmp / MANIFEST_FILE).write_text(text)
+        return text
+
+    def _last_number(self, name: str) -> int:
+        """The highest number `name` ever used: its version folders, those moved aside and the
+        catalog's lines, so no number is given to two different versions."""
+        entries = self._entries(f"{DATASETS}/{name}")
+        numbers = [int(m[1]) for entry in entries if (m := _TAKEN.fullmatch(entry))]
+        numbers += [int(m[1]) for v in self._catalog_versions(name) if (m := _VERSION.fullmatch(v))]
         return max(numbers, default=0)
+
+    def _catalog_versions(self, name: str) -> list[str]:
+        """The versions of `name` the catalog recorded."""
+        return [version for n, version in self._catalog() if n == name]
+
+    def _catalog_entry(self, ref: DatasetRef) -> _catalog.Entry | None:
+        """What the catalog recorded when `ref` was committed (None: nothing)."""
+        return self._catalog().get((ref.name, ref.version))
 
     def _catalog(self) -> dict[tuple[str, str], _catalog.Entry]:
         try:
@@ -384,26 +476,49 @@ class Store:
         """Re-hash every file of a version against its manifest, check the manifest's rows,
         schema and labeling counts against the data, and the manifest and data against the
         digests the catalog recorded at commit."""
-        return self._examine(ref)[0]
+        result, data = self._examine(ref)
+        if data is not None:
+            data.close(force=True)  # the file it was given, too
+        return result
 
-    def _examine(self, ref: DatasetRef) -> tuple[VerifyResult, pa.Table | None]:
-        """The verdict, and the table parsed from the same bytes that were hashed (None when
-        there is none to parse)."""
+    def _examine(self, ref: DatasetRef) -> tuple[VerifyResult, pq.ParquetFile | None]:
+        """The verdict, and the data file open on the very handle that was hashed (None when
+        there is none to read; the caller closes it). Nothing is held in memory but a block at
+        a time: the rows and schema come from the file's footer, the labeling counts from its
+        `error` column read a row group at a time."""
         result = VerifyResult(ref)
-        folder = self.path(ref)
-        if not folder.is_dir():
-            result.problems.append(f"version folder {folder} is missing")
+        folder = _folder(ref)
+        if not self._isdir(folder):
+            result.problems.append(f"version folder {self._where(folder)} is missing")
             return result, None
         try:
-            raw, manifest = _read_manifest(folder)
+            raw, manifest = self._read_manifest(ref)
             listed = _listed_files(manifest)
         except _Damage as exc:
             result.problems.append(str(exc))
             return result, None
-        data, digests = _hash_files(folder, listed, result.problems)
-        for path in sorted(folder.iterdir()):
-            if path.name not in listed and path.name != MANIFEST_FILE:
-                result.problems.append(f"{path.name}: not in the manifest (added)")
+        data, digests = self._hash_files(folder, listed, result.problems)
+        try:
+            return self._judge(ref, result, folder, raw, manifest, listed, data, digests)
+        except BaseException:
+            if data is not None:
+                data.close()
+            raise
+
+    def _judge(
+        self,
+        ref: DatasetRef,
+        result: VerifyResult,
+        folder: str,
+        raw: bytes,
+        manifest: dict[str, Any],
+        listed: dict[str, str],
+        data: BinaryIO | None,
+        digests: dict[str, str],
+    ) -> tuple[VerifyResult, pq.ParquetFile | None]:
+        for entry in self._entries(folder):
+            if entry not in listed and entry not in (MANIFEST_FILE, CLAIM_FILE):
+                result.problems.append(f"{entry}: not in the manifest (added)")
         if DATA_FILE not in listed:
             result.problems.append(f"manifest: lists no {DATA_FILE}")
         elif manifest.get("content_sha256") != listed[DATA_FILE]:
@@ -412,15 +527,40 @@ class Store:
             result.problems.append(
                 f"manifest: describes {manifest.get('name')}@{manifest.get('version')}, not {ref}"
             )
-        table = _parse_table(data, result.problems) if data is not None else None
-        if table is not None:
-            result.problems += _content_problems(manifest, table)
+        parsed = _parse_table(data, result.problems) if data is not None else None
+        if parsed is None and data is not None:
+            data.close()  # not a Parquet file: nothing will read it
+        if parsed is not None:
+            result.problems += _content_problems(manifest, parsed)
         self._check_catalog(result, sha256_bytes(raw), digests.get(DATA_FILE))
-        return result, table
+        return result, parsed
+
+    def _hash_files(
+        self, folder: str, listed: dict[str, str], problems: list[str]
+    ) -> tuple[BinaryIO | None, dict[str, str]]:
+        """The data file, open (hashed through this handle, read through it later), and each
+        file's sha256, hashed a block at a time."""
+        data: BinaryIO | None = None
+        digests = {}
+        for name, expected in sorted(listed.items()):
+            rel = f"{folder}/{name}"
+            if not self._isfile(rel):
+                problems.append(f"{name}: missing")
+                continue
+            handle = self._open(rel)
+            digests[name] = _sha256_stream(handle)
+            if name == DATA_FILE:
+                handle.seek(0)
+                data = handle
+            else:
+                handle.close()
+            if digests[name] != expected:
+                problems.append(f"{name}: sha256 differs from the manifest (modified)")
+        return data, digests
 
     def _check_catalog(self, result: VerifyResult, manifest_sha: str, data_sha: str | None) -> None:
         try:
-            entry = self._catalog().get((result.ref.name, result.ref.version))
+            entry = self._catalog_entry(result.ref)
         except StoreError as exc:
             result.problems.append(str(exc))
             return
@@ -452,7 +592,7 @@ class Store:
         for name in self.names():
             for version in self.versions(name):
                 try:
-                    manifest, problem = _read_manifest(self.datasets_dir / name / version)[1], None
+                    manifest, problem = self._read_manifest(DatasetRef(name, version))[1], None
                 except _Damage as exc:
                     manifest, problem = {}, str(exc)
                 licence = manifest.get("licence")
@@ -484,22 +624,24 @@ class _Damage(Exception):
     """What is wrong with a version, without naming it (the caller adds the ref)."""
 
 
-def _read_manifest(folder: Path) -> tuple[bytes, dict[str, Any]]:
-    """The manifest's bytes (what the catalog hashed) and its content."""
-    path = folder / MANIFEST_FILE
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise _Damage(f"{MANIFEST_FILE} is missing") from None
-    except OSError as exc:
-        raise _Damage(f"unreadable manifest ({exc.strerror or exc})") from None
+def _folder(ref: DatasetRef) -> str:
+    """A version's folder, relative to the store's root."""
+    return f"{DATASETS}/{ref.name}/{ref.version}"
+
+
+def is_remote(root: str) -> bool:
+    """Whether a store location is an fsspec URL other than a local file (s3://, gs://, ...)."""
+    return "://" in root and not root.startswith("file://")
+
+
+def _parse_manifest(raw: bytes) -> dict[str, Any]:
     try:
         manifest = json.loads(raw)
     except ValueError as exc:
         raise _Damage(f"unreadable manifest ({exc.__class__.__name__})") from None
     if not isinstance(manifest, dict):
         raise _Damage("unreadable manifest (not a JSON object)")
-    return raw, manifest
+    return manifest
 
 
 def _listed_files(manifest: dict[str, Any]) -> dict[str, str]:
@@ -512,53 +654,61 @@ def _listed_files(manifest: dict[str, Any]) -> dict[str, str]:
     return {name: meta["sha256"] for name, meta in files.items()}
 
 
-def _hash_files(
-    folder: Path, listed: dict[str, str], problems: list[str]
-) -> tuple[bytes | None, dict[str, str]]:
-    """The data file's bytes (read once: hashed here, parsed later) and each file's sha256."""
-    data, digests = None, {}
-    for name, expected in sorted(listed.items()):
-        path = folder / name
-        if not path.is_file():
-            problems.append(f"{name}: missing")
-            continue
-        if name == DATA_FILE:
-            data = path.read_bytes()
-            digests[name] = sha256_bytes(data)
-        else:
-            digests[name] = sha256_file(path)
-        if digests[name] != expected:
-            problems.append(f"{name}: sha256 differs from the manifest (modified)")
-    return data, digests
+def _sha256_stream(f: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+    return digest.hexdigest()
 
 
-def _parse_table(data: bytes, problems: list[str]) -> pa.Table | None:
+def _parse_table(data: BinaryIO, problems: list[str]) -> pq.ParquetFile | None:
     try:
-        return pq.read_table(pa.BufferReader(data))
+        return pq.ParquetFile(data)
     except (OSError, pa.ArrowException) as exc:
         problems.append(f"{DATA_FILE}: not a readable Parquet file ({exc})")
         return None
+
+
+ROW_GROUP = 65_536
+"""The most rows per Parquet row group: what a streamed read holds at once."""
+
+
+def _write_parquet(table: pa.Table | pa.RecordBatchReader, path: Path) -> tuple[int, pa.Schema]:
+    """Write a table, or a reader's batches as they come; returns (rows, schema)."""
+    rows = 0
+    with pq.ParquetWriter(path, table.schema, compression="zstd") as writer:
+        if isinstance(table, pa.Table):
+            writer.write_table(table, row_group_size=ROW_GROUP)
+            return table.num_rows, table.schema
+        for batch in table:
+            writer.write_batch(batch, row_group_size=ROW_GROUP)
+            rows += batch.num_rows
+    return rows, table.schema
 
 
 def _type_name(type_text: object) -> str:
     return _LIST_ITEM.sub(r"\1item: ", str(type_text))
 
 
-def _content_problems(manifest: dict[str, Any], table: pa.Table) -> list[str]:
-    """Where the manifest's rows, schema and labeling counts disagree with the table."""
+def _content_problems(manifest: dict[str, Any], data: pq.ParquetFile) -> list[str]:
+    """Where the manifest's rows, schema and labeling counts disagree with the data file (its
+    footer, and its `error` column a row group at a time)."""
     problems = []
-    if manifest.get("rows") != table.num_rows:
-        problems.append(
-            f"manifest: rows is {manifest.get('rows')!r} but {DATA_FILE} has {table.num_rows}"
-        )
-    problems += _schema_problems(manifest.get("schema"), table.schema)
+    rows = data.metadata.num_rows
+    if manifest.get("rows") != rows:
+        problems.append(f"manifest: rows is {manifest.get('rows')!r} but {DATA_FILE} has {rows}")
+    schema = data.schema_arrow
+    problems += _schema_problems(manifest.get("schema"), schema)
     labeling = manifest.get("labeling")
     # a labeled version has a label column, a generated one a completion column
-    answered = {"label", "completion"} & set(table.column_names)
-    if isinstance(labeling, dict) and answered and "error" in table.column_names:
-        errors = table.column("error").to_pylist()
+    answered = {"label", "completion"} & set(schema.names)
+    if isinstance(labeling, dict) and answered and "error" in schema.names:
         # as the labeling summary counts: labeled = no error, failed = an error given
-        counts = {"labeled": errors.count(None), "failed": sum(1 for e in errors if e)}
+        counts = {"labeled": 0, "failed": 0}
+        for group in range(data.num_row_groups):
+            errors = data.read_row_group(group, columns=["error"]).column("error")
+            counts["labeled"] += errors.null_count
+            counts["failed"] += pc.sum(pc.greater(pc.utf8_length(errors), 0)).as_py() or 0
         problems += [
             f"manifest: labeling.{key} is {labeling[key]!r} but {DATA_FILE} has {count}"
             for key, count in counts.items()

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -127,3 +133,56 @@ _DELETE = object()
 @pytest.fixture
 def delete() -> object:
     return _DELETE
+
+
+# --- a real S3-compatible server (moto's server mode) on 127.0.0.1, for stores in object storage
+
+S3_SECRET = "s3-secret-never-written-0123456789"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=2)  # noqa: S310 (127.0.0.1)
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("moto server did not start") from None
+            time.sleep(0.2)
+    yield url
+    process.kill()
+    process.wait(10)
+
+
+@pytest.fixture
+def bucket(s3_server, monkeypatch, request):
+    env = {
+        "AWS_ACCESS_KEY_ID": "test-key-id",
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_server,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    s3fs = pytest.importorskip("s3fs")
+
+    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:40].strip("-")
+    name = f"b-{slug}-{os.getpid()}"
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
+    return name

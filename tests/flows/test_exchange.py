@@ -232,3 +232,38 @@ def test_gc_removes_stale_checkpoints_and_unfinished_commits(tmp_path):
     done = runner.invoke(app, ["datasets", "gc", "--store", str(store)])
     assert done.exit_code == 0 and "2 leftovers, 2.0 MB freed" in done.stderr
     assert not stale.exists() and not unfinished.exists() and live.exists()
+
+
+def test_a_run_with_its_store_in_object_storage(bucket, write_config, tmp_path, monkeypatch):
+    import s3fs
+
+    from tests.conftest import S3_SECRET
+
+    monkeypatch.chdir(tmp_path)
+    store = f"s3://{bucket}/project"
+    config = write_config({"store": store, "data.limit": 60})
+    runner = CliRunner()
+    out = runner.invoke(app, ["run", str(config)])
+    assert out.exit_code == 0, out.output
+    s = Store(store)
+    ref = s.resolve("banking77")
+    assert s.verify(ref).ok and s.manifest(ref)["rows"] == 60
+    assert s.manifest(ref)["parent"] == "banking77-source@v1"
+    # the response cache stays a local SQLite file; the run folder is copied into the store
+    assert (tmp_path / ".stillroom-local" / "cache.sqlite").is_file()
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
+    runs = fs.ls(f"{bucket}/project/runs")
+    assert len(runs) == 1
+    uploaded = {p.rsplit("/", 1)[-1] for p in fs.find(runs[0])}
+    assert {"report.json", "report.md", "train.json", "model.joblib"} <= uploaded
+    report = json.loads(fs.cat_file(f"{runs[0]}/report.json"))
+    assert report["dataset"]["version"] == "v1" and report["students"][0]["agreement"] > 0
+    for path in fs.find(bucket):
+        assert S3_SECRET.encode() not in fs.cat_file(path)
+    listed = runner.invoke(app, ["datasets", "list", "--store", store])
+    assert listed.exit_code == 0 and "banking77@v1" in listed.stdout
+    verified = runner.invoke(app, ["datasets", "verify", "banking77@v1", "--store", store])
+    assert verified.exit_code == 0 and verified.stdout.strip() == "banking77@v1: ok"
+    # a second run pays nothing: the local cache answers, the same content is the same version
+    again = runner.invoke(app, ["label", str(config)])
+    assert again.exit_code == 0 and again.stdout.strip() == "banking77@v1"

@@ -302,6 +302,7 @@ EXPECTED_FAILURES = {
     "check_estimators_dtypes": f"{NUMERIC} (float32, int64 and int32 arrays)",
     "check_sample_weights_not_an_array": NUMERIC,
     "check_sample_weights_list": NUMERIC,
+    "check_sample_weights_pandas_series": f"{NUMERIC} (a DataFrame of numbers; runs once pandas is installed)",
     "check_all_zero_sample_weights_error": NUMERIC,
     "check_sample_weights_shape": NUMERIC,
     "check_sample_weights_not_overwritten": NUMERIC,
