@@ -177,6 +177,18 @@ def _load(
     return cfg.model_copy(update=update) if update else cfg
 
 
+def _local_note(cfg: Config) -> None:
+    """With a store in object storage, say where what stays on this machine is."""
+    from stillroom import storage
+
+    if storage.is_remote(cfg.store):
+        typer.echo(
+            f"stillroom: store {cfg.store}; the response cache stays a local file, "
+            f"{cfg.cache_path} (checkpoints and run folders in {cfg.local} too)",
+            err=True,
+        )
+
+
 def _check_version(cfg: Config, spec: str, training: bool = True) -> None:
     """A missing or damaged version, or one whose terms forbid training (when `training`),
     fails here, before Prefect starts."""
@@ -251,6 +263,7 @@ def run(
     cfg = _load(config, set_, message, acknowledge)
     teacher = preflight(cfg)
     terms_before_labeling(cfg)  # nothing is paid for a run that could not train
+    _local_note(cfg)
 
     def flow() -> Path:
         from ._flow import distill
@@ -290,6 +303,7 @@ def label(config: ConfigArg, set_: SetOpt = None, message: MessageOpt = None) ->
 
     cfg = _load(config, set_, message)
     teacher = preflight(cfg)
+    _local_note(cfg)
 
     def flow() -> tuple[DatasetRef, LabelingSummary]:
         from ._flow import label_dataset

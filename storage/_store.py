@@ -663,7 +663,8 @@ def _sha256_stream(f: BinaryIO) -> str:
 
 def _parse_table(data: BinaryIO, problems: list[str]) -> pq.ParquetFile | None:
     try:
-        return pq.ParquetFile(data)
+        # no pre-buffering: a streamed read holds one row group, not a run of them
+        return pq.ParquetFile(data, pre_buffer=False)
     except (OSError, pa.ArrowException) as exc:
         problems.append(f"{DATA_FILE}: not a readable Parquet file ({exc})")
         return None

@@ -245,6 +245,7 @@ def test_a_run_with_its_store_in_object_storage(bucket, write_config, tmp_path, 
     runner = CliRunner()
     out = runner.invoke(app, ["run", str(config)])
     assert out.exit_code == 0, out.output
+    assert "the response cache stays a local file, .stillroom-local/cache.sqlite" in out.stderr
     s = Store(store)
     ref = s.resolve("banking77")
     assert s.verify(ref).ok and s.manifest(ref)["rows"] == 60
