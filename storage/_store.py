@@ -107,7 +107,7 @@ class Store:
     root : a local folder (created on first write).
     """
 
-    def __new__(cls, root: str | Path) -> Store:
+    def __new__(cls, root: str | Path = "") -> Store:  # "" when unpickled
         # any fsspec URL (s3://bucket/prefix, ...) is an object store: same API, same checks
         if cls is Store and is_remote(str(root)):
             from ._remote import ObjectStore

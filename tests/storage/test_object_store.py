@@ -55,6 +55,13 @@ def test_an_object_store_commits_loads_and_verifies_as_a_local_one(bucket):
         f"{bucket}/team/catalog/demo/v1.json",
     }
     assert not any(path.endswith(".claim") for path in stored)  # removed once whole
+    # a store can travel to another process (a Prefect task, a worker); no credentials go along
+    import pickle
+
+    packed = pickle.dumps(store)
+    assert SECRET.encode() not in packed
+    copy = pickle.loads(packed)
+    assert type(copy) is type(store) and copy.verify(second).ok
     # the credentials are the environment's: nothing written holds them
     assert not any(SECRET.encode() in body or b"test-key-id" in body for body in stored.values())
 
