@@ -647,12 +647,16 @@ def datasets_export(
         float, typer.Option(help="records held out as the test split, as evaluate.test_fraction")
     ] = 0.2,
     seed: Annotated[int, typer.Option(help="the split's seed, as evaluate.seed")] = 0,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="take the store and the split from this config"),
+    ] = None,
 ) -> None:
     """Write a version as a folder `datasets.load_dataset(FOLDER)` reads: a Parquet file per
     split and a dataset card the Hub accepts (licence, teacher, prompt hash, terms)."""
     from ._exchange import export_version
 
-    out = export_version(spec, folder, store, test_fraction=test_fraction, seed=seed)
+    out = export_version(spec, folder, store, config=config, test_fraction=test_fraction, seed=seed)
     typer.echo(f"{out}: load with datasets.load_dataset({str(out)!r})")
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from stillroom import storage
 
-from ._config import DEFAULT_STORE, EvaluateConfig
+from ._config import DEFAULT_STORE, Config, EvaluateConfig, load_config
 from ._training import held_out
 
 _EVALUATE = EvaluateConfig()
@@ -23,22 +23,35 @@ def _held_out(store: storage.Store, ref: storage.DatasetRef, fraction: float, se
     return held_out(ids, fraction, seed).tolist()
 
 
+def _split_of(
+    config: str | Path | Config | None, store: str | Path, test_fraction: float, seed: int
+) -> tuple[str | Path, float, int]:
+    """(store, test fraction, seed): the config's when one is given, else those passed."""
+    if config is None:
+        return store, test_fraction, seed
+    cfg = config if isinstance(config, Config) else load_config(config)
+    return cfg.store, cfg.evaluate.test_fraction, cfg.evaluate.seed
+
+
 def load_version(
     spec: str,
     store: str | Path = DEFAULT_STORE,
     *,
+    config: str | Path | Config | None = None,
     test_fraction: float = _EVALUATE.test_fraction,
     seed: int = _EVALUATE.seed,
 ) -> Any:
     """A version (``NAME`` for the latest, or ``NAME@vN``) as a `datasets.DatasetDict`:
-    ``train`` and ``test``, the test records those a config with this `evaluate.test_fraction`
-    and `evaluate.seed` holds out (0 puts everything in ``train``). Labels are a `ClassLabel`
+    ``train`` and ``test``, the test records those the students are measured on: a config's
+    (`config`: its store, `evaluate.test_fraction` and `evaluate.seed`), or those of
+    `test_fraction` and `seed` (0 puts everything in ``train``). Labels are a `ClassLabel`
     feature and the probabilities a list of one float per label.
 
-    >>> ds = load_version("banking77@v2")  # doctest: +SKIP
+    >>> ds = load_version("banking77@v2", config="examples/banking77.yaml")  # doctest: +SKIP
     >>> ds["train"].features["label"].names[:2]  # doctest: +SKIP
     ['card_arrival', 'card_linking']
     """
+    store, test_fraction, seed = _split_of(config, store, test_fraction, seed)
     s = storage.Store(store)
     ref = s.resolve(spec)
     return s.dataset_dict(ref, _held_out(s, ref, test_fraction, seed))
@@ -49,11 +62,13 @@ def export_version(
     folder: str | Path,
     store: str | Path = DEFAULT_STORE,
     *,
+    config: str | Path | Config | None = None,
     test_fraction: float = _EVALUATE.test_fraction,
     seed: int = _EVALUATE.seed,
 ) -> Path:
     """Write a version as a folder `datasets.load_dataset(folder)` reads, with a dataset card the
     Hub accepts; the splits are `load_version`'s."""
+    store, test_fraction, seed = _split_of(config, store, test_fraction, seed)
     s = storage.Store(store)
     ref = s.resolve(spec)
     return s.export(ref, folder, _held_out(s, ref, test_fraction, seed))

@@ -18,10 +18,16 @@ __all__ = ["__version__", "load_version"]
 
 
 def load_version(
-    spec: str, store: str = ".stillroom", *, test_fraction: float = 0.2, seed: int = 0
+    spec: str,
+    store: str = ".stillroom",
+    *,
+    config: str | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
 ) -> object:
     """A dataset version (``NAME`` or ``NAME@vN``) as a `datasets.DatasetDict`, ``train`` and
-    ``test`` as the students split it; see `stillroom.flows.load_version`."""
+    ``test`` as the students split it (a `config` file's store and split, when given); see
+    `stillroom.flows.load_version`."""
     from stillroom.flows import load_version as load
 
-    return load(spec, store, test_fraction=test_fraction, seed=seed)
+    return load(spec, store, config=config, test_fraction=test_fraction, seed=seed)

@@ -114,6 +114,11 @@ def test_export_and_load_version_split_as_the_students(write_config, tmp_path):
     assert names[loaded["train"][0]["label"]] == first["label"]
     assert loaded["train"][0]["probs"] == pytest.approx(first["probs"])
 
+    other = write_config({"evaluate.test_fraction": 0.5, "evaluate.seed": 3}, "other.yaml")
+    by_config = stillroom.load_version("banking77", config=str(other))
+    halves = {i for i, t in zip(ids, held_out(ids, 0.5, 3), strict=True) if t}
+    assert {r["id"] for r in by_config["test"]} == halves
+
     out_dir = tmp_path / "export"
     out = runner.invoke(
         app, ["datasets", "export", "banking77@v1", str(out_dir), "--store", store_dir]
