@@ -14,6 +14,7 @@ import os
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -248,6 +249,9 @@ class ResponseCache:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write {out}: {exc.strerror or exc}") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return count
 
     def import_answers(self, path: str | Path) -> dict[str, int]:
@@ -273,7 +277,7 @@ class ResponseCache:
                         "INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)", row
                     )
                     counts["added" if cursor.rowcount else "present"] += 1
-        except (OSError, EOFError, UnicodeDecodeError) as exc:
+        except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
             raise StoreError(f"cannot read {source}: {exc}; nothing was imported") from None
         return counts
 

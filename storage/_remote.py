@@ -15,10 +15,12 @@ the filesystem's library reads them); nothing here takes or writes a secret.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -56,6 +58,7 @@ class ObjectStore(Store):
             raise StoreError(f"store {self.location!r}: {exc}") from None
         self.base = self.base.rstrip("/")
         self.root = Path(self.base)  # for messages only: every access goes through self.fs
+        self._exclusive = False  # whether conditional writes were seen to work
 
     @property
     def datasets_dir(self) -> Path:
@@ -127,9 +130,30 @@ class ObjectStore(Store):
             return False
         return True
 
+    def _check_exclusive(self) -> None:
+        """Refuse a filesystem whose "create only if absent" is not one: two writers could then
+        take the same number. Checked once per store, before its first commit."""
+        if self._exclusive:
+            return
+        probe = f"{CATALOG}/.probe-{uuid.uuid4().hex}"
+        try:
+            first, second = self._create(probe, b"1"), self._create(probe, b"2")
+            self.fs.rm_file(self._full(probe))
+        except OSError as exc:
+            raise StoreError(f"cannot write in {self.location}: {exc}") from None
+        if not (first and not second):
+            raise StoreError(
+                f"store {self.location}: this object storage does not refuse a second write of "
+                "the same object (conditional writes, If-None-Match), so two writers could take "
+                "the same version number; use a local store, or storage that supports them"
+            )
+        self._exclusive = True
+
     def _publish(self, name: str, tmp: Path, manifest: dict[str, Any]) -> DatasetRef:
+        self._check_exclusive()
         number = self._last_number(name) + 1
-        claim = json.dumps({"pid": os.getpid(), "at": time.time()}).encode()
+        token = uuid.uuid4().hex
+        claim = json.dumps({"pid": os.getpid(), "at": time.time(), "token": token}).encode()
         try:
             while not self._create(f"{DATASETS}/{name}/v{number}/{CLAIM_FILE}", claim):
                 number += 1  # another writer took this number
@@ -138,12 +162,21 @@ class ObjectStore(Store):
             for path in sorted(tmp.iterdir()):
                 if path.name != MANIFEST_FILE:
                     self.fs.put_file(str(path), self._full(f"{_folder(ref)}/{path.name}"))
+            # still ours? (a `gc` that judged this writer dead may have freed the number)
+            if json.loads(self._read(f"{_folder(ref)}/{CLAIM_FILE}")).get("token") != token:
+                raise StoreError(f"{ref}: this writer's claim on the number was lost; run again")
             if not self._create(f"{_folder(ref)}/{MANIFEST_FILE}", text.encode()):
                 raise StoreError(f"{ref}: a manifest appeared under a number this writer claimed")
-        except OSError as exc:
+        except FileNotFoundError:
+            raise StoreError(
+                f"{name}: this writer's claim on a number was lost; run again"
+            ) from None
+        except (OSError, ValueError) as exc:
             raise StoreError(f"cannot write in {self.location}: {exc}") from None
         self._record(ref, sha256_bytes(text.encode()), manifest["content_sha256"])
-        self.fs.rm_file(self._full(f"{_folder(ref)}/{CLAIM_FILE}"))
+        # the version is whole: a claim left behind is ignored by readers
+        with contextlib.suppress(OSError):
+            self.fs.rm_file(self._full(f"{_folder(ref)}/{CLAIM_FILE}"))
         return ref
 
     # --- the catalog: one object per version ------------------------------------------------
@@ -188,17 +221,30 @@ class ObjectStore(Store):
     # --- retention ----------------------------------------------------------------------------
 
     def gc(self, *, grace_s: float = 3600.0, dry_run: bool = False) -> list[tuple[str, int]]:
-        """Remove numbers that writers claimed and never made a version of (no manifest), once
-        nothing under them changed for `grace_s` seconds. Returns (path, bytes)."""
+        """Remove numbers that writers claimed and never made a version of: no manifest and no
+        catalog entry (a version that lost its manifest is damage for `verify`, not a leftover),
+        once nothing under them changed, and the claim is older, than `grace_s` seconds.
+        Listing errors stop it: nothing is removed on a guess. Returns (path, bytes)."""
         now = time.time()
         found: list[tuple[str, int]] = []
         for name in self.names():
+            recorded = set(self._catalog_versions(name))
             for v in self._dirs(f"{DATASETS}/{name}"):
                 rel = f"{DATASETS}/{name}/{v}"
-                if not _VERSION.fullmatch(v) or self._isfile(f"{rel}/{MANIFEST_FILE}"):
+                if not _VERSION.fullmatch(v) or v in recorded:
                     continue
-                objects = self.fs.find(self._full(rel), detail=True).values()
+                listing = self.fs.find(self._full(rel), detail=True)
+                names = {path.rsplit("/", 1)[-1] for path in listing}
+                if MANIFEST_FILE in names:
+                    continue
+                objects = listing.values()
                 newest = max((_modified(o) for o in objects), default=0.0)
+                if CLAIM_FILE in names:
+                    try:
+                        claimed = json.loads(self._read(f"{rel}/{CLAIM_FILE}")).get("at", 0.0)
+                        newest = max(newest, float(claimed))
+                    except (ValueError, TypeError):
+                        pass  # a claim that is not JSON: its object's time stands
                 if now - newest >= grace_s:
                     found.append((self._where(rel), sum(int(o["size"]) for o in objects)))
                     if not dry_run:

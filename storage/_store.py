@@ -7,6 +7,7 @@ was at commit, and every read checks the version against it before use.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -30,6 +31,8 @@ from ._card import render_card
 DATA_FILE = "data.parquet"
 MANIFEST_FILE = "manifest.json"
 CLAIM_FILE = ".claim"
+_TERMS_KEYS = ("terms", "restrictions")
+"""Manifest keys that, changed, make the same data another version."""
 """An object store's mark that a writer took a version's number (removed once it is whole)."""
 DATASETS = "datasets"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -212,7 +215,8 @@ class Store:
         """
         if not verify:
             try:
-                return pq.read_table(self.path(ref) / DATA_FILE)
+                with self._open(f"{_folder(ref)}/{DATA_FILE}") as f:
+                    return pq.read_table(f)
             except (OSError, pa.ArrowException) as exc:
                 raise StoreError(f"{ref}: unreadable data file ({exc})") from None
         with self._verified(ref) as data:
@@ -297,7 +301,7 @@ class Store:
             rows, schema = _write_parquet(table, data_path)
             content = sha256_file(data_path)
             latest = self._latest_with_manifest(name)
-            if latest is not None and self._unchanged(latest, content, parent, licence):
+            if latest is not None and self._unchanged(latest, content, parent, licence, metadata):
                 return latest
             manifest = {
                 "name": name,
@@ -358,13 +362,16 @@ class Store:
             return []
         now = time.time()
         found: list[tuple[Path, int]] = []
+        recorded = set(self._catalog())
         for folder in sorted(p for p in self.datasets_dir.iterdir() if p.is_dir()):
             for entry in sorted(folder.iterdir()):
                 if not entry.is_dir():
                     continue
+                # a committed version that lost its manifest is damage (verify), not a leftover
                 leftover = entry.name.startswith(".tmp-") or (
                     _VERSION.fullmatch(entry.name) is not None
                     and not (entry / MANIFEST_FILE).exists()
+                    and (folder.name, entry.name) not in recorded
                 )
                 if leftover and now - _newest_mtime(entry) >= grace_s:
                     found.append((entry, _size(entry)))
@@ -385,7 +392,12 @@ class Store:
         return None
 
     def _unchanged(
-        self, latest: DatasetRef, content: str, parent: DatasetRef | None, licence: Licence
+        self,
+        latest: DatasetRef,
+        content: str,
+        parent: DatasetRef | None,
+        licence: Licence,
+        metadata: dict[str, Any] | None = None,
     ) -> bool:
         """Whether `latest` already holds this content; raises when `latest` is damaged, since
         neither returning it nor quietly writing past it would be right."""
@@ -399,7 +411,10 @@ class Store:
             )
         previous = self.manifest(latest)
         same = (previous.get("content_sha256"), previous.get("parent"), previous.get("licence"))
-        return same == (content, str(parent) if parent else None, licence.__dict__)
+        if same != (content, str(parent) if parent else None, licence.__dict__):
+            return False
+        # the same data under other terms is another version: what it may be used for changed
+        return all(previous.get(key) == (metadata or {}).get(key) for key in _TERMS_KEYS)
 
     def _publish(self, name: str, tmp: Path, manifest: dict[str, Any]) -> DatasetRef:
         folder = self.datasets_dir / name
@@ -412,7 +427,11 @@ class Store:
                     os.fsync(f.fileno())
             try:
                 os.rename(tmp, folder / ref.version)  # fails when another writer took this number
-            except OSError:
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise StoreError(
+                        f"cannot publish {ref} in {folder}: {exc.strerror or exc}"
+                    ) from None
                 number += 1
                 continue
             _catalog.fsync_folder(folder)
@@ -468,8 +487,8 @@ class Store:
         except OSError as exc:
             raise StoreError(
                 f"{ref} was written but could not be added to catalog {self.catalog_path} "
-                f"({exc.strerror or exc}); it verifies against its own manifest only until the "
-                "catalog is writable and it is committed again"
+                f"({exc.strerror or exc}); it verifies against its own manifest only (`verify` "
+                "notes the missing line)"
             ) from None
 
     def verify(self, ref: DatasetRef) -> VerifyResult:
@@ -547,8 +566,17 @@ class Store:
             if not self._isfile(rel):
                 problems.append(f"{name}: missing")
                 continue
-            handle = self._open(rel)
-            digests[name] = _sha256_stream(handle)
+            try:
+                handle = self._open(rel)
+            except OSError as exc:
+                problems.append(f"{name}: unreadable ({exc})")
+                continue
+            try:
+                digests[name] = _sha256_stream(handle)
+            except OSError as exc:
+                handle.close()
+                problems.append(f"{name}: unreadable ({exc})")
+                continue
             if name == DATA_FILE:
                 handle.seek(0)
                 data = handle

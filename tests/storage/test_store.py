@@ -371,3 +371,26 @@ def test_a_streamed_commit_and_scan_hold_a_batch_at_a_time(tmp_path):
     path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(StoreError, match="big@v1 is damaged"):
         next(store.scan(ref))
+
+
+def test_the_same_data_under_other_terms_is_another_version(tmp_path):
+    store = Store(tmp_path)
+    free = store.commit("d", table(), licence=LICENCE, metadata={"restrictions": []})
+    assert store.commit("d", table(), licence=LICENCE, metadata={"restrictions": []}) == free
+    no_training = [{"restriction": "no-training", "from": "x", "detail": "y"}]
+    bound = store.commit("d", table(), licence=LICENCE, metadata={"restrictions": no_training})
+    assert str(bound) == "d@v2" and store.manifest(bound)["restrictions"] == no_training
+
+
+def test_gc_never_removes_a_committed_version_that_lost_its_manifest(tmp_path):
+    import os
+    import time
+
+    store = Store(tmp_path)
+    ref = store.commit("d", table(), licence=LICENCE)
+    (store.path(ref) / "manifest.json").unlink()  # damage, for verify to report
+    old = time.time() - 2 * 3600
+    for path in (store.path(ref), *store.path(ref).iterdir()):
+        os.utime(path, (old, old))
+    assert store.gc(grace_s=0) == []
+    assert (store.path(ref) / "data.parquet").exists()
