@@ -51,6 +51,7 @@ def batches(rows: int, labels: int, counts: dict[str, int] | None = None) -> Any
     import pyarrow as pa
 
     names = [f"label_{i:02d}" for i in range(labels)]
+    # flows' LABELED_SCHEMA, spelled out: importing flows would add ~130 MB to every step's RSS
     schema = pa.schema(
         [
             ("id", pa.string()),

@@ -601,7 +601,11 @@ def datasets_gc(
 
     grace = grace_hours * 3600
     found = storage.Store(store).gc(grace_s=grace, dry_run=dry_run)
-    found += _stale_checkpoints(_local(store) / "checkpoints", grace, dry_run)
+    checkpoints = _local(store) / "checkpoints"
+    fits = sorted(p for p in checkpoints.iterdir() if p.is_dir()) if checkpoints.is_dir() else []
+    # a fit's checkpoints untouched for the grace period: stopped and never resumed (a running
+    # fit writes one every few minutes at most; a completed one removes its own)
+    found += storage.remove_stale(fits, grace, dry_run)
     for path, size in found:
         typer.echo(f"{'would remove' if dry_run else 'removed'} {path} ({size / 1e6:.1f} MB)")
     total = sum(size for _, size in found)
@@ -617,24 +621,6 @@ def _local(store: str) -> Path:
     from ._config import local_dir
 
     return local_dir(store)
-
-
-def _stale_checkpoints(folder: Path, grace_s: float, dry_run: bool) -> list[tuple[str, int]]:
-    """A generative or bert fit's checkpoint folders untouched for `grace_s` seconds: fits that
-    were stopped and never resumed (a running fit writes one every few minutes at most)."""
-    import shutil
-
-    if not folder.is_dir():
-        return []
-    now, found = time.time(), []
-    for entry in sorted(p for p in folder.iterdir() if p.is_dir()):
-        files = [entry, *entry.rglob("*")]
-        if now - max(f.stat().st_mtime for f in files) >= grace_s:
-            found.append((entry, sum(f.stat().st_size for f in files if f.is_file())))
-    if not dry_run:
-        for path, _ in found:
-            shutil.rmtree(path, ignore_errors=True)
-    return [(str(path), size) for path, size in found]
 
 
 @datasets_app.command("export")

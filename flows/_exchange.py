@@ -19,7 +19,7 @@ def _held_out(store: storage.Store, ref: storage.DatasetRef, fraction: float, se
         return None
     if not 0 < fraction < 1:
         raise storage.HubError(f"test fraction must be in [0, 1), got {fraction}")
-    ids = store.load(ref, verify=False).column("id").to_pylist()
+    ids = store.load(ref, verify=False, columns=["id"]).column("id").to_pylist()
     return held_out(ids, fraction, seed).tolist()
 
 

@@ -103,10 +103,19 @@ def train_generative(
 ) -> tuple[students.GenerativeStudent, float]:
     """Fine-tune one generative student on the training completions; returns it and the
     training seconds."""
-    student = make_generative(spec, config, config.local)
+    return _timed_fit(spec, make_generative(spec, config, config.local), data.train)
+
+
+def _timed_fit(
+    spec: GenerativeStudentConfig,
+    student: students.GenerativeStudent,
+    examples: list[students.Example],
+) -> tuple[students.GenerativeStudent, float]:
+    """The student fitted on `examples`, and the seconds it took; a student's refusal is a
+    one-line setup error."""
     start = time.perf_counter()
     try:
-        student.fit(data.train)
+        student.fit(examples)
     except ValueError as exc:
         raise SetupError(f"student {spec.kind}: {exc}") from None
     return student, time.perf_counter() - start
@@ -239,12 +248,7 @@ def train_classifier(
     spec: GenerativeStudentConfig, data: LabeledTexts, config: Config
 ) -> tuple[students.GenerativeStudent, float]:
     student = make_classifier(spec, config, config.local)
-    start = time.perf_counter()
-    try:
-        student.fit(classifier_examples(spec, data))
-    except ValueError as exc:
-        raise SetupError(f"student {spec.kind}: {exc}") from None
-    return student, time.perf_counter() - start
+    return _timed_fit(spec, student, classifier_examples(spec, data))
 
 
 def evaluate_classifier(

@@ -13,6 +13,7 @@ from ._store import (
     StoreError,
     VerifyResult,
     is_remote,
+    remove_stale,
     sha256_file,
 )
 from ._terms import RESTRICTIONS, forbids_training, manifest_restrictions, restrictions_of
@@ -36,6 +37,7 @@ __all__ = [
     "is_remote",
     "manifest_restrictions",
     "render_card",
+    "remove_stale",
     "request_key",
     "restrictions_of",
     "sha256_file",

@@ -204,8 +204,10 @@ class Store:
             raise _Damage(f"unreadable manifest ({exc.strerror or exc})") from None
         return raw, _parse_manifest(raw)
 
-    def load(self, ref: DatasetRef, *, verify: bool = True) -> pa.Table:
-        """The version's table.
+    def load(
+        self, ref: DatasetRef, *, verify: bool = True, columns: Sequence[str] | None = None
+    ) -> pa.Table:
+        """The version's table (only `columns`, when given).
 
         Parameters
         ----------
@@ -216,11 +218,11 @@ class Store:
         if not verify:
             try:
                 with self._open(f"{_folder(ref)}/{DATA_FILE}") as f:
-                    return pq.read_table(f)
+                    return pq.read_table(f, columns=columns)
             except (OSError, pa.ArrowException) as exc:
                 raise StoreError(f"{ref}: unreadable data file ({exc})") from None
         with self._verified(ref) as data:
-            return data.read()
+            return data.read(columns=columns)
 
     def scan(
         self, ref: DatasetRef, *, batch_size: int = 65_536, columns: Sequence[str] | None = None
@@ -360,25 +362,20 @@ class Store:
         was (with `dry_run`, would be) removed."""
         if not self.root.joinpath(DATASETS).is_dir():
             return []
-        now = time.time()
-        found: list[tuple[Path, int]] = []
         recorded = set(self._catalog())
-        for folder in sorted(p for p in self.datasets_dir.iterdir() if p.is_dir()):
-            for entry in sorted(folder.iterdir()):
-                if not entry.is_dir():
-                    continue
-                # a committed version that lost its manifest is damage (verify), not a leftover
-                leftover = entry.name.startswith(".tmp-") or (
-                    _VERSION.fullmatch(entry.name) is not None
-                    and not (entry / MANIFEST_FILE).exists()
-                    and (folder.name, entry.name) not in recorded
-                )
-                if leftover and now - _newest_mtime(entry) >= grace_s:
-                    found.append((entry, _size(entry)))
-        if not dry_run:
-            for path, _ in found:
-                shutil.rmtree(path, ignore_errors=True)
-        return [(str(path), size) for path, size in found]
+        leftovers = [
+            entry
+            for folder in sorted(p for p in self.datasets_dir.iterdir() if p.is_dir())
+            for entry in sorted(p for p in folder.iterdir() if p.is_dir())
+            # a committed version that lost its manifest is damage (verify), not a leftover
+            if entry.name.startswith(".tmp-")
+            or (
+                _VERSION.fullmatch(entry.name) is not None
+                and not (entry / MANIFEST_FILE).exists()
+                and (folder.name, entry.name) not in recorded
+            )
+        ]
+        return remove_stale(leftovers, grace_s, dry_run)
 
     def upload_run(self, folder: Path) -> str:
         """Where a run folder is in the store: a local store's are in it already (its `runs`
@@ -637,15 +634,20 @@ class Store:
         return out
 
 
-def _newest_mtime(folder: Path) -> float:
-    """The latest modification time of `folder` and anything in it."""
-    times = [folder.stat().st_mtime]
-    times += [p.stat().st_mtime for p in folder.rglob("*")]
-    return max(times)
-
-
-def _size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+def remove_stale(
+    folders: Sequence[Path], grace_s: float, dry_run: bool = False
+) -> list[tuple[str, int]]:
+    """Remove (unless `dry_run`) those of `folders` in which nothing changed for `grace_s`
+    seconds; returns their (path, bytes)."""
+    now, found = time.time(), []
+    for folder in folders:
+        files = [folder, *folder.rglob("*")]
+        if now - max(f.stat().st_mtime for f in files) >= grace_s:
+            found.append((folder, sum(f.stat().st_size for f in files if f.is_file())))
+    if not dry_run:
+        for path, _ in found:
+            shutil.rmtree(path, ignore_errors=True)
+    return [(str(path), size) for path, size in found]
 
 
 class _Damage(Exception):

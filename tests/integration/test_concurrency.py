@@ -76,6 +76,17 @@ def child(script, *args):
     )
 
 
+def kill_when_stalled(root, where, ready):
+    """Start a writer that stops for good at `where`, and SIGKILL it once it is there."""
+    stalled = child(STALLED, root, where, ready)
+    deadline = time.monotonic() + 60
+    while not ready.exists() and time.monotonic() < deadline and stalled.poll() is None:
+        time.sleep(0.01)
+    assert ready.exists(), stalled.stderr.read()
+    os.killpg(stalled.pid, signal.SIGKILL)
+    stalled.wait(10)
+
+
 @pytest.mark.timeout(300)
 def test_two_processes_committing_at_once_get_distinct_whole_versions(tmp_path):
     root, go, commits = tmp_path / "store", tmp_path / "go", 6
@@ -108,13 +119,7 @@ def test_two_processes_committing_at_once_get_distinct_whole_versions(tmp_path):
 @pytest.mark.timeout(120)
 def test_a_writer_killed_before_the_rename_leaves_nothing_visible(tmp_path):
     root, ready = tmp_path / "store", tmp_path / "ready"
-    stalled = child(STALLED, root, "rename", ready)
-    deadline = time.monotonic() + 60
-    while not ready.exists() and time.monotonic() < deadline and stalled.poll() is None:
-        time.sleep(0.01)
-    assert ready.exists(), stalled.stderr.read()
-    os.killpg(stalled.pid, signal.SIGKILL)
-    stalled.wait(10)
+    kill_when_stalled(root, "rename", ready)
     store = Store(root)
     assert store.versions("d") == [] and store.list() == []
     assert list((root / "datasets" / "d").glob(".tmp-*"))  # its half-written folder, hidden
@@ -126,13 +131,7 @@ def test_a_writer_killed_before_the_rename_leaves_nothing_visible(tmp_path):
 @pytest.mark.timeout(120)
 def test_a_writer_killed_after_the_rename_leaves_a_whole_version(tmp_path):
     root, ready = tmp_path / "store", tmp_path / "ready"
-    stalled = child(STALLED, root, "catalog", ready)
-    deadline = time.monotonic() + 60
-    while not ready.exists() and time.monotonic() < deadline and stalled.poll() is None:
-        time.sleep(0.01)
-    assert ready.exists(), stalled.stderr.read()
-    os.killpg(stalled.pid, signal.SIGKILL)
-    stalled.wait(10)
+    kill_when_stalled(root, "catalog", ready)
     store = Store(root)
     ref = store.resolve("d")
     result = store.verify(ref)
