@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from contextlib import closing
 
@@ -163,7 +164,18 @@ def test_four_label_runs_share_one_cache_and_store(
     tmp_path, fake_openai, write_config, monkeypatch
 ):
     records = 120
-    server, url = fake_openai(latency_s=0.2)  # ~6 s of answers per run: the runs overlap
+    asking: set[str] = set()
+    all_asking = threading.Event()
+
+    def gate(body):
+        # no answer until all four runs are asking: their cache writes overlap by construction,
+        # however far apart the processes start (a bound, so a missing run cannot hang the test)
+        asking.add(body["model"])
+        if len(asking) == 4:
+            all_asking.set()
+        all_asking.wait(timeout=240)
+
+    server, url = fake_openai(latency_s=0.2, on_request=gate)
     store = tmp_path / "store"
     configs = [
         write_config(
