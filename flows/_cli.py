@@ -92,8 +92,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
 def _failures_to_report() -> tuple[type[Exception], ...]:
     """Not the user's input, but a known failure whose message says what happened and what to do."""
     from ._labeling import LabelingFailed
+    from ._policy import DriftDetected
 
-    return (_engine.EngineError, LabelingFailed)
+    return (_engine.EngineError, LabelingFailed, DriftDetected)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -293,6 +294,77 @@ def _failures(cfg: Config, report: dict[str, Any]) -> dict[str, int]:
     store = storage.Store(cfg.store)
     ref = store.resolve(f"{report['dataset']['name']}@{report['dataset']['version']}")
     return dict(store.manifest(ref).get("labeling", {}).get("failures", {}))
+
+
+@app.command()
+@handled
+def deploy(
+    config: Annotated[Path | None, typer.Argument(help="the YAML config")] = None,
+    cron: Annotated[
+        str | None, typer.Option("--cron", help='when to run, as cron: "0 2 * * *" is 02:00 daily')
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="the deployment's name (default: the config's)")
+    ] = None,
+    flow: Annotated[
+        str, typer.Option("--flow", help="distill (label, retrain, report) or label")
+    ] = "distill",
+    timezone: Annotated[
+        str | None, typer.Option("--timezone", help="the cron's time zone (default UTC)")
+    ] = None,
+    pool: Annotated[str, typer.Option("--pool", help="the process work pool")] = "stillroom",
+    set_: SetOpt = None,
+    list_: Annotated[bool, typer.Option("--list", help="list stillroom's deployments")] = False,
+    delete: Annotated[
+        str | None, typer.Option("--delete", help="delete a deployment: NAME or FLOW/NAME")
+    ] = None,
+) -> None:
+    """Schedule a config on a Prefect server: creates or updates a deployment of the distill (or
+    label) flow with a cron schedule, run by a process worker (prefect worker start --pool
+    stillroom). Needs PREFECT_API_URL."""
+    server = _engine.configured_server()
+    if not server:
+        raise _fail(
+            "deploy needs a running Prefect server: start one (prefect server start, or "
+            "docker-compose up -d) and set PREFECT_API_URL=http://127.0.0.1:4200/api",
+            2,
+        )
+    from . import _deploy
+
+    if list_:
+        _engine.wait_ready(server)
+        for row in _deploy.list_deployments():
+            state = "active" if row["active"] else "paused"
+            typer.echo(f"{row['name']}\t{row['cron']}\t{state}\t{row['pool']}\t{row['config']}")
+        return
+    if delete:
+        _engine.wait_ready(server)
+        typer.echo(f"deleted {_deploy.delete_deployment(delete)}")
+        return
+    if config is None or cron is None:
+        raise typer.BadParameter("give a CONFIG and --cron (or --list, or --delete NAME)")
+    if flow not in ("distill", "label"):
+        raise typer.BadParameter(f"--flow {flow!r}: use distill or label")
+    _deploy.check_cron(cron, timezone)  # before waiting on the server
+    _engine.wait_ready(server)
+    done = _deploy.deploy(
+        config,
+        cron,
+        name=name,
+        which="label" if flow == "label" else "distill",
+        overrides=set_,
+        pool=pool,
+        timezone=timezone,
+    )
+    typer.echo(
+        f'deployed {done["name"]}: "{cron}" on work pool {done["pool"]}; config '
+        f"{done['config']}, run in {done['working_dir']}",
+        err=True,
+    )
+    typer.echo(
+        f"start a worker if none is running: prefect worker start --pool {done['pool']}", err=True
+    )
+    typer.echo(done["name"])
 
 
 @app.command()

@@ -586,6 +586,46 @@ class EvaluateConfig(_Model):
     generation_records: int = Field(default=32, ge=1)
 
 
+class RetrainConfig(_Model):
+    """When a run retrains the students instead of keeping the current ones (those of the last
+    run that trained them): any threshold met retrains; none set keeps them while they exist."""
+
+    min_new_records: int | None = Field(default=1, ge=1)
+    min_new_share: float | None = Field(default=None, gt=0, le=1)
+    max_agreement_drop: float | None = Field(default=None, ge=0, le=1)
+
+
+class WebhookConfig(_Model):
+    """Where drift is reported: a JSON POST, retried with backoff; give the URL itself, or the
+    name of the environment variable that holds it (a URL with a token in it is a secret)."""
+
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    url_env: str | None = None
+    timeout_s: float = Field(default=5.0, gt=0)
+    retries: int = Field(default=3, ge=0, le=10)
+    backoff_s: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> WebhookConfig:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("drift.webhook needs one of url and url_env")
+        return self
+
+
+class DriftConfig(_Model):
+    """Thresholds past which a run has drifted; a threshold set to null is not judged."""
+
+    max_psi: float | None = Field(default=0.25, ge=0)
+    min_p_value: float | None = Field(default=0.001, ge=0, le=1)
+    max_failure_share: float | None = Field(default=0.2, ge=0, le=1)
+    min_agreement: float | None = Field(default=None, ge=0, le=1)
+    # fewer new labels than this: the label distribution is not judged (too few to tell)
+    min_records: int = Field(default=50, ge=1)
+    # fail: the flow run ends Failed (after committing); warn: it completes with a warning artifact
+    action: Literal["fail", "warn"] = "fail"
+    webhook: WebhookConfig | None = None
+
+
 class Config(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
     store: str = DEFAULT_STORE
@@ -601,6 +641,13 @@ class Config(_Model):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     # recorded with the version this run commits (usually given as -m on the command line)
     message: str = ""
+    # send only the records the latest version does not already answer (same id and text, same
+    # teacher and prompt) and commit a child version that keeps the rest; nothing new commits
+    # nothing
+    incremental: bool = False
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    # judge each run's drift (measured and reported either way)
+    drift: DriftConfig | None = None
     # why training on a version whose terms forbid it is all right (--acknowledge-terms);
     # recorded in the run and every student's model card
     acknowledge_terms: str | None = Field(default=None, min_length=1)

@@ -55,6 +55,38 @@ class EngineError(Exception):
     """Prefect's server could not be started."""
 
 
+def wait_ready(url: str) -> int:
+    """Wait until the Prefect API at `url` answers and its database is reachable (`/ready`),
+    retrying with backoff (STILLROOM_API_TRIES tries, default 6; the waits double from
+    STILLROOM_API_BACKOFF_S, default 1 s, up to 15 s); returns the tries it took. A server whose
+    database is down answers 503 there, and the error says so."""
+    tries = max(1, int(os.environ.get("STILLROOM_API_TRIES", "6")))
+    delay = float(os.environ.get("STILLROOM_API_BACKOFF_S", "1"))
+    problem = ""
+    with httpx.Client(timeout=5.0) as client:
+        for attempt in range(1, tries + 1):
+            try:
+                answer = client.get(f"{url.rstrip('/')}/ready")
+                if answer.status_code == 404:  # an API without /ready (Prefect Cloud's)
+                    answer = client.get(f"{url.rstrip('/')}/health")
+                if answer.status_code == 200:
+                    return attempt
+                problem = (
+                    "its database is not available"
+                    if answer.status_code == 503
+                    else f"it answered HTTP {answer.status_code}"
+                )
+            except httpx.TransportError as exc:
+                problem = f"it is not answering ({type(exc).__name__})"
+            if attempt < tries:
+                time.sleep(delay)
+                delay = min(delay * 2, 15.0)
+    raise EngineError(
+        f"the Prefect API at {url} is not ready after {tries} tries: {problem}; start the "
+        "server and its database (docker-compose up -d, or prefect server start) and run again"
+    )
+
+
 class Engine:
     """The Prefect API this process talks to: the configured one, or Prefect's own server app
     started here in a subprocess (the command Prefect's ephemeral mode runs) and stopped at exit.
@@ -69,17 +101,14 @@ class Engine:
         self.log: IO[bytes] | None = None
         self.started = time.perf_counter()
         self.ready_s = 0.0
+        self.external: str | None = None  # a server the user configured
 
     @classmethod
     def start(cls) -> Engine:
         engine = cls()
-        if os.environ.get("PREFECT_API_URL"):
-            return engine  # the user's server
-        if _may_name_a_server():
-            from prefect.settings import get_current_settings
-
-            if get_current_settings().api.url:  # a profile, prefect.toml, .env or a test harness
-                return engine
+        engine.external = configured_server()
+        if engine.external:
+            return engine
         port = _free_port()
         # the server's stderr goes to a file, not a pipe: a pipe nobody reads during the run
         # would block the server once its buffer filled
@@ -99,6 +128,10 @@ class Engine:
 
     def ready(self) -> float:
         """Wait for the server; the seconds from `start()` until it answered."""
+        if self.external:
+            wait_ready(self.external)
+            self.ready_s = time.perf_counter() - self.started
+            return self.ready_s
         if self.process is None:
             return 0.0
         limit = float(
@@ -163,6 +196,18 @@ _SERVER_ENV = {
     "PREFECT__SERVER_FINAL": "1",
     "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
 }
+
+
+def configured_server() -> str | None:
+    """The Prefect API URL the user configured (environment, profile, prefect.toml, .env, or a
+    test harness), if any."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    if _may_name_a_server():
+        from prefect.settings import get_current_settings
+
+        return get_current_settings().api.url or None
+    return None
 
 
 def _may_name_a_server() -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,10 @@ from prefect.cache_policies import NO_CACHE
 
 from stillroom import labelers, storage, students
 
-from . import _generative, _labeling, _teacher, _training
+from . import _artifacts, _generative, _incremental, _labeling, _policy, _teacher, _training
 from ._config import Config, GenerativeStudentConfig, StudentConfig, student_config
 from ._generation import generation_stats
+from ._incremental import Tally
 from ._labeling import LabelingSummary, Record
 from ._progress import Progress
 from ._report import save_student, write_model_card, write_report
@@ -35,17 +37,6 @@ def label_shard(
     teacher: labelers.Teacher, records: list[Record], on_answer: labelers.OnAnswer | None = None
 ) -> list[labelers.Answer]:
     return teacher.label(records, on_answer)
-
-
-@task(name="commit_version", cache_policy=NO_CACHE, persist_result=False)
-def commit_version(
-    config: Config,
-    store: storage.Store,
-    source: storage.DatasetRef,
-    answers: list[labelers.Answer],
-    teacher: labelers.Teacher,
-) -> storage.DatasetRef:
-    return _labeling.commit_labels(config, store, source, answers, teacher)
 
 
 @task(name="train_student", cache_policy=NO_CACHE, persist_result=False)
@@ -118,7 +109,13 @@ def measure_generation(store: storage.Store, ref: storage.DatasetRef) -> dict[st
 @flow(name="label")
 def label_dataset(config: Config) -> tuple[storage.DatasetRef, LabelingSummary]:
     """Ingest and label; returns the labeled version and what labeling did and cost."""
-    return _label(config)
+    return label_config(config)
+
+
+def label_config(config: Config) -> tuple[storage.DatasetRef, LabelingSummary]:
+    """`label_dataset`'s body (also the scheduled `label` deployments')."""
+    done = _label(config)
+    return done.ref, done.summary
 
 
 @flow(name="train")
@@ -141,15 +138,79 @@ def distill(config: Config, out: str | None = None) -> Path:
     without students stops after labeling, with its completions measured; a config whose
     students could not train on what it labels (terms that forbid training, not acknowledged)
     stops before the teacher is paid."""
+    return distill_config(config, out)
+
+
+def distill_config(config: Config, out: str | None = None) -> Path:
+    """`distill`'s body (also the body of the scheduled `distill` deployments): label, decide
+    whether to retrain the students (the retraining policy), measure drift, report, and act on
+    drift (fail the run or warn, and call the webhook) once everything is committed."""
     _teacher.terms_before_labeling(config)
-    ref, labeling = _label(config)
-    if config.task.kind == "generate" and not config.students:
-        report = _report_generation(config, ref, labeling, out)
-    else:
+    done = _label(config)
+    ref, labeling = done.ref, done.summary
+    if config.task.kind == "generate":
+        if config.students:
+            folder = _train(config, str(ref), out)
+            report = _evaluate(config, str(folder), labeling)
+        else:
+            report = _report_generation(config, ref, labeling, out)
+        _uploaded(config, report.parent)
+        return report
+    store = storage.Store(config.store)
+    current = _policy.current_students(config)
+    labels = list(config.task.labels or [])
+    agreement = _policy.agreement_on(current, labels, done.tally) if current else []
+    before = _policy.label_counts(store, done.before) if done.before else None
+    drift = _policy.measure_drift(
+        config,
+        before,
+        str(done.before) if done.before else None,
+        done.tally,
+        labeling.records - labeling.failures.get(labelers.BUDGET_EXHAUSTED, 0),
+        labeling.failed,
+        agreement,
+    )
+    decision = _policy.decide(
+        config, current, labeling.labeled, store.manifest(ref)["rows"], agreement
+    )
+    logger = get_run_logger()
+    logger.info(f"students: {'retrain' if decision.retrain else 'keep'}: {decision.reason}")
+    schedule = {
+        "retrain": decision.report(),
+        "drift": drift.report(),
+        "agreement_on_new": agreement,
+    }
+    if decision.retrain:
         folder = _train(config, str(ref), out)
-        report = _evaluate(config, str(folder), labeling)
+        report = _evaluate(config, str(folder), labeling, schedule, current)
+        _policy.mark_current(config, report, str(ref))
+    else:
+        assert current is not None  # no current students always retrains
+        report = _kept_report(config, ref, labeling, schedule, current, out)
+    _artifacts.publish(config, report)
     _uploaded(config, report.parent)
+    if drift.drifted:
+        _on_drift(config, drift, ref, report)
     return report
+
+
+def _on_drift(config: Config, drift: _policy.Drift, ref: storage.DatasetRef, report: Path) -> None:
+    """Tell the webhook, then fail the run (`drift.action: fail`) or leave a warning artifact."""
+    assert config.drift is not None  # nothing drifts unless judged
+    message = f"{config.name}: drift in {ref}: {drift.text()}"
+    body = {
+        "event": "stillroom.drift",
+        "name": config.name,
+        "dataset": str(ref),
+        "action": config.drift.action,
+        "drift": drift.report(),
+        "report": str(report),
+    }
+    _policy.notify(config, body)
+    if config.drift.action == "fail":
+        raise _policy.DriftDetected(f"{message} ({ref} is committed; report: {report})")
+    get_run_logger().warning(message)
+    _artifacts.warn(config, message, drift)
 
 
 def _uploaded(config: Config, folder: Path) -> Path:
@@ -165,29 +226,87 @@ def _uploaded(config: Config, folder: Path) -> Path:
 # subflows: every flow run costs Prefect a second or so of bookkeeping).
 
 
-def _label(config: Config) -> tuple[storage.DatasetRef, LabelingSummary]:
+@dataclass(frozen=True)
+class _Labeled:
+    ref: storage.DatasetRef
+    summary: LabelingSummary
+    tally: Tally  # the new labels' distribution and a sample of them
+    before: storage.DatasetRef | None  # the latest version before this run
+
+
+def _label(config: Config) -> _Labeled:
+    """Ingest, then label shard by shard into the version being built (nothing holds every
+    answer). Incremental: only records the latest version does not already answer are sent, and
+    when there are none nothing is committed and that version is returned."""
     store = storage.Store(config.store)
     _teacher.build_teacher(config)  # a missing key or bad URL fails before anything is written
     source = ingest(config, store)
+    logger = get_run_logger()
+    versions = store.versions(config.name)
+    before = storage.DatasetRef(config.name, versions[-1]) if versions else None
     with _teacher.open_cache(config) as cache:
         teacher = _teacher.build_teacher(config, cache, _teacher.budget_left(config, cache))
-        table = store.load(source)
+        plan = _plan(config, store, source, teacher)
+        if plan.nothing_new:
+            assert plan.base is not None
+            logger.info(
+                f"nothing new: {plan.base} already answers all {plan.records} records of "
+                f"{source}; nothing committed, the teacher was not asked"
+            )
+            summary = LabelingSummary(0, 0, incremental=plan.describe())
+            return _Labeled(plan.base, summary, Tally(), before)
+        if plan.base is not None:
+            logger.info(
+                f"{plan.to_label} of {plan.records} records to label ({plan.new} new, "
+                f"{plan.edited} edited, {plan.retried} failed before); {plan.base} answers the rest"
+            )
         start = time.perf_counter()
-        answers: list[labelers.Answer] = []
-        with Progress(table.num_rows, lambda: teacher.stats.cost_usd) as progress:
-            for shard in _labeling.shards(table, config.teacher.shard_size):
-                answers += label_shard(teacher, shard, progress.advance)
+        counted, tally = _labeling.Counted(), Tally()
+        shown = _artifacts.LabelingProgress(config, plan.to_label)
+        with Progress(plan.to_label, lambda: teacher.stats.cost_usd) as progress:
+
+            def label(records: list[Record]) -> list[labelers.Answer]:
+                answers = label_shard(teacher, records, progress.advance)
                 progress.shard_done()
-        summary = LabelingSummary.of(answers, teacher.stats, time.perf_counter() - start)
-        ref = commit_version(config, store, source, answers, teacher)
+                shown.update(progress.done, time.perf_counter())
+                return answers
+
+            rows = _labeling.labeled_batches(
+                store,
+                source,
+                plan,
+                label,
+                config.teacher.shard_size,
+                config.task.rationale,
+                config.task.kind == "generate",
+                counted,
+                tally,
+            )
+            ref = _labeling.commit_labels(config, store, source, rows, teacher, counted, plan)
+            shown.update(progress.done, time.perf_counter(), force=True)
+        summary = counted.summary(teacher.stats, time.perf_counter() - start, plan)
     run = summary.run
-    get_run_logger().info(
+    logger.info(
         f"{ref}: {summary.labeled} labeled, {summary.failed} failed ({summary.failures_text()}); "
         f"{run.teacher_calls} teacher calls, {run.cache_hits} cache hits, {run.retries} retries, "
         f"${run.cost_usd:.4f} in {summary.wall_s:.1f} s"
     )
     _labeling.check_labeled(summary, ref, config.teacher.min_labeled)
-    return ref, summary
+    return _Labeled(ref, summary, tally, before)
+
+
+def _plan(
+    config: Config, store: storage.Store, source: storage.DatasetRef, teacher: labelers.Teacher
+) -> _incremental.Plan:
+    """Every record of the source, or (incremental) those the latest version does not answer."""
+    records = store.manifest(source)["rows"]
+    if not config.incremental:
+        return _incremental.Plan(records=records, new=records)
+    said = {"prompt_hash": labelers.prompt_hash(_teacher.task_of(config)), **teacher.describe()}
+    plan = _incremental.plan(store, config.name, source, said, _labeling.schema_of(config))
+    if plan.why_full:
+        get_run_logger().info(f"labeling every record: {plan.why_full}")
+    return plan
 
 
 def _run_dir(config: Config, out: str | None) -> Path:
@@ -308,7 +427,16 @@ def _completions(
     return ref, manifest, _generative.completion_split(store.load(ref), e.test_fraction, e.seed)
 
 
-def _evaluate(config: Config, folder: str, labeling: LabelingSummary | None) -> Path:
+def _evaluate(
+    config: Config,
+    folder: str,
+    labeling: LabelingSummary | None,
+    schedule: dict[str, Any] | None = None,
+    previous: dict[str, Any] | None = None,
+) -> Path:
+    """Measure the run's students and write the report; a scheduled run's decisions go in as
+    `schedule`, and the students it replaces (`previous`, the current ones) are measured on the
+    same held-out records beside the new ones."""
     if config.task.kind == "generate":
         return _evaluate_generative(config, folder, labeling)
     start = time.perf_counter()
@@ -368,11 +496,74 @@ def _evaluate(config: Config, folder: str, labeling: LabelingSummary | None) -> 
         "students": results,
         "timings_s": _timings(labeling, trained, start),
     }
+    if schedule is not None:
+        report["schedule"] = schedule
+        if previous is not None:
+            schedule["retrain"]["comparison"] = _compare(previous, results, split)
     path = write_report(run, report, labeling.failures)
     get_run_logger().info(
         f"report: {path}; agreement with the teacher: "
         + ", ".join(f"{_name(r)} {r['agreement']:.1%}" for r in results)
     )
+    return path
+
+
+def _compare(
+    previous: dict[str, Any], results: list[dict[str, Any]], split: _training.Split
+) -> list[dict[str, Any]]:
+    """The replaced students against the new ones, on the same held-out records (a version's
+    split is by id hash, so what the new students hold out, the old ones held out too, edited
+    records aside)."""
+    trained = json.loads((Path(previous["run"]) / "train.json").read_text())
+    new = {r["kind"]: r for r in results if not r.get("variant")}
+    rows = []
+    for entry in trained["students"]:
+        spec = student_config(entry["spec"])
+        if isinstance(spec, GenerativeStudentConfig) or spec.kind not in new:
+            continue
+        old = _training.load_student(spec, Path(entry["folder"]), split.multi_label)
+        before = _training.evaluate_student(
+            spec, old, split, None, entry["size_bytes"], entry.get("calibrated", False)
+        )
+        after = new[spec.kind]
+        row: dict[str, Any] = {"kind": spec.kind, "trained_on": previous["dataset"]}
+        for key in ("agreement", "accuracy_vs_gold", "kl_teacher_student", "ece"):
+            row[f"{key}_before"], row[f"{key}_after"] = before[key], after[key]
+        rows.append(row)
+    return rows
+
+
+def _kept_report(
+    config: Config,
+    ref: storage.DatasetRef,
+    labeling: LabelingSummary,
+    schedule: dict[str, Any],
+    current: dict[str, Any],
+    out: str | None,
+) -> Path:
+    """The report of a run that kept the current students: what it labeled, its decisions, and
+    the current students as they were measured when trained."""
+    kept = json.loads(Path(current["report"]).read_text())
+    store = storage.Store(config.store)
+    manifest = store.manifest(ref)
+    schedule["retrain"]["current_run"] = current["run"]
+    report = {
+        "name": config.name,
+        "dataset": {
+            **kept["dataset"],
+            "name": ref.name,
+            "version": ref.version,
+            "rows": manifest["rows"],
+            "students_trained_on": current["dataset"],
+        },
+        "labeling": labeling.report(),
+        "teacher": kept["teacher"],
+        "students": kept["students"],
+        "timings_s": {"labeling": round(labeling.wall_s, 3), "training": 0.0, "evaluation": 0.0},
+        "schedule": schedule,
+    }
+    path = write_report(_run_dir(config, out), report, labeling.failures)
+    get_run_logger().info(f"report: {path}; students kept from {current['run']}")
     return path
 
 

@@ -7,7 +7,7 @@ import re
 import shlex
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import pyarrow as pa
 from stillroom import labelers, storage
 
 from ._config import Config
+from ._incremental import Plan, Tally, kept_rows
 from ._ingest import source_card, source_licence
 from ._teacher import read_source, task_of, terms_of
 
@@ -80,6 +81,9 @@ class LabelingSummary:
     run: labelers.LabelStats = field(default_factory=labelers.LabelStats)
     bought: labelers.Usage = labelers.Usage()
     wall_s: float = 0.0
+    # an incremental run's plan: the version it grew from, how many records were new, edited,
+    # retried, kept (None: every record was labeled)
+    incremental: dict[str, Any] | None = None
 
     @property
     def failed(self) -> int:
@@ -132,6 +136,8 @@ class LabelingSummary:
             **asdict(self.run),
             "cost_usd": round(self.run.cost_usd, 6),
             "wall_s": round(self.wall_s, 3),
+            "failures": dict(self.failures),
+            "incremental": self.incremental,
         }
 
 
@@ -172,59 +178,225 @@ def ingest(config: Config, store: storage.Store) -> storage.DatasetRef:
     )
 
 
-def shards(table: pa.Table, size: int) -> list[list[Record]]:
-    pairs = list(zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True))
-    return [pairs[i : i + size] for i in range(0, len(pairs), size)]
+def labeled_batches(
+    store: storage.Store,
+    source: storage.DatasetRef,
+    plan: Plan,
+    label: Callable[[list[Record]], Sequence[labelers.Answer]],
+    shard_size: int,
+    rationale: bool,
+    generate: bool,
+    counted: Counted,
+    tally: Tally,
+) -> Iterator[pa.RecordBatch]:
+    """The rows of the version being built, as they are answered: first the rows the base
+    version keeps, then each shard of the records to label, answered by `label` (a Prefect task,
+    or work sent to a cluster) and turned into rows at once, so no more than a shard of answers
+    is ever held. Rows come out in batches of at least `_BATCH_ROWS` (a Parquet row group
+    each)."""
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    answered = _answered(
+        store, source, plan, label, shard_size, rationale, generate, counted, tally
+    )
+    for batch in _chain(_counted_kept(store, plan, counted), answered):
+        pending.append(batch)
+        rows += batch.num_rows
+        if rows >= _BATCH_ROWS:
+            yield from pa.Table.from_batches(pending).combine_chunks().to_batches()
+            pending, rows = [], 0
+    if pending:
+        yield from pa.Table.from_batches(pending).combine_chunks().to_batches()
+
+
+_BATCH_ROWS = 8192
+
+
+def _counted_kept(store: storage.Store, plan: Plan, counted: Counted) -> Iterator[pa.RecordBatch]:
+    for batch in kept_rows(store, plan):
+        counted.add_kept(batch)
+        yield batch
+
+
+def _chain(*parts: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    for part in parts:
+        yield from part
+
+
+def _answered(
+    store: storage.Store,
+    source: storage.DatasetRef,
+    plan: Plan,
+    label: Callable[[list[Record]], Sequence[labelers.Answer]],
+    shard_size: int,
+    rationale: bool,
+    generate: bool,
+    counted: Counted,
+    tally: Tally,
+) -> Iterator[pa.RecordBatch]:
+    for shard in source_shards(store, source, plan, shard_size):
+        records = list(
+            zip(shard.column("id").to_pylist(), shard.column("text").to_pylist(), strict=True)
+        )
+        answers = label(records)
+        by_id = {a.id: a for a in answers}
+        ordered = [by_id[rid] for rid, _ in records]
+        counted.add(ordered)
+        if generate:
+            yield from _generated(shard, ordered).to_batches()
+            continue
+        tally.add([text for _, text in records], [a.label for a in ordered])
+        yield from _labeled(shard, ordered, rationale).to_batches()
+
+
+def source_shards(
+    store: storage.Store, source: storage.DatasetRef, plan: Plan, size: int
+) -> Iterator[pa.Table]:
+    """The source's records to label (id, text, gold), `size` at a time, read batch by batch."""
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in store.scan(source, batch_size=max(size, 1024), columns=["id", "text", "gold"]):
+        mask = plan.wants(batch.column("id"))
+        if mask is not None:
+            batch = batch.filter(mask)
+        pending.append(batch)
+        rows += batch.num_rows
+        while rows >= size:
+            table = pa.Table.from_batches(pending).combine_chunks()
+            yield table.slice(0, size)
+            rest = table.slice(size)
+            pending, rows = rest.to_batches(), rest.num_rows
+    if rows:
+        yield pa.Table.from_batches(pending).combine_chunks()
+
+
+@dataclass
+class Counted:
+    """What the answers of a streamed run came to, added up shard by shard, and the rows a child
+    version kept from its base (counted as they are copied)."""
+
+    records: int = 0
+    labeled: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    bought: labelers.Usage = labelers.Usage()
+    kept: int = 0
+    kept_labeled: int = 0
+    kept_failures: Counter[str] = field(default_factory=Counter)
+
+    def add(self, answers: Sequence[labelers.Answer]) -> None:
+        self.records += len(answers)
+        for a in answers:
+            if a.error:
+                self.failures[a.error] += 1
+            else:
+                self.labeled += 1
+            self.bought = self.bought + a.usage
+
+    def add_kept(self, batch: pa.RecordBatch) -> None:
+        errors = batch.column("error")
+        self.kept += batch.num_rows
+        self.kept_labeled += errors.null_count
+        for reason in errors.drop_null().to_pylist():
+            self.kept_failures[reason] += 1
+
+    def summary(
+        self, run: labelers.LabelStats, wall_s: float, plan: Plan | None = None
+    ) -> LabelingSummary:
+        """This run's: what it answered and paid."""
+        return LabelingSummary(
+            records=self.records,
+            labeled=self.labeled,
+            failures=dict(self.failures),
+            run=run,
+            bought=self.bought,
+            wall_s=wall_s,
+            incremental=plan.describe() if plan is not None and plan.base else None,
+        )
+
+    def whole(self, base: dict[str, Any] | None) -> LabelingSummary:
+        """The version's: this run's answers and the rows kept from `base` (whose answers cost
+        what the base's manifest says)."""
+        bought = self.bought
+        if base is not None:
+            bought = bought + LabelingSummary.from_manifest(base).bought
+        return LabelingSummary(
+            self.records + self.kept,
+            self.labeled + self.kept_labeled,
+            dict(self.failures + self.kept_failures),
+            bought=bought,
+        )
+
+
+def schema_of(config: Config) -> pa.Schema:
+    """The columns of the versions a config's labeling writes."""
+    if config.task.kind == "generate":
+        return GENERATED_SCHEMA
+    return RATIONALE_SCHEMA if config.task.rationale else LABELED_SCHEMA
 
 
 def commit_labels(
     config: Config,
     store: storage.Store,
     source: storage.DatasetRef,
-    answers: Sequence[labelers.Answer],
+    rows: Iterable[pa.RecordBatch],
     teacher: labelers.Teacher,
+    counted: Counted,
+    plan: Plan,
 ) -> storage.DatasetRef:
     """The labeled (or generated) dataset: every record, answered or failed with its reason and
-    the raw answer."""
-    table = store.load(source)
-    by_id = {a.id: a for a in answers}
-    ordered = [by_id[i] for i in table.column("id").to_pylist()]
+    the raw answer, written as `rows` come (a child version starts with the rows its base keeps).
+    Its manifest, written once every row is in, counts the whole version."""
     task = task_of(config)
+    schema = schema_of(config)
     if isinstance(task, labelers.GenerateTask):
-        answered, described = _generated(table, ordered), _generate_manifest(task)
+        described = _generate_manifest(task)
         if isinstance(teacher, labelers.RecordedTeacher):  # made elsewhere, not shaped by task
             described = {"kind": "generate", "instructions": task.instructions}
     else:
-        answered = _labeled(table, ordered, task.rationale)
         described = _classify_manifest(task, config.task.multi_label)
-    summary = LabelingSummary.of(ordered, teacher.stats, 0.0).manifest()
     said = {"prompt_hash": labelers.prompt_hash(task), **teacher.describe()}
-    metadata: dict[str, Any] = {
-        "kind": "labeled",
-        "task": described,
-        # a recorded teacher's answers were not made with this prompt: it says so (None)
-        "teacher": said,
-        "terms": terms_of(config),
-        "labeling": summary,
-    }
     described_source = store.manifest(source)
     data_restrictions = (described_source.get("data") or {}).get("restrictions") or ()
-    metadata["restrictions"] = storage.restrictions_of(
-        described_source["licence"], metadata["terms"], data_restrictions
-    )
-    if described_source.get("language"):
-        metadata["language"] = described_source["language"]
-    licence = storage.Licence(**described_source["licence"])
-    message = config.message or (
-        f"{summary['labeled']} of {len(ordered)} records "
-        f"{'completed' if isinstance(task, labelers.GenerateTask) else 'labeled'} by "
-        f"{said.get('provider')} {said.get('model')}"
-        + (f", {summary['failed']} failed" if summary["failed"] else "")
-    )
+    terms = terms_of(config)
+    base = store.manifest(plan.base) if plan.base is not None else None
+
+    def metadata() -> dict[str, Any]:
+        summary = counted.whole(base).manifest()
+        described_run: dict[str, Any] = {
+            "kind": "labeled",
+            "task": described,
+            # a recorded teacher's answers were not made with this prompt: it says so (None)
+            "teacher": said,
+            "terms": terms,
+            "labeling": summary,
+            "restrictions": storage.restrictions_of(
+                described_source["licence"], terms, data_restrictions
+            ),
+        }
+        if plan.base is not None:
+            described_run["incremental"] = plan.describe()
+        if described_source.get("language"):
+            described_run["language"] = described_source["language"]
+        return described_run
+
+    def message() -> str:
+        if config.message:
+            return config.message
+        verb = "completed" if isinstance(task, labelers.GenerateTask) else "labeled"
+        who = f"{said.get('provider')} {said.get('model')}"
+        failed = sum(counted.failures.values())
+        tail = f", {failed} failed" if failed else ""
+        if plan.base is not None:
+            return (
+                f"{counted.labeled} new or edited of {counted.records} records {verb} by {who}"
+                f"{tail}; {plan.kept} kept from {plan.base}"
+            )
+        return f"{counted.labeled} of {counted.records} records {verb} by {who}{tail}"
+
     return store.commit(
         config.name,
-        answered,
-        licence=licence,
+        pa.RecordBatchReader.from_batches(schema, iter(rows)),
+        licence=storage.Licence(**described_source["licence"]),
         parent=source,
         metadata=metadata,
         message=message,

@@ -325,8 +325,61 @@ def render_report(report: dict[str, Any], failures: dict[str, int]) -> str:
             f"{s['f1_macro_vs_teacher']:.3f} (multi-label: agreement is the same label set)."
             for s in multi
         ]
+    lines += _schedule_lines(report)
     lines += ["", _teacher_cost(report["labeling"], teacher)]
     return "\n".join(lines) + "\n"
+
+
+def _schedule_lines(report: dict[str, Any]) -> list[str]:
+    """A scheduled run's decisions: what was new, whether the students were retrained (and how
+    the old and new ones compare), and the drift checks."""
+    incremental = report["labeling"].get("incremental")
+    schedule = report.get("schedule")
+    if not schedule and not incremental:
+        return []
+    lines = ["", "## This run"]
+    if incremental:
+        lines += [
+            "",
+            f"Incremental from `{incremental['base']}`: {incremental['new']} new, "
+            f"{incremental['edited']} edited and {incremental['retried']} failed-before records "
+            f"labeled; {incremental['kept']} rows kept.",
+        ]
+    if not schedule:
+        return lines
+    retrain = schedule["retrain"]
+    lines += [
+        "",
+        f"Students {'retrained' if retrain['retrained'] else 'kept'}: {retrain['reason']}.",
+    ]
+    comparison = retrain.get("comparison") or []
+    if comparison:
+        lines += [
+            "",
+            "| student | trained on | agree before → after | gold before → after |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {c['kind']} | {c['trained_on']} | {_fmt(c['agreement_before'], True)} → "
+            f"{_fmt(c['agreement_after'], True)} | {_fmt(c['accuracy_vs_gold_before'], True)} → "
+            f"{_fmt(c['accuracy_vs_gold_after'], True)} |"
+            for c in comparison
+        ]
+        lines += ["", "Both measured on this version's held-out records."]
+    drift = schedule["drift"]
+    against = f" against `{drift['compared_with']}`" if drift["compared_with"] else ""
+    lines += [
+        "",
+        f"Drift{against}: " + ("**drifted**" if drift["drifted"] else "none past its thresholds"),
+        "",
+        "| check | value | threshold |",
+        "|---|---|---|",
+    ]
+    for check in drift["checks"]:
+        value = _fmt(check["value"]) if check["value"] is not None else f"– ({check.get('note')})"
+        flag = " **drift**" if check["drifted"] else ""
+        lines.append(f"| {check['name']} | {value}{flag} | {_fmt(check['threshold'])} |")
+    return lines
 
 
 def _teacher_line(teacher: dict[str, Any]) -> str:

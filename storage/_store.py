@@ -15,7 +15,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +31,10 @@ from ._card import render_card
 DATA_FILE = "data.parquet"
 MANIFEST_FILE = "manifest.json"
 CLAIM_FILE = ".claim"
-_TERMS_KEYS = ("terms", "restrictions")
-"""Manifest keys that, changed, make the same data another version."""
 """An object store's mark that a writer took a version's number (removed once it is whole)."""
+_PROVENANCE_KEYS = ("terms", "restrictions", "teacher", "task")
+"""Manifest keys that, changed, make the same data another version: what it may be used for, or
+who made it and how."""
 DATASETS = "datasets"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _VERSION = re.compile(r"v(\d+)")
@@ -273,8 +274,8 @@ class Store:
         *,
         licence: Licence,
         parent: DatasetRef | None = None,
-        metadata: dict[str, Any] | None = None,
-        message: str = "",
+        metadata: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+        message: str | Callable[[], str] = "",
         command: str | None = None,
     ) -> DatasetRef:
         """Write `table` as the next version of `name`; the same content on the same parent
@@ -291,7 +292,8 @@ class Store:
 
         `table` may be a `pyarrow.RecordBatchReader`: its batches are written as they come
         (row groups of at most 65,536 rows, as a table's are), so memory stays that of a batch
-        however many records the version holds.
+        however many records the version holds. `metadata` and `message` may then be functions,
+        called once every batch is written (a streamed labeling run knows its counts only then).
         """
         if not _NAME.match(name):
             raise StoreError(
@@ -302,6 +304,8 @@ class Store:
             data_path = tmp / DATA_FILE
             rows, schema = _write_parquet(table, data_path)
             content = sha256_file(data_path)
+            metadata = metadata() if callable(metadata) else metadata
+            message = message() if callable(message) else message
             latest = self._latest_with_manifest(name)
             if latest is not None and self._unchanged(latest, content, parent, licence, metadata):
                 return latest
@@ -410,8 +414,8 @@ class Store:
         same = (previous.get("content_sha256"), previous.get("parent"), previous.get("licence"))
         if same != (content, str(parent) if parent else None, licence.__dict__):
             return False
-        # the same data under other terms is another version: what it may be used for changed
-        return all(previous.get(key) == (metadata or {}).get(key) for key in _TERMS_KEYS)
+        # the same data under other terms, or from another teacher or prompt, is another version
+        return all(previous.get(key) == (metadata or {}).get(key) for key in _PROVENANCE_KEYS)
 
     def _publish(self, name: str, tmp: Path, manifest: dict[str, Any]) -> DatasetRef:
         folder = self.datasets_dir / name

