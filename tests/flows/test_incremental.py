@@ -73,8 +73,9 @@ def test_a_growing_source_is_labeled_only_where_it_is_new(grow, banking_rows):
         "kept": 57,
     }
     assert manifest["rows"] == 80 and manifest["labeling"]["labeled"] == 80
-    assert manifest["previous"] == "banking77@v1" and "57 kept from banking77@v1" in (
-        manifest["message"]
+    assert (
+        manifest["previous"] == "banking77@v1"
+        and "57 kept from banking77@v1" in (manifest["message"])
     )
     v2 = {r["id"]: r for r in store.load(ref).to_pylist()}
     assert len(v2) == 80
