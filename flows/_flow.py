@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +37,10 @@ def ingest(config: Config, store: storage.Store) -> storage.DatasetRef:
 @task(name="label_shard", cache_policy=NO_CACHE, persist_result=False)
 def label_shard(
     teacher: labelers.Teacher, records: list[Record], on_answer: labelers.OnAnswer | None = None
-) -> list[labelers.Answer]:
-    return teacher.label(records, on_answer)
+) -> tuple[list[labelers.Answer], int]:
+    """One shard; a text it holds more than once is asked once. Returns the answers and how
+    many were copies (they count as cache hits)."""
+    return _labeling.asked_once(lambda r: teacher.label(r, on_answer), records)
 
 
 @task(name="train_student", cache_policy=NO_CACHE, persist_result=False)
@@ -262,29 +266,41 @@ def _label(config: Config) -> _Labeled:
             )
         start = time.perf_counter()
         counted, tally = _labeling.Counted(), Tally()
+        # what the teacher object here does not count: copies of a text within a shard (asked
+        # once), and what a cluster's workers spent
+        elsewhere = labelers.LabelStats()
         shown = _artifacts.LabelingProgress(config, plan.to_label)
         with Progress(plan.to_label, lambda: teacher.stats.cost_usd) as progress:
 
-            def label(records: list[Record]) -> list[labelers.Answer]:
-                answers = label_shard(teacher, records, progress.advance)
+            def shard_done() -> None:
                 progress.shard_done()
                 shown.update(progress.done, time.perf_counter())
-                return answers
 
-            rows = _labeling.labeled_batches(
-                store,
-                source,
-                plan,
-                label,
-                config.teacher.shard_size,
-                config.task.rationale,
-                config.task.kind == "generate",
-                counted,
-                tally,
-            )
-            ref = _labeling.commit_labels(config, store, source, rows, teacher, counted, plan)
+            def serial(shards: Iterator[list[Record]]) -> Iterator[list[labelers.Answer]]:
+                for records in shards:
+                    answers, copies = label_shard(teacher, records, progress.advance)
+                    elsewhere.cache_hits += copies
+                    for _ in range(copies):
+                        progress.advance(answers[0])
+                    shard_done()
+                    yield answers
+
+            with _labelers_for(config, serial, elsewhere, progress, shard_done) as label:
+                rows = _labeling.labeled_batches(
+                    store,
+                    source,
+                    plan,
+                    label,
+                    config.teacher.shard_size,
+                    config.task.rationale,
+                    config.task.kind == "generate",
+                    counted,
+                    tally,
+                )
+                ref = _labeling.commit_labels(config, store, source, rows, teacher, counted, plan)
             shown.update(progress.done, time.perf_counter(), force=True)
-        summary = counted.summary(teacher.stats, time.perf_counter() - start, plan)
+        run = teacher.stats + elsewhere
+        summary = counted.summary(run, time.perf_counter() - start, plan)
     run = summary.run
     logger.info(
         f"{ref}: {summary.labeled} labeled, {summary.failed} failed ({summary.failures_text()}); "
@@ -293,6 +309,32 @@ def _label(config: Config) -> _Labeled:
     )
     _labeling.check_labeled(summary, ref, config.teacher.min_labeled)
     return _Labeled(ref, summary, tally, before)
+
+
+@contextmanager
+def _labelers_for(
+    config: Config,
+    serial: _labeling.LabelShards,
+    stats: labelers.LabelStats,
+    progress: Progress,
+    shard_done: Callable[[], None],
+) -> Iterator[_labeling.LabelShards]:
+    """How shards get labeled: here, one after another (`serial`), or on a Dask cluster."""
+    if config.runner.kind != "dask":
+        yield serial
+        return
+    from ._cluster import on_cluster
+
+    with on_cluster(config, stats) as remote:
+
+        def label(shards: Iterator[list[Record]]) -> Iterator[Sequence[labelers.Answer]]:
+            for answers in remote(shards):
+                for answer in answers:
+                    progress.advance(answer)
+                shard_done()
+                yield answers
+
+        yield label
 
 
 def _plan(

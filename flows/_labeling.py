@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 import shlex
 import sys
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +182,7 @@ def labeled_batches(
     store: storage.Store,
     source: storage.DatasetRef,
     plan: Plan,
-    label: Callable[[list[Record]], Sequence[labelers.Answer]],
+    label: LabelShards,
     shard_size: int,
     rationale: bool,
     generate: bool,
@@ -223,29 +223,56 @@ def _chain(*parts: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         yield from part
 
 
+def asked_once(
+    label: Callable[[list[Record]], Sequence[labelers.Answer]], records: list[Record]
+) -> tuple[list[labelers.Answer], int]:
+    """Label `records`, asking the teacher once per distinct text (the same text is the same
+    request); returns every record's answer and how many were copies."""
+    first: dict[str, str] = {}
+    unique = [(rid, text) for rid, text in records if first.setdefault(text, rid) == rid]
+    if len(unique) == len(records):
+        return list(label(records)), 0
+    by_id = {a.id: a for a in label(unique)}
+    answers = [
+        by_id[rid] if rid in by_id else replace(by_id[first[text]], id=rid, cached=True)
+        for rid, text in records
+    ]
+    return answers, len(records) - len(unique)
+
+
+LabelShards = Callable[[Iterator[list[Record]]], Iterator[Sequence[labelers.Answer]]]
+"""Answers each shard of records it is given, in the order given (it may read ahead: a cluster
+labels several shards at once)."""
+
+
 def _answered(
     store: storage.Store,
     source: storage.DatasetRef,
     plan: Plan,
-    label: Callable[[list[Record]], Sequence[labelers.Answer]],
+    label: LabelShards,
     shard_size: int,
     rationale: bool,
     generate: bool,
     counted: Counted,
     tally: Tally,
 ) -> Iterator[pa.RecordBatch]:
-    for shard in source_shards(store, source, plan, shard_size):
-        records = list(
-            zip(shard.column("id").to_pylist(), shard.column("text").to_pylist(), strict=True)
-        )
-        answers = label(records)
+    waiting: deque[pa.Table] = deque()  # shards handed to `label`, not yet answered
+
+    def records() -> Iterator[list[Record]]:
+        for shard in source_shards(store, source, plan, shard_size):
+            waiting.append(shard)
+            ids, texts = shard.column("id").to_pylist(), shard.column("text").to_pylist()
+            yield list(zip(ids, texts, strict=True))
+
+    for answers in label(records()):
+        shard = waiting.popleft()
         by_id = {a.id: a for a in answers}
-        ordered = [by_id[rid] for rid, _ in records]
+        ordered = [by_id[rid] for rid in shard.column("id").to_pylist()]
         counted.add(ordered)
         if generate:
             yield from _generated(shard, ordered).to_batches()
             continue
-        tally.add([text for _, text in records], [a.label for a in ordered])
+        tally.add(shard.column("text").to_pylist(), [a.label for a in ordered])
         yield from _labeled(shard, ordered, rationale).to_batches()
 
 

@@ -355,9 +355,37 @@ class OpenAITeacher(Generic[TaskT]):
         """(response, tries, from cache, failure reason): the cache first, then the endpoint."""
         key = self.cache_key(body)
         cached = self.cache.get(key) if self.cache is not None else None
+        shared = self._shared()
+        if cached is None and shared is not None:
+            cached = await self._claim(shared, key)  # None: ours to send
         if cached is not None:
             self.stats.cache_hits += 1
             return cached, 0, True, None
+        try:
+            return await self._send(client, body, key)
+        finally:
+            if shared is not None:
+                shared.release(key)  # a no-op once the answer is stored
+
+    def _shared(self) -> Any:
+        """The cache, when several processes label into it at once (a cluster's workers): it
+        then claims each request before it is sent (storage.ResponseCache(claims=True))."""
+        return self.cache if getattr(self.cache, "claims", False) else None
+
+    @staticmethod
+    async def _claim(cache: Any, key: dict[str, Any]) -> dict[str, Any] | None:
+        """Wait while another process is sending the same request, and return its answer; None
+        once the request is ours to send."""
+        while not cache.claim(key):
+            await asyncio.sleep(0.05)
+            answer: dict[str, Any] | None = cache.get(key)
+            if answer is not None:
+                return answer
+        return None
+
+    async def _send(
+        self, client: httpx.AsyncClient, body: dict[str, Any], key: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, int, bool, str | None]:
         prompt_tokens = count_message_tokens(body["messages"], self.model)
         tokens = prompt_tokens + int(body.get("max_tokens") or 0)
         reserve = self.price.cost(prompt_tokens, int(body.get("max_tokens") or 0))

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -31,6 +32,11 @@ CREATE TABLE IF NOT EXISTS responses (
     output_tokens INTEGER NOT NULL,
     cost_usd REAL NOT NULL,
     created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    claimed_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ledger (
     created_at REAL NOT NULL,
@@ -67,9 +73,13 @@ class ResponseCache:
     tag : what ledger rows written through this object are filed under.
     """
 
-    def __init__(self, path: str | Path, tag: str | None = None) -> None:
+    def __init__(self, path: str | Path, tag: str | None = None, *, claims: bool = False) -> None:
         self.path = Path(path)
         self.tag = tag
+        # several processes labeling at once (a Dask cluster's workers): a request is claimed
+        # before it is sent, so a second asker waits for the first one's answer
+        self.claims = claims
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -121,6 +131,33 @@ class ResponseCache:
             ).fetchone()
         return json.loads(row[0]) if row else None
 
+    def claim(self, request: dict[str, Any], stale_s: float = 600.0) -> bool:
+        """Take the right to send `request`: False when its answer is already stored or another
+        asker holds a claim younger than `stale_s` (a dead one's claim expires); the claim ends
+        when the answer is `put`, or at `release`."""
+        key, now = request_key(request), time.time()
+        with self._using(), self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            if self._db.execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone():
+                return False
+            held = self._db.execute(
+                "SELECT owner, claimed_at FROM claims WHERE key = ?", (key,)
+            ).fetchone()
+            if held and held[0] != self._owner and now - held[1] < stale_s:
+                return False
+            self._db.execute(
+                "INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (key, self._owner, now)
+            )
+        return True
+
+    def release(self, request: dict[str, Any]) -> None:
+        """Give up a claim without an answer (the request failed): another asker may send it."""
+        with self._using(), self._db:
+            self._db.execute(
+                "DELETE FROM claims WHERE key = ? AND owner = ?",
+                (request_key(request), self._owner),
+            )
+
     def put(
         self,
         request: dict[str, Any],
@@ -153,6 +190,8 @@ class ResponseCache:
                     "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (now, self.tag, model, input_tokens, output_tokens, cost_usd, key),
                 )
+            if self.claims:
+                self._db.execute("DELETE FROM claims WHERE key = ?", (key,))
 
     def totals(self) -> dict[str, float]:
         """Entries and what they cost in all."""

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -171,23 +173,25 @@ def postgres():
         capture_output=True,
         timeout=120,
     )
-    subprocess.run(
-        [
+
+    def ctl(action: str, *args: str) -> None:
+        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
+        command = [
             *as_pg,
             str(pg / "pg_ctl"),
             "-D",
             str(folder / "data"),
             "-l",
             str(folder / "log"),
-            "-w",
-            "-o",
-            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+        ]
+        subprocess.run(
+            [*command, "-w", "-o", options, *args, action],
+            check=action == "start",
+            capture_output=True,
+            timeout=120,
+        )
+
+    ctl("start")
     try:
         subprocess.run(
             [str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "prefect", "prefect"],
@@ -195,14 +199,16 @@ def postgres():
             capture_output=True,
             timeout=60,
         )
-        yield f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect"
+        yield Postgres(f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect", ctl)
     finally:
-        subprocess.run(
-            [*as_pg, str(pg / "pg_ctl"), "-D", str(folder / "data"), "-m", "fast", "stop"],
-            capture_output=True,
-            timeout=120,
-        )
+        ctl("stop", "-m", "fast")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class Postgres:
+    url: str
+    ctl: Callable[..., None]  # pg_ctl ACTION [ARGS]: start, stop
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +217,7 @@ def prefect_server(postgres, tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     env = {
         **os.environ,
-        "PREFECT_API_DATABASE_CONNECTION_URL": postgres,
+        "PREFECT_API_DATABASE_CONNECTION_URL": postgres.url,
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
@@ -274,7 +280,7 @@ def test_a_labeling_flow_runs_against_prefect_on_postgres(prefect_server, write_
     assert [(r["name"] != "", r["state_type"]) for r in runs] == [(True, "COMPLETED")]
     tasks = httpx.post(f"{prefect_server}/task_runs/filter", json={"limit": 50}, timeout=10).json()
     names = sorted({t["task_key"].split("-")[0] for t in tasks})
-    assert "ingest" in names and "commit_version" in names
+    assert "ingest" in names and "label_shard" in names
     assert (
         sum(t["name"].startswith("label_shard") for t in tasks) == 1
     )  # 200 records, shards of 256
@@ -300,3 +306,131 @@ def test_a_labeling_flow_runs_against_prefect_on_postgres(prefect_server, write_
     )
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert runs[0]["name"] in listed.stdout and "COMPLETED" in listed.stdout
+
+
+def _run_deployment(api: str, name: str, timeout_s: float = 240) -> dict:
+    """Trigger a deployment through the Prefect API, as the scheduler does, and wait for its run
+    to end; returns the flow run."""
+    deployment = httpx.get(f"{api}/deployments/name/{name}", timeout=10).json()
+    run = httpx.post(
+        f"{api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=10
+    ).json()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()
+        if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return run
+        time.sleep(1)
+    pytest.fail(f"flow run {run['id']} still {run['state_type']} after {timeout_s} s")
+
+
+def _logs(api: str, run: dict) -> list[str]:
+    logs = httpx.post(
+        f"{api}/logs/filter",
+        json={"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200},
+        timeout=10,
+    ).json()
+    return [log["message"] for log in logs]
+
+
+def test_the_stack_runs_a_deployed_config_on_schedule_and_incrementally(
+    prefect_server, postgres, write_config, fake_openai, tmp_path, banking_rows
+):
+    """The compose stack, started natively: PostgreSQL, `prefect server start` on it, a process
+    worker; `stillroom deploy`, then runs triggered through the API as the scheduler would."""
+    server, url = fake_openai()
+    data = tmp_path / "records.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in banking_rows[::10]))
+    config = write_config(
+        {
+            "data.path": str(data),
+            "store": "store",  # relative: the deployment runs where deploy ran
+            "teacher.provider": "openai",
+            "teacher.model": "fake",
+            "teacher.base_url": url,
+            "teacher.api_key_env": "STILLROOM_TEST_KEY",
+            "incremental": True,
+            "students": [{"kind": "logreg"}],
+        },
+        "nightly.yaml",
+    )
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_server,
+        "PREFECT_HOME": str(tmp_path / "client"),
+        "STILLROOM_TEST_KEY": "sk-test",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+    }
+
+    def stillroom(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "stillroom", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    bad = stillroom("deploy", str(config), "--cron", "0 25 * * *")
+    assert bad.returncode == 2 and "--cron '0 25 * * *'" in bad.stderr, bad.stderr
+    done = stillroom("deploy", str(config), "--cron", "0 2 * * *", "--name", "nightly")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "distill/nightly"
+    listed = stillroom("deploy", "--list")
+    assert listed.stdout.splitlines() == [
+        f"distill/nightly\t0 2 * * *\tactive\tstillroom\t{config}"
+    ], listed.stdout + listed.stderr
+
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "stillroom"],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        first = _run_deployment(prefect_server, "distill/nightly")
+        assert first["state_type"] == "COMPLETED", _logs(prefect_server, first)[-5:]
+        from stillroom.storage import Store
+
+        store = Store(tmp_path / "store")
+        assert store.versions("banking77") == ["v1"] and server.requests == 300
+        assert (tmp_path / "store" / "runs").is_dir()
+
+        second = _run_deployment(prefect_server, "distill/nightly")
+        assert second["state_type"] == "COMPLETED", _logs(prefect_server, second)[-5:]
+        assert store.versions("banking77") == ["v1"] and server.requests == 300  # nothing paid
+        messages = _logs(prefect_server, second)
+        assert any(
+            m.startswith("nothing new: banking77@v1 already answers all 300") for m in messages
+        )
+        assert any(m.startswith("students: keep:") for m in messages), messages
+
+        # the config file is gone: the run fails, saying so
+        config.rename(tmp_path / "elsewhere.yaml")
+        gone = _run_deployment(prefect_server, "distill/nightly")
+        assert gone["state_type"] == "FAILED"
+        assert any(f"config file not found: {config}" in m for m in _logs(prefect_server, gone))
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+    deleted = stillroom("deploy", "--delete", "nightly")
+    assert deleted.returncode == 0 and deleted.stdout.strip() == "deleted distill/nightly"
+    assert stillroom("deploy", "--list").stdout == ""
+
+    # the database goes down: a run waits for it with backoff, then says what is wrong
+    postgres.ctl("stop", "-m", "fast")
+    try:
+        env["STILLROOM_API_TRIES"], env["STILLROOM_API_BACKOFF_S"] = "3", "0.2"
+        down = stillroom("label", str(tmp_path / "elsewhere.yaml"))
+        assert down.returncode == 1
+        assert down.stderr.strip().splitlines()[-1] == (
+            f"stillroom: error: the Prefect API at {prefect_server} is not ready after 3 tries: "
+            "its database is not available; start the server and its database (docker-compose "
+            "up -d, or prefect server start) and run again"
+        )
+    finally:
+        postgres.ctl("start")

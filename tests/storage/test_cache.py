@@ -189,3 +189,23 @@ def test_export_then_import_adds_answers_without_overwriting_or_paying(tmp_path)
     }
     with pytest.raises(StoreError, match="no such file to import"):
         target.import_answers(tmp_path / "none.jsonl")
+
+
+def test_claims_let_one_asker_send_a_request_and_the_others_wait_for_its_answer(tmp_path):
+    from stillroom.storage import ResponseCache
+
+    request = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
+    a = ResponseCache(tmp_path / "cache.sqlite", claims=True)
+    b = ResponseCache(tmp_path / "cache.sqlite", claims=True)
+    assert a.claim(request) is True
+    assert a.claim(request) is True  # its own claim again
+    assert b.claim(request) is False  # held by a
+    a.release(request)
+    assert b.claim(request) is True  # released without an answer: b may send it
+    b.put(request, {"answer": 1}, input_tokens=3, cost_usd=0.01)
+    assert a.claim(request) is False and a.get(request) == {"answer": 1}  # answered: no sending
+    other = {"model": "m", "messages": [{"role": "user", "content": "bye"}]}
+    assert a.claim(other) is True
+    assert b.claim(other, stale_s=0.0) is True  # a's claim is older than stale_s: a dead asker's
+    a.close()
+    b.close()
