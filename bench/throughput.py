@@ -1,10 +1,17 @@
 """Teacher-client throughput against the local OpenAI-compatible server (200 ms per call).
 
 Measures records/s against the theoretical min(concurrency / latency, rpm / 60), the server's
-observed peak rpm under an rpm cap, and the client's CPU time per record; optionally the same
-workload through distilabel (installed in its own virtualenv, see bench/README.md).
+observed peak rpm under an rpm cap, and the client's CPU time per record, for:
+- stillroom's client (`OpenAITeacher.label`, the library);
+- the whole labeling flow through the CLI (`stillroom label`: Prefect tasks per shard, the
+  response cache, the version committed), its labeling stage timed by the CLI itself;
+- the baseline: a bare `openai.AsyncOpenAI` client with a semaphore at the same concurrency,
+  sending the same request bodies (same logprobs);
+optionally the same workload through distilabel (installed in its own virtualenv, see
+bench/README.md).
 
-python bench/throughput.py [--records 5000] [--concurrency 64] [--latency 0.2] [--peer /tmp/peer/bin/python]
+python bench/throughput.py [--records 5000] [--concurrency 64] [--latency 0.2] [--rpm 0]
+    [--peer /tmp/peer/bin/python]
 """
 
 from __future__ import annotations
@@ -108,6 +115,109 @@ def run_stillroom(records: int, concurrency: int, latency: float, rpm: float | N
     }
 
 
+def run_sdk(records: int, concurrency: int, latency: float) -> dict:
+    """The baseline: the OpenAI SDK's async client, a semaphore, the same request bodies."""
+    import asyncio
+
+    import openai
+
+    work = Path(tempfile.mkdtemp())
+    process, url = start_server(latency, work / "stats.json")
+    task = ClassifyTask(LABELS, "Classify the sentiment of the review.")
+    bodies = [
+        OpenAITeacher(task, model="fake", base_url=url).build_request(t) for _, t in texts(records)
+    ]
+
+    async def main() -> int:
+        client = openai.AsyncOpenAI(base_url=url, api_key="sk-bench", max_retries=6)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(body: dict) -> bool:
+            async with gate:
+                answer = await client.chat.completions.create(**body)
+            return answer.choices[0].logprobs is not None
+
+        try:
+            return sum(await asyncio.gather(*(one(b) for b in bodies)))
+        finally:
+            await client.close()
+
+    cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    answered = asyncio.run(main())
+    wall = time.perf_counter() - wall0
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    stats = stop_server(process, work / "stats.json")
+    assert answered == records
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    ideal = concurrency / latency
+    return {
+        "tool": "openai SDK (AsyncOpenAI + semaphore)",
+        "records": records,
+        "concurrency": concurrency,
+        "wall_s": round(wall, 2),
+        "records_per_s": round(records / wall, 1),
+        "ideal_per_s": round(ideal, 1),
+        "of_ideal": round(records / wall / ideal, 3),
+        "cpu_ms_per_record": round(1000 * cpu / records, 3),
+        "requests": stats["requests"],
+    }
+
+
+CLI_CONFIG = """
+name: throughput
+store: {store}
+data: {{path: {data}, licence: NOASSERTION}}
+task: {{kind: classify, labels: [negative, positive],
+        instructions: Classify the sentiment of the review.}}
+teacher: {{provider: openai, model: fake, base_url: "{url}", api_key_env: BENCH_KEY,
+          concurrency: {concurrency}, price: {{input_per_1m: 0.15, output_per_1m: 0.6}}}}
+students: []
+"""
+
+
+def run_cli(records: int, concurrency: int, latency: float, extra: list[str] | None = None) -> dict:
+    """`stillroom label` in its own process (its own Prefect server, a fresh store and cache);
+    records/s is over the labeling stage as the CLI reports it."""
+    work = Path(tempfile.mkdtemp())
+    process, url = start_server(latency, work / "stats.json")
+    data = work / "records.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in texts(records)))
+    config = work / "config.yaml"
+    config.write_text(
+        CLI_CONFIG.format(store=work / "store", data=data, url=url, concurrency=concurrency)
+    )
+    env = {**os.environ, "BENCH_KEY": "sk-bench", "PREFECT_HOME": str(work / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    wall0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "stillroom", "label", str(config), *(extra or [])],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=work,
+        timeout=7200,
+    )
+    wall = time.perf_counter() - wall0
+    child = resource.getrusage(resource.RUSAGE_CHILDREN)
+    stats = stop_server(process, work / "stats.json")
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    labeling_s = float(out.stderr.rsplit(" in ", 1)[1].split(" s")[0])
+    ideal = concurrency / latency
+    return {
+        "tool": "stillroom label (CLI)" + (f" {' '.join(extra)}" if extra else ""),
+        "records": records,
+        "concurrency": concurrency,
+        "labeling_s": labeling_s,
+        "process_wall_s": round(wall, 2),
+        "records_per_s": round(records / labeling_s, 1),
+        "ideal_per_s": round(ideal, 1),
+        "of_ideal": round(records / labeling_s / ideal, 3),
+        "peak_rss_mb": round(child.ru_maxrss / 1024, 1),
+        "requests": stats["requests"],
+    }
+
+
 PEER = """
 import sys, time, json
 from distilabel.pipeline import Pipeline
@@ -167,8 +277,23 @@ def main() -> None:
         help="the cap for the capped run, which lasts 75 s (0: skip it)",
     )
     parser.add_argument("--peer", help="a python with distilabel installed")
+    parser.add_argument("--shard-size", type=int, help="also run the CLI with this shard size")
     args = parser.parse_args()
     results = [
+        run_sdk(args.records, args.concurrency, args.latency),
+        run_cli(args.records, args.concurrency, args.latency),
+        *(
+            [
+                run_cli(
+                    args.records,
+                    args.concurrency,
+                    args.latency,
+                    ["--set", f"teacher.shard_size={args.shard_size}"],
+                )
+            ]
+            if args.shard_size
+            else []
+        ),
         run_stillroom(args.records, args.concurrency, args.latency, None),
         *(
             [run_stillroom(int(args.rpm * 1.25), args.concurrency, args.latency, args.rpm)]

@@ -383,13 +383,21 @@ def label(config: ConfigArg, set_: SetOpt = None, message: MessageOpt = None) ->
         return label_dataset(cfg)
 
     (ref, summary), _ = _with_engine(teacher.prepare, flow)
+    if summary.incremental and not summary.records:
+        typer.echo(
+            f"nothing new: {ref} already answers all {summary.incremental['records']} records; "
+            "nothing committed",
+            err=True,
+        )
+        typer.echo(str(ref))
+        return
     _budget_note(cfg, summary.failures)
     run = summary.run
     failed = f" ({summary.failures_text()})" if summary.failed else ""
     done = "completed" if cfg.task.kind == "generate" else "labeled"
     typer.echo(
         f"{summary.labeled} {done}, {summary.failed} failed{failed}, {run.teacher_calls} teacher "
-        f"calls, {run.cache_hits} cache hits, ${run.cost_usd:.4f}",
+        f"calls, {run.cache_hits} cache hits, ${run.cost_usd:.4f} in {summary.wall_s:.1f} s",
         err=True,
     )
     typer.echo(str(ref))

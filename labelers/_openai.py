@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 import random
 import re
 import socket
+import ssl
 import time
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -674,9 +676,17 @@ def _nodelay_transport() -> httpx.AsyncHTTPTransport:
     """A transport with TCP_NODELAY: httpcore writes a request's headers and body separately, and
     Nagle's algorithm would hold the body back until the server's delayed ACK (about 40 ms)."""
     return httpx.AsyncHTTPTransport(
+        verify=_tls(),
         limits=httpx.Limits(max_connections=_POOL_SIZE, max_keepalive_connections=_POOL_SIZE),
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     )
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context for every connection pool of the process: making one loads the CA bundle
+    (20-30 ms), and a labeling run opens a few pools per shard."""
+    return httpx.create_ssl_context()
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
