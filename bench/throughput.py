@@ -198,7 +198,6 @@ def run_cli(records: int, concurrency: int, latency: float, extra: list[str] | N
         timeout=7200,
     )
     wall = time.perf_counter() - wall0
-    child = resource.getrusage(resource.RUSAGE_CHILDREN)
     stats = stop_server(process, work / "stats.json")
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
@@ -213,7 +212,6 @@ def run_cli(records: int, concurrency: int, latency: float, extra: list[str] | N
         "records_per_s": round(records / labeling_s, 1),
         "ideal_per_s": round(ideal, 1),
         "of_ideal": round(records / labeling_s / ideal, 3),
-        "peak_rss_mb": round(child.ru_maxrss / 1024, 1),
         "requests": stats["requests"],
     }
 

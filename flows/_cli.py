@@ -346,6 +346,8 @@ def deploy(
     if flow not in ("distill", "label"):
         raise typer.BadParameter(f"--flow {flow!r}: use distill or label")
     _deploy.check_cron(cron, timezone)  # before waiting on the server
+    _load(config, set_)
+    _deploy.check_overrides(set_ or [])
     _engine.wait_ready(server)
     done = _deploy.deploy(
         config,

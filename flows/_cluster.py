@@ -15,6 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -65,6 +66,7 @@ def on_cluster(config: Config, stats: labelers.LabelStats) -> Iterator[LabelShar
     `stats`."""
     from prefect_dask.task_runners import DaskTaskRunner
 
+    config = _absolute(config)  # workers started elsewhere resolve paths from their own folder
     r = config.runner
     if r.address:
         runner = DaskTaskRunner(address=r.address)
@@ -87,6 +89,18 @@ def on_cluster(config: Config, stats: labelers.LabelStats) -> Iterator[LabelShar
 
     with runner:
         yield label
+
+
+def _absolute(config: Config) -> Config:
+    """The config with its local paths (store, local_dir, teacher.path) made absolute."""
+    update: dict[str, Any] = {}
+    if not storage.is_remote(config.store):
+        update["store"] = str(Path(config.store.removeprefix("file://")).resolve())
+    update["local_dir"] = str(Path(config.local_dir).resolve())
+    teacher = config.teacher
+    if teacher.path:
+        teacher = teacher.model_copy(update={"path": str(Path(teacher.path).resolve())})
+    return config.model_copy(update={**update, "teacher": teacher})
 
 
 def _collect(future: Any, stats: labelers.LabelStats) -> list[labelers.Answer]:

@@ -368,7 +368,9 @@ class TeacherConfig(_Model):
     query: dict[str, str] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
     header_env: dict[str, str] = Field(default_factory=dict)
-    shard_size: int = Field(default=256, ge=1)
+    # records per label_shard task; unset: 16 requests per slot of `concurrency` for an endpoint
+    # (256 to 4,096), so the wait for a shard's slowest answers is a small part of it, else 256
+    shard_size: int | None = Field(default=None, ge=1)
     # below this share of records labeled, `label` and `run` fail (after committing the version)
     min_labeled: float = Field(default=0.5, ge=0, le=1)
 
@@ -468,6 +470,14 @@ class TeacherConfig(_Model):
             raise ValueError(
                 f"unknown terms profile {self.terms!r} (known: {known}, or an inline mapping)"
             )
+
+    def shard(self) -> int:
+        """Records per shard: `shard_size`, or its default for the provider."""
+        if self.shard_size is not None:
+            return self.shard_size
+        if self.provider == "openai":
+            return min(4096, max(256, 16 * self.concurrency))
+        return 256
 
     def known_price(self) -> PriceConfig | None:
         return self.price if isinstance(self.price, PriceConfig) else None

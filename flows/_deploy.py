@@ -69,6 +69,7 @@ def deploy(
     cron schedule; the config is read now to fail early, and again at every run."""
     check_cron(cron, timezone)
     config = load_config(config_path, overrides or [])
+    check_overrides(overrides or [])
     name = name or config.name
     _ensure_pool(pool)
     from prefect.deployments.runner import RunnerDeployment
@@ -85,7 +86,14 @@ def deploy(
         # the worker's flow-run process imports stillroom and runs where `deploy` ran, so the
         # config's relative paths (data, store) mean what they meant here
         entrypoint_type=EntrypointType.MODULE_PATH,
-        job_variables={"working_dir": str(folder)},
+        # stillroom's own log lines (the webhook's, warnings) reach the run's logs in the UI
+        job_variables={
+            "working_dir": str(folder),
+            "env": {"PREFECT_LOGGING_EXTRA_LOGGERS": "stillroom"},
+        },
+        # one run of a config at a time: a late run waits for the one before it (two at once
+        # would label the same new records twice)
+        concurrency_limit=1,
         tags=["stillroom", config.name],
         description=f"stillroom {which} of {config_path} ({cron})",
     )
@@ -98,6 +106,21 @@ def deploy(
         "config": str(config_path.resolve()),
         "working_dir": str(folder),
     }
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """A deployment's parameters are shown in the Prefect UI: no secret goes in a --set."""
+    from ._labeling import secret_key
+
+    for assignment in overrides:
+        key = assignment.partition("=")[0]
+        # a *_env key names an environment variable: that name is no secret
+        if secret_key(key) and not any(part.endswith("_env") for part in key.split(".")):
+            raise SetupError(
+                f"--set {key}: a deployment's parameters are shown in the Prefect UI; put the "
+                "secret in the worker's environment and name the variable (api_key_env, "
+                "header_env, drift.webhook.url_env)"
+            )
 
 
 def _ensure_pool(pool: str) -> None:

@@ -63,7 +63,9 @@ def wait_ready(url: str) -> int:
     tries = max(1, int(os.environ.get("STILLROOM_API_TRIES", "6")))
     delay = float(os.environ.get("STILLROOM_API_BACKOFF_S", "1"))
     problem = ""
-    with httpx.Client(timeout=5.0) as client:
+    key = os.environ.get("PREFECT_API_KEY")  # Prefect Cloud's, when set
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with httpx.Client(timeout=5.0, headers=headers) as client:
         for attempt in range(1, tries + 1):
             try:
                 answer = client.get(f"{url.rstrip('/')}/ready")
@@ -71,6 +73,11 @@ def wait_ready(url: str) -> int:
                     answer = client.get(f"{url.rstrip('/')}/health")
                 if answer.status_code == 200:
                     return attempt
+                if answer.status_code in (401, 403):
+                    raise EngineError(
+                        f"the Prefect API at {url} refused the request (HTTP "
+                        f"{answer.status_code}): check PREFECT_API_KEY"
+                    )
                 problem = (
                     "its database is not available"
                     if answer.status_code == 503

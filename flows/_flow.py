@@ -150,8 +150,16 @@ def distill_config(config: Config, out: str | None = None) -> Path:
     whether to retrain the students (the retraining policy), measure drift, report, and act on
     drift (fail the run or warn, and call the webhook) once everything is committed."""
     _teacher.terms_before_labeling(config)
-    done = _label(config)
+    _policy.check_webhook(config)
+    done = _label(config, check=False)
     ref, labeling = done.ref, done.summary
+    drift = _drift(config, done, None)
+    try:
+        _labeling.check_labeled(labeling, ref, config.teacher.min_labeled)
+    except _labeling.LabelingFailed:
+        if drift.drifted:  # too many failures: whoever watches drift hears of it too
+            _notify(config, drift, ref, None)
+        raise
     if config.task.kind == "generate":
         if config.students:
             folder = _train(config, str(ref), out)
@@ -162,18 +170,12 @@ def distill_config(config: Config, out: str | None = None) -> Path:
         return report
     store = storage.Store(config.store)
     current = _policy.current_students(config)
+    # the current students' agreement on what is new (single-label tasks: a multi-label one's
+    # answers are label sets)
+    measurable = current is not None and not config.task.multi_label
     labels = list(config.task.labels or [])
-    agreement = _policy.agreement_on(current, labels, done.tally) if current else []
-    before = _policy.label_counts(store, done.before) if done.before else None
-    drift = _policy.measure_drift(
-        config,
-        before,
-        str(done.before) if done.before else None,
-        done.tally,
-        labeling.records - labeling.failures.get(labelers.BUDGET_EXHAUSTED, 0),
-        labeling.failed,
-        agreement,
-    )
+    agreement = _policy.agreement_on(current, labels, done.tally) if current and measurable else []
+    drift = _drift(config, done, agreement)
     decision = _policy.decide(
         config, current, labeling.labeled, store.manifest(ref)["rows"], agreement
     )
@@ -185,9 +187,17 @@ def distill_config(config: Config, out: str | None = None) -> Path:
         "agreement_on_new": agreement,
     }
     if decision.retrain:
-        folder = _train(config, str(ref), out)
-        report = _evaluate(config, str(folder), labeling, schedule, current)
-        _policy.mark_current(config, report, str(ref))
+        folder = _run_dir(config, out)
+        # students trained into the current students' own folder (the same --out twice) replace
+        # them before they could be measured: there is nothing left to compare
+        previous = current if current and Path(current["run"]) != folder.resolve() else None
+        folder = _train(config, str(ref), str(folder))
+        report = _evaluate(config, str(folder), labeling, schedule, previous)
+        failing = drift.drifted and config.drift is not None and config.drift.action == "fail"
+        if failing:
+            logger.warning("the new students are not made current: the run drifted")
+        else:
+            _policy.mark_current(config, report, str(ref))
     else:
         assert current is not None  # no current students always retrains
         report = _kept_report(config, ref, labeling, schedule, current, out)
@@ -198,8 +208,28 @@ def distill_config(config: Config, out: str | None = None) -> Path:
     return report
 
 
-def _on_drift(config: Config, drift: _policy.Drift, ref: storage.DatasetRef, report: Path) -> None:
-    """Tell the webhook, then fail the run (`drift.action: fail`) or leave a warning artifact."""
+def _drift(config: Config, done: _Labeled, agreement: list[dict[str, Any]] | None) -> _policy.Drift:
+    """The run's drift checks: against the version before it, with the current students'
+    agreement on the new records when measured."""
+    store = storage.Store(config.store)
+    labeling = done.summary
+    held_back = labeling.failures.get(labelers.BUDGET_EXHAUSTED, 0)  # not asked: no failure
+    before = _policy.label_counts(store, done.before) if done.before else None
+    return _policy.measure_drift(
+        config,
+        before,
+        str(done.before) if done.before else None,
+        done.tally,
+        labeling.records - held_back,
+        labeling.failed - held_back,
+        agreement or [],
+    )
+
+
+def _notify(
+    config: Config, drift: _policy.Drift, ref: storage.DatasetRef, report: Path | None
+) -> str:
+    """Tell the webhook (when there is one) that the run drifted; returns the message."""
     assert config.drift is not None  # nothing drifts unless judged
     message = f"{config.name}: drift in {ref}: {drift.text()}"
     body = {
@@ -208,9 +238,16 @@ def _on_drift(config: Config, drift: _policy.Drift, ref: storage.DatasetRef, rep
         "dataset": str(ref),
         "action": config.drift.action,
         "drift": drift.report(),
-        "report": str(report),
+        "report": str(report) if report else None,
     }
     _policy.notify(config, body)
+    return message
+
+
+def _on_drift(config: Config, drift: _policy.Drift, ref: storage.DatasetRef, report: Path) -> None:
+    """Tell the webhook, then fail the run (`drift.action: fail`) or leave a warning artifact."""
+    assert config.drift is not None  # nothing drifts unless judged
+    message = _notify(config, drift, ref, report)
     if config.drift.action == "fail":
         raise _policy.DriftDetected(f"{message} ({ref} is committed; report: {report})")
     get_run_logger().warning(message)
@@ -238,7 +275,7 @@ class _Labeled:
     before: storage.DatasetRef | None  # the latest version before this run
 
 
-def _label(config: Config) -> _Labeled:
+def _label(config: Config, check: bool = True) -> _Labeled:
     """Ingest, then label shard by shard into the version being built (nothing holds every
     answer). Incremental: only records the latest version does not already answer are sent, and
     when there are none nothing is committed and that version is returned."""
@@ -291,7 +328,7 @@ def _label(config: Config) -> _Labeled:
                     source,
                     plan,
                     label,
-                    config.teacher.shard_size,
+                    config.teacher.shard(),
                     config.task.rationale,
                     config.task.kind == "generate",
                     counted,
@@ -307,7 +344,8 @@ def _label(config: Config) -> _Labeled:
         f"{run.teacher_calls} teacher calls, {run.cache_hits} cache hits, {run.retries} retries, "
         f"${run.cost_usd:.4f} in {summary.wall_s:.1f} s"
     )
-    _labeling.check_labeled(summary, ref, config.teacher.min_labeled)
+    if check:
+        _labeling.check_labeled(summary, ref, config.teacher.min_labeled)
     return _Labeled(ref, summary, tally, before)
 
 
@@ -354,7 +392,13 @@ def _plan(
 def _run_dir(config: Config, out: str | None) -> Path:
     if out:
         return Path(out)
-    return config.local / "runs" / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder = config.local / "runs" / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    taken = folder
+    n = 1
+    while taken.exists():  # two runs in one second
+        n += 1
+        taken = folder.with_name(f"{folder.name}-{n}")
+    return taken
 
 
 def _train(config: Config, dataset: str, out: str | None) -> Path:

@@ -16,9 +16,11 @@ import pyarrow.compute as pc
 from stillroom import storage
 
 
-def digest(text: str | None) -> bytes:
-    """A record's content hash: an edited text is a new record."""
-    return hashlib.blake2b((text or "").encode(), digest_size=16).digest()
+def digest(text: str | None, gold: str | None) -> bytes:
+    """A record's content hash: an edited text, or a corrected gold label, is a new record (it
+    is asked again, from the cache when only the gold changed)."""
+    content = f"{text or ''}\x00{gold if gold is not None else ''}"
+    return hashlib.blake2b(content.encode(), digest_size=16).digest()
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Plan:
     retried: int = 0
     kept: int = 0  # rows of the base carried into the child version
     why_full: str = ""  # why there is no base, when incremental was asked for
+    _todo_array: pa.Array | None = field(default=None, repr=False)
 
     @property
     def to_label(self) -> int:
@@ -47,7 +50,13 @@ class Plan:
         """A mask of the ids to label in a batch of the source (None: all of them)."""
         if self.todo is None:
             return None
-        return pc.is_in(ids, value_set=pa.array(sorted(self.todo), pa.string()))
+        return pc.is_in(ids, value_set=self.todo_array())
+
+    def todo_array(self) -> pa.Array:
+        """The ids to label as one Arrow array, made once."""
+        if self._todo_array is None:
+            self._todo_array = pa.array(sorted(self.todo or ()), pa.string())
+        return self._todo_array
 
     def describe(self) -> dict[str, object]:
         """The manifest's and the report's `incremental` section."""
@@ -90,19 +99,20 @@ def plan(
     done: dict[str, bytes] = {}
     failed: set[str] = set()
     base_ids = 0
-    for batch in store.scan(base, columns=["id", "text", "error"]):
+    for batch in store.scan(base, columns=["id", "text", "gold", "error"]):
         base_ids += batch.num_rows
-        for rid, text, error in zip(*(batch.column(i).to_pylist() for i in range(3)), strict=True):
+        columns = (batch.column(i).to_pylist() for i in range(4))
+        for rid, text, gold, error in zip(*columns, strict=True):
             if error is None:
-                done[rid] = digest(text)
+                done[rid] = digest(text, gold)
             else:
                 failed.add(rid)
     result = Plan(base=base, todo=set(), records=records)
-    for batch in store.scan(source, columns=["id", "text"]):
-        ids, texts = batch.column(0).to_pylist(), batch.column(1).to_pylist()
-        for rid, text in zip(ids, texts, strict=True):
+    for batch in store.scan(source, columns=["id", "text", "gold"]):
+        columns = (batch.column(i).to_pylist() for i in range(3))
+        for rid, text, gold in zip(*columns, strict=True):
             known = done.get(rid)
-            if known == digest(text):
+            if known == digest(text, gold):
                 continue
             result.todo.add(rid)  # type: ignore[union-attr]
             if known is not None:
@@ -120,7 +130,7 @@ def kept_rows(store: storage.Store, plan: Plan) -> Iterator[pa.RecordBatch]:
     again."""
     if plan.base is None:
         return
-    todo = pa.array(sorted(plan.todo or ()), pa.string())
+    todo = plan.todo_array()
     for batch in store.scan(plan.base):
         keep = pc.invert(pc.is_in(batch.column("id"), value_set=todo))
         kept = batch.filter(keep)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from stillroom import labelers, storage
 
@@ -309,14 +310,16 @@ class Counted:
     kept: int = 0
     kept_labeled: int = 0
     kept_failures: Counter[str] = field(default_factory=Counter)
+    # what the kept rows' answers cost, when the rows say (generate); else None
+    kept_bought: labelers.Usage | None = labelers.Usage()
 
     def add(self, answers: Sequence[labelers.Answer]) -> None:
         self.records += len(answers)
         for a in answers:
-            if a.error:
-                self.failures[a.error] += 1
-            else:
+            if a.ok:
                 self.labeled += 1
+            else:
+                self.failures[str(a.error)] += 1
             self.bought = self.bought + a.usage
 
     def add_kept(self, batch: pa.RecordBatch) -> None:
@@ -325,6 +328,15 @@ class Counted:
         self.kept_labeled += errors.null_count
         for reason in errors.drop_null().to_pylist():
             self.kept_failures[reason] += 1
+        if "cost_usd" not in batch.schema.names:
+            self.kept_bought = None  # a classify version's rows do not say
+            return
+        spent = labelers.Usage(  # a generate version's say what each answer cost
+            int(pc.sum(batch.column("input_tokens")).as_py() or 0),
+            int(pc.sum(batch.column("output_tokens")).as_py() or 0),
+            float(pc.sum(batch.column("cost_usd")).as_py() or 0.0),
+        )
+        self.kept_bought = (self.kept_bought or labelers.Usage()) + spent
 
     def summary(
         self, run: labelers.LabelStats, wall_s: float, plan: Plan | None = None
@@ -341,10 +353,13 @@ class Counted:
         )
 
     def whole(self, base: dict[str, Any] | None) -> LabelingSummary:
-        """The version's: this run's answers and the rows kept from `base` (whose answers cost
-        what the base's manifest says)."""
+        """The version's: this run's answers and the rows kept from `base`. What they cost: the
+        kept rows' own costs where the rows carry them (generate), else all the base's answers
+        cost, the ones this run replaced included."""
         bought = self.bought
-        if base is not None:
+        if base is not None and self.kept_bought is not None:
+            bought = bought + self.kept_bought
+        elif base is not None:
             bought = bought + LabelingSummary.from_manifest(base).bought
         return LabelingSummary(
             self.records + self.kept,
@@ -431,7 +446,12 @@ def commit_labels(
     )
 
 
-_SECRET_KEY = re.compile(r"(key|token|secret|password)", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"(key|token|secret|password|webhook)", re.IGNORECASE)
+
+
+def secret_key(key: str) -> bool:
+    """Whether a config key's value may be a secret (a key, a token, a webhook URL)."""
+    return bool(_SECRET_KEY.search(key))
 
 
 def command_line() -> str:
@@ -442,7 +462,7 @@ def command_line() -> str:
     words = ["stillroom" if program in ("stillroom", "__main__.py") else program]
     for arg in args[1:]:
         key, sep, _ = arg.partition("=")
-        words.append(f"{key}=HIDDEN" if sep and _SECRET_KEY.search(key) else arg)
+        words.append(f"{key}=HIDDEN" if sep and secret_key(key) else arg)
     return shlex.join(words)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,6 @@ import numpy as np
 from stillroom import storage
 
 from ._config import Config, DriftConfig, GenerativeStudentConfig, student_config
-from ._errors import SetupError
 from ._incremental import Tally
 from ._training import load_student, student_columns
 
@@ -69,9 +69,9 @@ def mark_current(config: Config, report: Path, dataset: str) -> None:
         "students": [s.model_dump() for s in config.students],
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+        f.write(json.dumps(record, indent=2))
+    Path(f.name).replace(path)  # atomic: a reader sees the old record or the new one
 
 
 def agreement_on(current: dict[str, Any], labels: list[str], tally: Tally) -> list[dict[str, Any]]:
@@ -129,7 +129,7 @@ def chi_square_p(before: dict[str, int], after: dict[str, int], labels: list[str
     from scipy.stats import chi2_contingency
 
     used = [x for x in labels if before.get(x, 0) + after.get(x, 0) > 0]
-    if len(used) < 2:
+    if len(used) < 2 or not sum(before.values()) or not sum(after.values()):
         return 1.0
     table = np.array([[before.get(x, 0) for x in used], [after.get(x, 0) for x in used]])
     return float(chi2_contingency(table).pvalue)
@@ -193,11 +193,19 @@ def measure_drift(
     `asked` records, and the current students' lowest agreement on what is new."""
     limits = config.drift or DriftConfig()
     judged = config.drift is not None
-    labels = list(config.task.labels or [])
+    labels = [] if config.task.multi_label else list(config.task.labels or [])
     new = sum(tally.labels.values())
     drift = Drift(compared_with=compared_with)
-    if before is None or not labels:
-        why = "no previous version" if before is None else "not a classification"
+    if before is None or not labels or not sum(before.values()):
+        why = (
+            "no previous version"
+            if before is None
+            else "multi-label: not measured yet"
+            if config.task.multi_label
+            else "not a classification"
+            if not labels
+            else "the previous version has no labels"
+        )
         drift.checks += [Check("psi", None, limits.max_psi, False, why)]
         drift.checks += [Check("chi2_p", None, limits.min_p_value, False, why)]
     elif new < limits.min_records:
@@ -289,35 +297,60 @@ def decide(
 # --- the webhook
 
 
-def notify(config: Config, body: dict[str, Any]) -> bool:
-    """POST `body` as JSON to `drift.webhook`, retried with backoff; True once delivered. A
-    webhook that never answers is logged, never fatal: what the run committed stays."""
+def _webhook_url(config: Config) -> str | None:
     hook = config.drift.webhook if config.drift else None
     if hook is None:
+        return None
+    return hook.url or os.environ.get(hook.url_env or "") or None
+
+
+def check_webhook(config: Config) -> None:
+    """Warn at the start of a run, not when it drifts, that its webhook has no URL."""
+    hook = config.drift.webhook if config.drift else None
+    if hook is not None and _webhook_url(config) is None:
+        _log().warning(
+            f"environment variable {hook.url_env} (drift.webhook.url_env) is not set: drift "
+            "will not be reported to the webhook"
+        )
+
+
+def _log() -> Any:
+    """The flow run's logger inside a flow (its lines reach the Prefect UI), else stillroom's."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log
+
+
+def notify(config: Config, body: dict[str, Any]) -> bool:
+    """POST `body` as JSON to `drift.webhook`, retried with backoff; True once delivered. A
+    webhook that never answers, or has no URL, is logged, never fatal: what the run committed
+    stays."""
+    hook = config.drift.webhook if config.drift else None
+    url = _webhook_url(config)
+    if hook is None or url is None:
         return False
-    url = hook.url
-    if hook.url_env:
-        url = os.environ.get(hook.url_env)
-        if not url:
-            raise SetupError(
-                f"environment variable {hook.url_env} (drift.webhook.url_env) is not set"
-            )
-    assert url is not None
-    where = urlsplit(url).netloc  # the URL's path may hold a token: logs name the host only
+    where = urlsplit(url).hostname or "?"  # the URL's path may hold a token: logs name the host
     delay = hook.backoff_s
+    problem = ""
     for attempt in range(1, hook.retries + 2):
         try:
             answer = httpx.post(url, json=body, timeout=hook.timeout_s)
             if answer.status_code < 300:
-                log.info("webhook %s notified (attempt %d)", where, attempt)
+                _log().info(f"webhook {where} notified (attempt {attempt})")
                 return True
             problem = f"HTTP {answer.status_code}"
             if answer.status_code < 500 and answer.status_code != 429:
                 break  # the receiver refused the body: sending it again will not help
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             problem = type(exc).__name__
+            if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
+                break  # no address to send to
         if attempt <= hook.retries:
             time.sleep(delay)
             delay *= 2
-    log.warning("webhook %s was not notified after %d attempts (%s)", where, attempt, problem)
+    _log().warning(f"webhook {where} was not notified after {attempt} attempts ({problem})")
     return False

@@ -359,7 +359,9 @@ class OpenAITeacher(Generic[TaskT]):
         cached = self.cache.get(key) if self.cache is not None else None
         shared = self._shared()
         if cached is None and shared is not None:
-            cached = await self._claim(shared, key)  # None: ours to send
+            # another asker's claim outlives every try it may make (then it is taken as dead)
+            stale_s = (self.timeout_s + self.backoff_max_s) * (self.max_retries + 1) + 60
+            cached = await self._claim(shared, key, stale_s)  # None: ours to send
         if cached is not None:
             self.stats.cache_hits += 1
             return cached, 0, True, None
@@ -375,10 +377,10 @@ class OpenAITeacher(Generic[TaskT]):
         return self.cache if getattr(self.cache, "claims", False) else None
 
     @staticmethod
-    async def _claim(cache: Any, key: dict[str, Any]) -> dict[str, Any] | None:
+    async def _claim(cache: Any, key: dict[str, Any], stale_s: float) -> dict[str, Any] | None:
         """Wait while another process is sending the same request, and return its answer; None
         once the request is ours to send."""
-        while not cache.claim(key):
+        while not cache.claim(key, stale_s=stale_s):
             await asyncio.sleep(0.05)
             answer: dict[str, Any] | None = cache.get(key)
             if answer is not None:

@@ -50,6 +50,21 @@ CREATE TABLE IF NOT EXISTS ledger (
 """
 
 
+def _alive(owner: str) -> bool:
+    """Whether the process that took a claim (HOST:PID:...) may still be running: one on this
+    machine that has exited is not."""
+    host, _, rest = owner.partition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(rest.partition(":")[0]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -143,7 +158,7 @@ class ResponseCache:
             held = self._db.execute(
                 "SELECT owner, claimed_at FROM claims WHERE key = ?", (key,)
             ).fetchone()
-            if held and held[0] != self._owner and now - held[1] < stale_s:
+            if held and held[0] != self._owner and now - held[1] < stale_s and _alive(held[0]):
                 return False
             self._db.execute(
                 "INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (key, self._owner, now)

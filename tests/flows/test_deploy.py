@@ -39,8 +39,11 @@ def test_deploy_creates_updates_lists_and_deletes(write_config, tmp_path, monkey
     assert made.parameters == {"config": str(config), "overrides": []}
     assert made.entrypoint == "stillroom.flows._deploy.scheduled_distill"
     assert made.work_pool_name == "stillroom" and made.job_variables == {
-        "working_dir": str(tmp_path)
+        "working_dir": str(tmp_path),
+        "env": {"PREFECT_LOGGING_EXTRA_LOGGERS": "stillroom"},
     }
+    # a late run waits for the one before it
+    assert made.global_concurrency_limit.limit == 1
 
     # the same name again: updated, not doubled
     again = runner.invoke(
@@ -84,6 +87,31 @@ def test_an_invalid_cron_fails_with_one_line_and_deploys_nothing(write_config, c
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith(f"stillroom: error: --cron {cron!r}: {reason}"), line
     assert "banking77" not in deployments()
+
+
+def test_a_secret_in_a_deployment_parameter_is_refused(write_config):
+    out = runner.invoke(
+        app,
+        [
+            "deploy",
+            str(write_config()),
+            "--cron",
+            "0 2 * * *",
+            "--set",
+            "drift.webhook.url=https://hooks.example/T0KEN",
+        ],
+    )
+    assert out.exit_code == 2 and "T0KEN" not in out.output
+    assert out.stderr.startswith(
+        "stillroom: error: --set drift.webhook.url: a deployment's parameters are shown in the "
+        "Prefect UI"
+    )
+    named = runner.invoke(
+        app,
+        ["deploy", str(write_config()), "--cron", "0 2 * * *", "--set", "teacher.api_key_env=K"],
+    )
+    assert named.exit_code == 0, named.output  # the name of a variable is no secret
+    runner.invoke(app, ["deploy", "--delete", "banking77"])
 
 
 def test_deploy_checks_the_config_now(tmp_path):

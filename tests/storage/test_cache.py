@@ -209,3 +209,21 @@ def test_claims_let_one_asker_send_a_request_and_the_others_wait_for_its_answer(
     assert b.claim(other, stale_s=0.0) is True  # a's claim is older than stale_s: a dead asker's
     a.close()
     b.close()
+
+
+def test_a_claim_of_a_process_that_has_exited_is_taken_over_at_once(tmp_path):
+    import subprocess
+    import sys
+
+    from stillroom.storage import ResponseCache
+
+    request = {"model": "m", "messages": [{"role": "user", "content": "orphan"}]}
+    code = (
+        "import sys; from stillroom.storage import ResponseCache; "
+        "c = ResponseCache(sys.argv[1], claims=True); "
+        "assert c.claim({'model': 'm', 'messages': [{'role': 'user', 'content': 'orphan'}]})"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "c.sqlite")], check=True, timeout=60)
+    cache = ResponseCache(tmp_path / "c.sqlite", claims=True)
+    assert cache.claim(request) is True  # its owner is gone: no waiting for stale_s
+    cache.close()
