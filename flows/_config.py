@@ -368,8 +368,8 @@ class TeacherConfig(_Model):
     query: dict[str, str] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
     header_env: dict[str, str] = Field(default_factory=dict)
-    # records per label_shard task; unset: 16 requests per slot of `concurrency` for an endpoint
-    # (256 to 4,096), so the wait for a shard's slowest answers is a small part of it, else 256
+    # records per label_shard task; unset: 64 requests per slot of `concurrency` for an endpoint
+    # (256 to 8,192), so the wait for a shard's slowest answers is a small part of it, else 256
     shard_size: int | None = Field(default=None, ge=1)
     # below this share of records labeled, `label` and `run` fail (after committing the version)
     min_labeled: float = Field(default=0.5, ge=0, le=1)
@@ -476,7 +476,7 @@ class TeacherConfig(_Model):
         if self.shard_size is not None:
             return self.shard_size
         if self.provider == "openai":
-            return min(4096, max(256, 16 * self.concurrency))
+            return min(8192, max(256, 64 * self.concurrency))
         return 256
 
     def known_price(self) -> PriceConfig | None:
