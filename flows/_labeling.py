@@ -437,7 +437,8 @@ def commit_labels(
 
     return store.commit(
         config.name,
-        pa.RecordBatchReader.from_batches(schema, iter(rows)),
+        rows,  # a generator: labeling runs in it, in Python, as the rows are written
+        schema=schema,
         licence=storage.Licence(**described_source["licence"]),
         parent=source,
         metadata=metadata,

@@ -15,7 +15,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,9 +270,10 @@ class Store:
     def commit(
         self,
         name: str,
-        table: pa.Table | pa.RecordBatchReader,
+        table: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch],
         *,
         licence: Licence,
+        schema: pa.Schema | None = None,
         parent: DatasetRef | None = None,
         metadata: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
         message: str | Callable[[], str] = "",
@@ -290,7 +291,9 @@ class Store:
         a version (commit writes the manifest before the folder appears); it is left as it is
         and its number is not used again.
 
-        `table` may be a `pyarrow.RecordBatchReader`: its batches are written as they come
+        `table` may be a `pyarrow.RecordBatchReader`, or any iterable of record batches with their
+        `schema` (a generator: its work, and any exception or Ctrl-C in it, stays in Python,
+        not behind Arrow's reader): its batches are written as they come
         (row groups of at most 65,536 rows, as a table's are), so memory stays that of a batch
         however many records the version holds. `metadata` and `message` may then be functions,
         called once every batch is written (a streamed labeling run knows its counts only then).
@@ -302,7 +305,7 @@ class Store:
         tmp = self._stage(name)
         try:
             data_path = tmp / DATA_FILE
-            rows, schema = _write_parquet(table, data_path)
+            rows, schema = _write_parquet(table, data_path, schema)
             content = sha256_file(data_path)
             metadata = metadata() if callable(metadata) else metadata
             message = message() if callable(message) else message
@@ -708,17 +711,26 @@ ROW_GROUP = 65_536
 """The most rows per Parquet row group: what a streamed read holds at once."""
 
 
-def _write_parquet(table: pa.Table | pa.RecordBatchReader, path: Path) -> tuple[int, pa.Schema]:
-    """Write a table, or a reader's batches as they come; returns (rows, schema)."""
+def _write_parquet(
+    table: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch],
+    path: Path,
+    schema: pa.Schema | None = None,
+) -> tuple[int, pa.Schema]:
+    """Write a table, or batches as they come (a reader's, or an iterable's of `schema`);
+    returns (rows, schema)."""
+    if isinstance(table, pa.Table | pa.RecordBatchReader):
+        schema = table.schema
+    if schema is None:
+        raise StoreError("committing an iterable of record batches needs their schema")
     rows = 0
-    with pq.ParquetWriter(path, table.schema, compression="zstd") as writer:
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
         if isinstance(table, pa.Table):
             writer.write_table(table, row_group_size=ROW_GROUP)
             return table.num_rows, table.schema
         for batch in table:
             writer.write_batch(batch, row_group_size=ROW_GROUP)
             rows += batch.num_rows
-    return rows, table.schema
+    return rows, schema
 
 
 def _type_name(type_text: object) -> str:

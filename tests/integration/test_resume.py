@@ -115,7 +115,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, fake_openai, writ
         time.sleep(0.02)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == 130, (server.requests, err[-3000:])
     assert (
         err.strip().splitlines()[-1].startswith("stillroom: interrupted.")
         and "run the same command" in err

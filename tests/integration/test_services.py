@@ -334,6 +334,17 @@ def _logs(api: str, run: dict) -> list[str]:
     return [log["message"] for log in logs]
 
 
+def _logged(api: str, run: dict, wanted: str, timeout_s: float = 60) -> list[str]:
+    """The run's log messages once one of them contains `wanted` (logs reach the server in
+    batches, after the run's state may already be final)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        messages = _logs(api, run)
+        if any(wanted in m for m in messages) or time.monotonic() > deadline:
+            return messages
+        time.sleep(0.5)
+
+
 def test_the_stack_runs_a_deployed_config_on_schedule_and_incrementally(
     prefect_server, postgres, write_config, fake_openai, tmp_path, banking_rows
 ):
@@ -403,7 +414,7 @@ def test_the_stack_runs_a_deployed_config_on_schedule_and_incrementally(
         second = _run_deployment(prefect_server, "distill/nightly")
         assert second["state_type"] == "COMPLETED", _logs(prefect_server, second)[-5:]
         assert store.versions("banking77") == ["v1"] and server.requests == 300  # nothing paid
-        messages = _logs(prefect_server, second)
+        messages = _logged(prefect_server, second, "students: keep:")
         assert any(
             m.startswith("nothing new: banking77@v1 already answers all 300") for m in messages
         )
@@ -412,11 +423,16 @@ def test_the_stack_runs_a_deployed_config_on_schedule_and_incrementally(
         # the config file is gone: the run fails, saying so
         config.rename(tmp_path / "elsewhere.yaml")
         gone = _run_deployment(prefect_server, "distill/nightly")
-        assert gone["state_type"] == "FAILED"
-        assert any(f"config file not found: {config}" in m for m in _logs(prefect_server, gone))
+        messages = _logged(prefect_server, gone, "config file not found")
+        assert gone["state_type"] == "FAILED", (gone["state_type"], gone["state_name"], messages)
+        assert any(f"config file not found: {config}" in m for m in messages), messages
     finally:
         worker.terminate()
-        worker.wait(30)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(30)
 
     deleted = stillroom("deploy", "--delete", "nightly")
     assert deleted.returncode == 0 and deleted.stdout.strip() == "deleted distill/nightly"
