@@ -11,6 +11,7 @@ and of a cluster whose workers mount the same volume.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -87,8 +88,16 @@ def on_cluster(config: Config, stats: labelers.LabelStats) -> Iterator[LabelShar
         while waiting:
             yield _collect(waiting.popleft(), stats)
 
-    with runner:
-        yield label
+    # a local cluster sets variables in this process's environment for its workers (one
+    # thread each for OpenMP, MKL, OpenBLAS; a fixed PYTHONHASHSEED): they are put back after,
+    # so what this process starts later (training, other runs) gets the environment it had
+    saved = dict(os.environ)
+    try:
+        with runner:
+            yield label
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _absolute(config: Config) -> Config:

@@ -3,6 +3,7 @@ task runner) commits the very version a serial run commits, and pays for nothing
 two workers ask about at once is sent once."""
 
 import json
+import os
 
 import pytest
 from prefect.testing.utilities import prefect_test_harness
@@ -58,7 +59,9 @@ def test_a_local_dask_cluster_commits_what_a_serial_run_does(
             "b.yaml",
         )
     )
+    before = dict(os.environ)
     cluster_ref, summary = label_dataset(config)
+    assert dict(os.environ) == before  # the local cluster's settings for its workers are undone
     a, b = Store(serial.store), Store(config.store)
     assert str(cluster_ref) == str(ref) == "banking77@v1"
     assert b.manifest(cluster_ref)["content_sha256"] == a.manifest(ref)["content_sha256"]
