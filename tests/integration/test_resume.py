@@ -37,7 +37,14 @@ def start_label(config, home):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # a suite started in the background by a shell ignores SIGINT, and so would the CLI
+        # (Python leaves an ignored SIGINT ignored): the CLI gets Ctrl-C as a terminal sends it
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def dataset(store, version):
