@@ -153,7 +153,10 @@ def distill_config(config: Config, out: str | None = None) -> Path:
     _policy.check_webhook(config)
     done = _label(config, check=False)
     ref, labeling = done.ref, done.summary
-    drift = _drift(config, done, None)
+    store = storage.Store(config.store)
+    # the version before this run, as label counts: read once, for both drift measurements
+    before = _policy.label_counts(store, done.before) if done.before else None
+    drift = _drift(config, done, before, None)
     try:
         _labeling.check_labeled(labeling, ref, config.teacher.min_labeled)
     except _labeling.LabelingFailed:
@@ -168,14 +171,13 @@ def distill_config(config: Config, out: str | None = None) -> Path:
             report = _report_generation(config, ref, labeling, out)
         _uploaded(config, report.parent)
         return report
-    store = storage.Store(config.store)
     current = _policy.current_students(config)
     # the current students' agreement on what is new (single-label tasks: a multi-label one's
     # answers are label sets)
     measurable = current is not None and not config.task.multi_label
     labels = list(config.task.labels or [])
     agreement = _policy.agreement_on(current, labels, done.tally) if current and measurable else []
-    drift = _drift(config, done, agreement)
+    drift = _drift(config, done, before, agreement)
     decision = _policy.decide(
         config, current, labeling.labeled, store.manifest(ref)["rows"], agreement
     )
@@ -208,13 +210,16 @@ def distill_config(config: Config, out: str | None = None) -> Path:
     return report
 
 
-def _drift(config: Config, done: _Labeled, agreement: list[dict[str, Any]] | None) -> _policy.Drift:
-    """The run's drift checks: against the version before it, with the current students'
-    agreement on the new records when measured."""
-    store = storage.Store(config.store)
+def _drift(
+    config: Config,
+    done: _Labeled,
+    before: dict[str, int] | None,
+    agreement: list[dict[str, Any]] | None,
+) -> _policy.Drift:
+    """The run's drift checks: against the version before it (`before`, its label counts), with
+    the current students' agreement on the new records when measured."""
     labeling = done.summary
     held_back = labeling.failures.get(labelers.BUDGET_EXHAUSTED, 0)  # not asked: no failure
-    before = _policy.label_counts(store, done.before) if done.before else None
     return _policy.measure_drift(
         config,
         before,

@@ -3,6 +3,7 @@ every answer (labeled, or failed with its reason and the raw text) as a labeled 
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 import sys
@@ -96,19 +97,6 @@ class LabelingSummary:
         return ", ".join(f"{n} {reason}" for reason, n in ranked) or "no failures"
 
     @classmethod
-    def of(
-        cls, answers: Sequence[labelers.Answer], run: labelers.LabelStats, wall_s: float
-    ) -> LabelingSummary:
-        return cls(
-            records=len(answers),
-            labeled=sum(a.ok for a in answers),
-            failures=dict(Counter(a.error for a in answers if a.error)),
-            run=run,
-            bought=sum((a.usage for a in answers), labelers.Usage()),
-            wall_s=wall_s,
-        )
-
-    @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> LabelingSummary:
         """A stored version's summary: nothing was called in this run."""
         lab = manifest.get("labeling", {})
@@ -200,7 +188,7 @@ def labeled_batches(
     answered = _answered(
         store, source, plan, label, shard_size, rationale, generate, counted, tally
     )
-    for batch in _chain(_counted_kept(store, plan, counted), answered):
+    for batch in itertools.chain(_counted_kept(store, plan, counted), answered):
         pending.append(batch)
         rows += batch.num_rows
         if rows >= _BATCH_ROWS:
@@ -217,11 +205,6 @@ def _counted_kept(store: storage.Store, plan: Plan, counted: Counted) -> Iterato
     for batch in kept_rows(store, plan):
         counted.add_kept(batch)
         yield batch
-
-
-def _chain(*parts: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    for part in parts:
-        yield from part
 
 
 def asked_once(
