@@ -6,6 +6,7 @@ one-line error that names it, raised before anything is written.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import tempfile
@@ -63,8 +64,7 @@ def _read_table(path: Path, split: str | None = None) -> Columns:
         if suffix == ".csv":
             if path.stat().st_size == 0:
                 return {}
-            options = pacsv.ConvertOptions(strings_can_be_null=False)
-            return dict(pacsv.read_csv(path, convert_options=options).to_pydict())
+            return _read_csv(path)
         if suffix == ".parquet":
             return dict(pq.read_table(path).to_pydict())
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
@@ -72,6 +72,17 @@ def _read_table(path: Path, split: str | None = None) -> Columns:
     raise InputError(
         f"unsupported data file type {suffix!r} for {path} (use .jsonl, .csv, .parquet or a datasets folder)"
     )
+
+
+def _read_csv(path: Path) -> Columns:
+    """Every column as written, as text: Arrow would infer types and read ids `000` and `001` as
+    the numbers 0 and 1, or a text `true` as a boolean."""
+    with path.open(encoding="utf-8", newline="") as f:
+        header = next(csv.reader(f), [])
+    options = pacsv.ConvertOptions(
+        strings_can_be_null=False, column_types={name: pa.string() for name in header}
+    )
+    return dict(pacsv.read_csv(path, convert_options=options).to_pydict())
 
 
 _SAVED = ("dataset_dict.json", "dataset_info.json", "state.json")
@@ -196,7 +207,22 @@ def _texts(columns: Columns, field: str, key: str, path: Path) -> list[str | Non
             f"{path}: record {odd + 1} has a {type(values[odd]).__name__} in its {field!r} field "
             f"(data.{key}), not text: {values[odd]!r}"
         )
+    _check_encodable(values, field, path)
     return values
+
+
+def _check_encodable(values: list[Any], field: str, path: Path) -> None:
+    """Refuse a value that is not valid Unicode (a lone surrogate, as a JSON escape `\\ud800`
+    can write): it can be neither stored nor sent."""
+    for i, value in enumerate(values):
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InputError(
+                    f"{path}: record {i + 1} has a lone surrogate (\\u{ord(value[exc.start]):04x}) "
+                    f"in its {field!r} field: not valid Unicode"
+                ) from None
 
 
 def compose_prompt(data: DataConfig, text: str, extra: str | None = None) -> str:
@@ -263,9 +289,11 @@ def read_records(
         if None in raw_ids:
             raise InputError(f"{path}: record {raw_ids.index(None) + 1} has no {data.id_field!r}")
         ids = [str(v) for v in raw_ids]
+        _check_encodable(ids, data.id_field, path)
     gold: list[str | None] = [None] * len(texts)
     if data.gold_field is not None:
         gold = [_optional_str(v) for v in _column(table, data.gold_field, "gold_field", path)]
+        _check_encodable(gold, data.gold_field, path)
     if data.limit is not None:
         ids, texts, gold = ids[: data.limit], texts[: data.limit], gold[: data.limit]
         prompts = prompts[: data.limit]

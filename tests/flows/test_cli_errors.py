@@ -166,8 +166,11 @@ def test_bad_files(tmp_path, write_config, seeded_store):
     number = write_jsonl(
         tmp_path / "number.jsonl", [{"id": "1", "text": "fine"}, {"id": "2", "text": 42}]
     )
+    surrogate = tmp_path / "surrogate.jsonl"
+    surrogate.write_text('{"id": "1", "text": "fine"}\n{"id": "2", "text": "x \\udc00"}\n')
     expected = {
         str(empty): "has no records",
+        str(surrogate): "record 2 has a lone surrogate (\\udc00) in its 'text' field",
         dupes: "duplicate id '1'",
         str(broken): "line 2 is not valid JSON",
         blank: "have an empty 'text'",
