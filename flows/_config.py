@@ -652,6 +652,10 @@ class RunnerConfig(_Model):
         return self
 
 
+SOURCE_SUFFIX = "-source"
+"""The store names a config's source records NAME-source: no config may be named so itself."""
+
+
 class Config(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
     store: str = DEFAULT_STORE
@@ -688,6 +692,16 @@ class Config(_Model):
     def cache_path(self) -> Path:
         """The response cache: always a local SQLite file."""
         return self.local / "cache.sqlite"
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_source(cls, name: str) -> str:
+        if name.endswith(SOURCE_SUFFIX):
+            raise ValueError(
+                f"ends in {SOURCE_SUFFIX!r}, which the store uses for the source records of "
+                f"dataset {name.removesuffix(SOURCE_SUFFIX)!r}: choose another name"
+            )
+        return name
 
     @model_validator(mode="after")
     def _task_kind(self) -> Config:

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from stillroom import labelers, storage
 
-from ._config import Config
+from ._config import SOURCE_SUFFIX, Config
 from ._incremental import Plan, Tally, kept_rows
 from ._ingest import source_card, source_licence
 from ._teacher import read_source, task_of, terms_of
@@ -158,7 +158,7 @@ def ingest(config: Config, store: storage.Store) -> storage.DatasetRef:
         metadata["language"] = [language] if isinstance(language, str) else list(language)
     message = config.message or f"{table.num_rows} records read from {config.data.path}"
     return store.commit(
-        f"{config.name}-source",
+        f"{config.name}{SOURCE_SUFFIX}",
         table,
         licence=licence,
         metadata=metadata,

@@ -63,6 +63,11 @@ CASES = {
         "environment variable STILLROOM_TEST_KEY (teacher.api_key_env) is not set",
     ),
     "negative limit": ({"data.limit": -3}, "config key 'data.limit'"),
+    "a name the store uses for source records": (
+        {"name": "banking77-source"},
+        "config key 'name': ends in '-source', which the store uses for the source records of "
+        "dataset 'banking77': choose another name",
+    ),
     # secrets and URLs that would leak or break
     "credentials in base_url": (
         {**OPENAI, "teacher.base_url": f"http://user:{SENTINEL_KEY}@127.0.0.1:9/v1"},
