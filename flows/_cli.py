@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -117,13 +118,14 @@ def handled(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except (typer.Exit, click.ClickException, click.exceptions.Abort):
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
             typer.echo(
-                "stillroom: interrupted. Every answer received so far is in the cache: "
+                f"stillroom: {how}. Every answer received so far is in the cache: "
                 "run the same command again to finish without paying for them twice.",
                 err=True,
             )
-            raise typer.Exit(130) from None
+            raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
         except Exception as exc:
             if _debug():
                 raise
@@ -728,5 +730,15 @@ def datasets_export(
     typer.echo(f"{out}: load with datasets.load_dataset({str(out)!r})")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, as Prefect's workers, Kubernetes and `kill` stop a process: it stops the run the
+    way Ctrl-C does, with the same message."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     app()

@@ -104,7 +104,14 @@ def test_sigkill_at_random_points_then_resume(tmp_path, fake_openai, write_confi
 
 
 @pytest.mark.timeout(300)
-def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, fake_openai, write_config):
+@pytest.mark.parametrize(
+    ("signum", "code", "said"),
+    [(signal.SIGINT, 130, "interrupted."), (signal.SIGTERM, 143, "terminated (SIGTERM).")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(
+    tmp_path, fake_openai, write_config, signum, code, said
+):
     server, url = fake_openai(latency_s=0.2)
     config = write_config(
         {
@@ -120,11 +127,11 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, fake_openai, writ
     deadline = time.monotonic() + 120
     while server.requests < 10 and time.monotonic() < deadline:
         time.sleep(0.02)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130, (server.requests, err[-3000:])
+    assert process.returncode == code, (server.requests, err[-3000:])
     assert (
-        err.strip().splitlines()[-1].startswith("stillroom: interrupted.")
+        err.strip().splitlines()[-1].startswith(f"stillroom: {said}")
         and "run the same command" in err
     )
     paid = sum(server.billed.values())
