@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -105,8 +106,25 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"stillroom: error: {message}", err=True)
+    typer.echo(f"stillroom: error: {printable(message)}", err=True)
     return typer.Exit(code)
+
+
+# C0 and C1 controls and DEL (ESC starts a terminal's escape sequences, BEL ends an OSC one),
+# and the bidirectional overrides that make a terminal show text in another order
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable_lines(text: str) -> str:
+    """`printable` for each line of a text that keeps its lines (a report's Markdown)."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
+def printable(text: object) -> str:
+    """`text` safe to print on a terminal: every control character written as an escape
+    (`\\x1b`, `\\n`), so a teacher's answer or a crafted store cannot move the cursor, retitle
+    the window or hide what it says."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
 
 
 def handled(command: Callable[P, R]) -> Callable[P, R]:
@@ -144,7 +162,9 @@ class _OneLine(logging.Handler):
     """The `stillroom` logger's warnings, as the CLI's own lines on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        typer.echo(f"stillroom: {record.levelname.lower()}: {record.getMessage()}", err=True)
+        typer.echo(
+            f"stillroom: {record.levelname.lower()}: {printable(record.getMessage())}", err=True
+        )
 
 
 @app.callback()
@@ -229,7 +249,7 @@ def _show_report(report_path: Path) -> None:
     console = Console(soft_wrap=False)
     if not console.is_terminal:  # piped or logged: wide enough for the students' table
         console = Console(soft_wrap=False, width=max(console.width, 120))
-    console.print(Markdown((report_path.parent / "report.md").read_text()))
+    console.print(Markdown(printable_lines((report_path.parent / "report.md").read_text())))
     typer.echo(str(report_path))
 
 
@@ -482,8 +502,10 @@ def spend(
     for row in rows:
         total += row["cost_usd"]
         typer.echo(
-            f"{row['tag'] or '-':<24} {row['model'] or '-':<24} {row['calls']:>8} calls "
-            f"{row['input_tokens']:>12} in {row['output_tokens']:>10} out  ${row['cost_usd']:.4f}"
+            printable(
+                f"{row['tag'] or '-':<24} {row['model'] or '-':<24} {row['calls']:>8} calls "
+                f"{row['input_tokens']:>12} in {row['output_tokens']:>10} out  ${row['cost_usd']:.4f}"
+            )
         )
     typer.echo(f"total: ${total:.4f}")
 
@@ -538,10 +560,12 @@ def datasets_list(
         typer.echo(f"no datasets in {store}")
     for row in rows:
         if row["problem"]:
-            typer.echo(f"stillroom: warning: {row['dataset']}: {row['problem']}", err=True)
+            typer.echo(printable(f"stillroom: warning: {row['dataset']}: {row['problem']}"), err=True)
             continue
         typer.echo(
-            f"{row['dataset']:<40} {row['rows']:>8} rows  {row['licence']:<20} {row['created_at']}"
+            printable(
+                f"{row['dataset']:<40} {row['rows']:>8} rows  {row['licence']:<20} {row['created_at']}"
+            )
         )
 
 
@@ -564,12 +588,12 @@ def datasets_show(
     restrictions = storage.manifest_restrictions(manifest)
     typer.echo("usage restrictions:" + ("" if restrictions else " none"), err=True)
     for restriction in restrictions:
-        typer.echo(f"  {storage.describe_restriction(restriction)}", err=True)
+        typer.echo(f"  {printable(storage.describe_restriction(restriction))}", err=True)
     if (manifest.get("task") or {}).get("kind") == "generate":
         from ._generation import generation_lines, generation_stats
 
         for line in generation_lines(generation_stats(s.load(ref))):
-            typer.echo(line)
+            typer.echo(printable(line))
     if failures > 0:
         table = s.load(ref)
         if "error" not in table.column_names:
@@ -578,7 +602,7 @@ def datasets_show(
         typer.echo(f"{len(failed)} failed records" + (f", first {failures}:" if failed else ""))
         for row in failed[:failures]:
             raw = (row["raw"] or "").replace("\n", " ")[:120]
-            typer.echo(f"{row['id']}\t{row['error']}\t{raw}")
+            typer.echo("\t".join(printable(v) for v in (row["id"], row["error"], raw)))
 
 
 @datasets_app.command("diff")
@@ -609,7 +633,9 @@ def datasets_diff(
             f"agreement: {same / len(both):.1%} ({same} of the {len(both)} records both answered)"
         )
     for record_id in changed[:20]:
-        typer.echo(f"{record_id}\t{_short(old[record_id])} -> {_short(new[record_id])}")
+        typer.echo(
+            f"{printable(record_id)}\t{_short(old[record_id])} -> {_short(new[record_id])}"
+        )
 
 
 @datasets_app.command("log")
@@ -624,14 +650,16 @@ def datasets_log(
 
     for entry in storage.Store(store).log(name):
         if entry["problem"]:
-            typer.echo(f"{entry['version']}  ! {entry['problem']}")
+            typer.echo(printable(f"{entry['version']}  ! {entry['problem']}"))
             continue
         made_from = f"  from {entry['parent']}" if entry["parent"] else ""
-        typer.echo(f"{entry['version']}  {entry['created_at']}  {entry['rows']} rows{made_from}")
+        typer.echo(
+            printable(f"{entry['version']}  {entry['created_at']}  {entry['rows']} rows{made_from}")
+        )
         if entry["message"]:
-            typer.echo(f"    {entry['message']}")
+            typer.echo(f"    {printable(entry['message'])}")
         if entry["command"]:
-            typer.echo(f"    $ {entry['command']}")
+            typer.echo(f"    $ {printable(entry['command'])}")
 
 
 def _answers(table: Any) -> list[str | None]:
@@ -645,7 +673,7 @@ def _answers(table: Any) -> list[str | None]:
 
 def _short(answer: str | None) -> str:
     text = str(answer).replace("\n", " ")
-    return text if len(text) <= 60 else text[:57] + "..."
+    return printable(text if len(text) <= 60 else text[:57] + "...")
 
 
 @datasets_app.command("verify")
@@ -660,12 +688,12 @@ def datasets_verify(
     s = storage.Store(store)
     result = s.verify(s.resolve(spec))
     for note in result.notes:
-        typer.echo(f"{result.ref}: note: {note}", err=True)
+        typer.echo(f"{result.ref}: note: {printable(note)}", err=True)
     if result.ok:
         typer.echo(f"{result.ref}: ok")
         return
     for problem in result.problems:
-        typer.echo(f"{result.ref}: {problem}", err=True)
+        typer.echo(f"{result.ref}: {printable(problem)}", err=True)
     raise typer.Exit(1)
 
 

@@ -450,3 +450,32 @@ def test_a_student_teacher_must_know_the_tasks_labels(tmp_path, write_config, se
     code, err, _ = run_cli("run", str(config))
     assert code == 2 and f"{folder / 'student.json'} is damaged" in err
     assert snapshot(seeded_store) == before
+
+
+def test_control_characters_from_a_store_are_escaped_when_printed(tmp_path):
+    store = Store(tmp_path / "s")
+    osc = "\x1b]0;pwned\x07"
+    rows = {
+        "id": ["a", f"b{osc}"],
+        "text": ["x", "y"],
+        "label": ["pos", None],
+        "error": [None, f"off-label answer\x1b[2J"],
+        "raw": ["pos", f"{osc}I think\u202eevil"],
+    }
+    first = store.commit("d", pa.table(rows), licence=Licence("MIT"), message=f"msg{osc}")
+    second = store.commit(
+        "d", pa.table({**rows, "label": ["neg", f"pos{osc}"]}), licence=Licence("MIT")
+    )
+    root = str(store.root)
+    outputs = [
+        run_cli("datasets", "show", str(first), "--store", root, "--failures", "5"),
+        run_cli("datasets", "diff", str(first), str(second), "--store", root),
+        run_cli("datasets", "log", "d", "--store", root),
+    ]
+    for code, err, out in outputs:
+        assert code == 0
+        assert not any(c in err + out for c in "\x1b\x07\u202e"), (err + out)[-400:]
+    show, diff, log = (out for _, _, out in outputs)
+    assert "b\\x1b]0;pwned\\x07\toff-label answer\\x1b[2J\t\\x1b]0;pwned\\x07I think\\u202eevil" in show
+    assert "b\\x1b]0;pwned\\x07\tNone -> pos\\x1b]0;pwned\\x07" in diff
+    assert "    msg\\x1b]0;pwned\\x07" in log.splitlines()
