@@ -10,6 +10,7 @@ import re
 import string
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -18,6 +19,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -605,6 +607,13 @@ class RetrainConfig(_Model):
     max_agreement_drop: float | None = Field(default=None, ge=0, le=1)
 
 
+def url_origin(url: str) -> str:
+    """scheme://host[:port] of a URL: no user, password, path, query or fragment, any of which
+    may hold a secret."""
+    parsed = urlsplit(url)
+    return f"{parsed.scheme}://{parsed.netloc.rpartition('@')[2]}"
+
+
 class WebhookConfig(_Model):
     """Where drift is reported: a JSON POST, retried with backoff; give the URL itself, or the
     name of the environment variable that holds it (a URL with a token in it is a secret)."""
@@ -614,6 +623,12 @@ class WebhookConfig(_Model):
     timeout_s: float = Field(default=5.0, gt=0)
     retries: int = Field(default=3, ge=0, le=10)
     backoff_s: float = Field(default=1.0, ge=0)
+
+    @field_serializer("url")
+    def _origin_only(self, url: str | None) -> str | None:
+        """Written anywhere (Prefect's flow-run parameters, a dump of the config) as
+        scheme://host only: a hook's path or query often holds its token."""
+        return None if url is None else url_origin(url)
 
     @model_validator(mode="after")
     def _one_url(self) -> WebhookConfig:

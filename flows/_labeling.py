@@ -446,8 +446,29 @@ def command_line() -> str:
     words = ["stillroom" if program in ("stillroom", "__main__.py") else program]
     for arg in args[1:]:
         key, sep, _ = arg.partition("=")
-        words.append(f"{key}=HIDDEN" if sep and secret_key(key) else arg)
+        words.append(f"{key}=HIDDEN" if sep and secret_key(key) else _origins(arg))
     return shlex.join(words)
+
+
+# a URL ends where a word, a quoted string or a YAML/JSON flow collection around it does
+_URL = re.compile(
+    r"\b([a-z][a-z0-9+.-]*)://([^\s/?#'\"{}\[\],]*)[^\s'\"{}\[\],]*", re.IGNORECASE
+)
+
+
+def _origins(text: str) -> str:
+    """`text` with every http(s) URL in it cut to scheme://host, and any other URL's user and
+    password dropped: `--set 'drift={webhook: {url: http://host/hook/TOKEN}}'` names no
+    secret key, and a webhook's path often holds its token."""
+
+    def cut(match: re.Match[str]) -> str:
+        scheme, netloc = match.group(1), match.group(2)
+        origin = f"{scheme}://{netloc.rpartition('@')[2]}"
+        if scheme.lower() in ("http", "https"):
+            return origin
+        return origin + match.group(0)[len(scheme) + 3 + len(netloc) :]
+
+    return _URL.sub(cut, text)
 
 
 def _labeled(

@@ -273,3 +273,24 @@ def test_a_run_with_its_store_in_object_storage(bucket, write_config, tmp_path, 
     # a second run pays nothing: the local cache answers, the same content is the same version
     again = runner.invoke(app, ["label", str(config)])
     assert again.exit_code == 0 and again.stdout.strip() == "banking77@v1"
+
+
+def test_a_recorded_command_keeps_no_url_path_user_or_query(monkeypatch):
+    from stillroom.flows._labeling import command_line
+
+    argv = [
+        "stillroom",
+        "run",
+        "c.yaml",
+        "--set",
+        "drift={webhook: {url: https://hooks.example/hook/T0KEN?sig=S1G}}",
+        "--set",
+        "drift.webhook.url=https://hooks.example/T0KEN",
+        "--store",
+        "s3://user:PASSW0RD@bucket/prefix",
+    ]
+    monkeypatch.setattr("sys.argv", argv)
+    assert command_line() == (
+        "stillroom run c.yaml --set 'drift={webhook: {url: https://hooks.example}}' "
+        "--set drift.webhook.url=HIDDEN --store s3://bucket/prefix"
+    )

@@ -28,13 +28,14 @@ class Receiver:
     run out), or holds it `delay_s` first."""
 
     def __init__(self, codes=(), delay_s=0.0):
-        self.codes, self.delay_s, self.bodies = list(codes), delay_s, []
+        self.codes, self.delay_s, self.bodies, self.paths = list(codes), delay_s, [], []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.bodies.append(body)
+                outer.paths.append(self.path)
                 time.sleep(outer.delay_s)
                 code = outer.codes.pop(0) if outer.codes else 200
                 try:
@@ -179,6 +180,18 @@ def test_drift_fails_the_run_after_committing_and_tells_the_webhook(
     (psi_check,) = [c for c in body["drift"]["checks"] if c["name"] == "psi"]
     assert psi_check["drifted"] and psi_check["value"] > 0.5
     assert "secret-token" not in json.dumps(body)
+    # the hook is called at its whole URL, which is written nowhere: not in Prefect's flow-run
+    # parameters (the config is one), nor in any file of the store
+    assert receiver.paths == ["/hook/secret-token"] * 2
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+    assert runs and all("secret-token" not in json.dumps(r.parameters, default=str) for r in runs)
+    assert any("127.0.0.1" in json.dumps(r.parameters, default=str) for r in runs)
+    for path in Path(config.store).rglob("*"):
+        if path.is_file():
+            assert b"secret-token" not in path.read_bytes(), path
     # the students trained on what drifted are not made current
     current = json.loads((Path(config.store) / "runs" / "banking77.current.json").read_text())
     assert current["dataset"] == "banking77@v1"
