@@ -7,7 +7,7 @@ recorded elsewhere; each follows the `Teacher` protocol.
 
 from ._local import ScoringTeacher, TransformersTeacher, ZeroShotTeacher
 from ._multi import MultiLabelTeacher, binary_task
-from ._openai import OpenAIOptions, OpenAITeacher, ResponseFormat, check_base_url
+from ._openai import OpenAIOptions, OpenAITeacher, ResponseFormat, check_base_url, header_safe
 from ._parse import TokenStep, canonical, label_distribution, match_label
 from ._prompt import build_messages, prompt_hash, system_prompt
 from ._recorded import (
@@ -69,6 +69,7 @@ __all__ = [
     "build_messages",
     "canonical",
     "check_base_url",
+    "header_safe",
     "count_message_tokens",
     "label_distribution",
     "match_label",

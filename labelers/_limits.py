@@ -12,6 +12,8 @@ import httpx
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_SERVER_WAIT_S = 120.0
+"""The longest pause a server's Retry-After or x-ratelimit-reset-* header may impose."""
 
 
 def parse_duration(text: str) -> float | None:
@@ -26,16 +28,17 @@ def parse_duration(text: str) -> float | None:
     return sum(float(n) * _UNIT_S[u] for n, u in parts)
 
 
-def exhausted_for(headers: httpx.Headers) -> float | None:
-    """Seconds until the provider's request or token window resets, when it says none are left."""
-    waits = []
+def exhausted_for(headers: httpx.Headers) -> tuple[float, str] | None:
+    """Seconds until the provider's request or token window resets, when it says none are left,
+    and the header that says so."""
+    waits: list[tuple[float, str]] = []
     for kind in ("requests", "tokens"):
         remaining = headers.get(f"x-ratelimit-remaining-{kind}")
         reset = headers.get(f"x-ratelimit-reset-{kind}")
         if remaining is not None and reset is not None and remaining.strip() in ("0", "0.0"):
             seconds = parse_duration(reset)
             if seconds is not None:
-                waits.append(seconds)
+                waits.append((seconds, f"x-ratelimit-reset-{kind}"))
     return max(waits) if waits else None
 
 
@@ -66,7 +69,12 @@ class RateLimiter:
     All methods run on one event loop, so the state needs no lock.
     """
 
-    def __init__(self, rpm: float | None = None, tpm: float | None = None) -> None:
+    def __init__(
+        self,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        max_pause_s: float = MAX_SERVER_WAIT_S,
+    ) -> None:
         # Starts evenly spaced at 0.998 x rpm: a bucket lets rate x T + 1 starts into a window T,
         # and the 0.2% headroom absorbs network jitter (a cold connection delays the first
         # request by ~10 ms), so the provider sees at most rpm in any 60 s it looks at.
@@ -74,6 +82,7 @@ class RateLimiter:
         self.tokens = _Bucket(tpm, burst=tpm / 60.0) if tpm else None
         self.resume_at = 0.0
         self.pauses = 0
+        self.max_pause_s = max_pause_s
 
     async def acquire(self, tokens: int) -> None:
         waits = [self.resume_at - time.monotonic()]
@@ -94,8 +103,9 @@ class RateLimiter:
             self.tokens.give_back(float(estimated - actual))
 
     def pause(self, seconds: float) -> None:
-        """Hold every request of this client for `seconds` (from a 429 or exhausted headers)."""
-        until = time.monotonic() + seconds
+        """Hold every request of this client for `seconds` (from a 429 or exhausted headers), at
+        most max_pause_s: a server's header must not stop a client for good."""
+        until = time.monotonic() + min(seconds, self.max_pause_s)
         if until > self.resume_at:
             self.resume_at = until
             self.pauses += 1

@@ -8,22 +8,25 @@ response cache before it is used, so a re-run or a crash never pays for the same
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import functools
 import json
+import logging
 import random
 import re
 import socket
 import ssl
 import time
+import urllib.request
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Generic, Literal, TypeVar, get_args
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 import httpx
 
-from ._limits import RateLimiter, exhausted_for
+from ._limits import MAX_SERVER_WAIT_S, RateLimiter, exhausted_for
 from ._parse import TokenStep, label_distribution, match_label
 from ._prompt import RATIONALE_LABEL, build_messages
 from ._tokens import count_message_tokens
@@ -56,6 +59,10 @@ _FATAL_STATUS = {
     403: "refused access",
     404: "has no such model or path",
 }
+_REDACTED = "[redacted]"
+_PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
+
+log = logging.getLogger(__name__)
 
 
 T = TypeVar("T")
@@ -77,6 +84,9 @@ class OpenAIOptions:
     temperature: float = 0.0
     top_logprobs: int = 20
     max_input_chars: int | None = 100_000
+    # room for a generation of about 5,000 tokens with 20 logprobs each (~1.5 KB a token); an
+    # answer is held in memory several times over while it is parsed, once per request in flight
+    max_response_bytes: int = 8_000_000
 
 
 _D = OpenAIOptions()
@@ -84,7 +94,11 @@ _D = OpenAIOptions()
 
 class _Transient(Exception):
     def __init__(
-        self, reason: str, retry_after: float | None = None, maybe_billed: bool = False
+        self,
+        reason: str,
+        retry_after: float | None = None,
+        maybe_billed: bool = False,
+        final: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -92,6 +106,8 @@ class _Transient(Exception):
         # the request may have reached the model (a timeout, a dropped connection, an answer
         # that arrived broken): the provider may bill it though no usable answer came back
         self.maybe_billed = maybe_billed
+        # asking again would bring the same answer (one over the size cap): not retried
+        self.final = final
 
 
 class OpenAITeacher(Generic[TaskT]):
@@ -115,7 +131,8 @@ class OpenAITeacher(Generic[TaskT]):
         (json_schema, falling back to text for the rest of the run if the endpoint refuses it).
     answer_retries : how many times an off-label or empty answer is asked again (a follow-up
         turn that repeats the label list); each ask is its own cached, paid request.
-    timeout_s : per-request timeout.
+    timeout_s : the deadline for each request: sending it and reading the whole answer (a
+        server that trickles its answer fails with reason ``timeout`` once it passes).
     max_retries : retries after the first try for 429, 5xx, timeouts and dropped connections.
     price : dollars per million tokens, for the cost of each call.
     top_logprobs : alternatives per token to ask for (0 turns logprobs off).
@@ -124,9 +141,15 @@ class OpenAITeacher(Generic[TaskT]):
     query : query parameters sent with every request (e.g. ``{"api-version": "2024-06-01"}``);
         part of the cache key, since they can change the answer.
     headers : extra request headers (e.g. a gateway's key header, read by the caller from the
-        environment); sent, never recorded.
+        environment); sent, never recorded: the key and these values are redacted from any text
+        the server sends back before it becomes a failure reason.
+    max_response_bytes : an answer larger than this, decompressed, is not read further: the
+        record fails (once, not retried) with reason ``response over max_response_bytes``.
+    max_wait_s : the longest pause a server may impose (Retry-After, exhausted x-ratelimit
+        headers); a longer one is cut to it, with a warning.
     cache : where paid answers are stored before use (see ``storage.ResponseCache``).
-    transport : an httpx transport, for tests (``httpx.MockTransport``) or custom networking.
+    transport : an httpx transport, for tests (``httpx.MockTransport``) or custom networking;
+        without one, HTTP_PROXY / HTTPS_PROXY / ALL_PROXY / NO_PROXY apply as in httpx.
     """
 
     def __init__(
@@ -148,6 +171,8 @@ class OpenAITeacher(Generic[TaskT]):
         temperature: float = _D.temperature,
         top_logprobs: int = _D.top_logprobs,
         max_input_chars: int | None = _D.max_input_chars,
+        max_response_bytes: int = _D.max_response_bytes,
+        max_wait_s: float = MAX_SERVER_WAIT_S,
         query: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         cache: ResponseCache | None = None,
@@ -156,6 +181,7 @@ class OpenAITeacher(Generic[TaskT]):
         backoff_max_s: float = 30.0,
     ) -> None:
         check_base_url(base_url)
+        _check_header_values(api_key, headers or {})
         if concurrency < 1:
             raise LabelerError("teacher concurrency must be at least 1")
         self.task = task
@@ -164,7 +190,8 @@ class OpenAITeacher(Generic[TaskT]):
         self.concurrency = concurrency
         self.rpm = rpm
         self.tpm = tpm
-        self.limiter = RateLimiter(rpm, tpm)
+        self.max_wait_s = max_wait_s
+        self.limiter = RateLimiter(rpm, tpm, max_pause_s=max_wait_s)
         self.budget = Budget(budget) if isinstance(budget, float | int) else budget
         self.answer_retries = answer_retries
         if response_format not in get_args(ResponseFormat):
@@ -192,6 +219,10 @@ class OpenAITeacher(Generic[TaskT]):
         self.query = dict(query or {})
         self._headers = dict(headers or {})
         self._transport = transport
+        self.max_response_bytes = max_response_bytes
+        self._proxy = None if transport else _env_proxy(self.base_url)
+        self._secrets = _redactions(api_key, self._headers.values(), self._proxy)
+        self._warned: set[str] = set()
 
     @property
     def endpoint_host(self) -> str:
@@ -276,7 +307,7 @@ class OpenAITeacher(Generic[TaskT]):
                 limits=httpx.Limits(
                     max_connections=_POOL_SIZE, max_keepalive_connections=_POOL_SIZE
                 ),
-                transport=self._transport or _nodelay_transport(),
+                transport=self._transport or _nodelay_transport(self._proxy),
             )
             for _ in range(-(-self.concurrency // _POOL_SIZE))
         ]
@@ -410,7 +441,7 @@ class OpenAITeacher(Generic[TaskT]):
                         if self.budget.over():
                             self.budget.exhausted = True
                             return None, attempt, False, BUDGET_EXHAUSTED
-                    if exc.reason == _UNSUPPORTED:
+                    if exc.reason == _UNSUPPORTED or exc.final:
                         return None, attempt, False, exc.reason
                     if exc.retry_after is not None and exc.reason == "HTTP 429":
                         self.limiter.pause(min(exc.retry_after, self.backoff_max_s * 4))
@@ -442,32 +473,76 @@ class OpenAITeacher(Generic[TaskT]):
 
     async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            response = await client.post("/chat/completions", json=body)
-        except httpx.TimeoutException:
+            # one deadline for sending and reading it all: httpx's timeouts are per read, so a
+            # server that trickles its answer would never trip them
+            async with asyncio.timeout(self.timeout_s):
+                response, content = await self._exchange(client, body)
+        except (TimeoutError, httpx.TimeoutException):
             raise _Transient("timeout", maybe_billed=True) from None
         except httpx.TransportError as exc:
             raise _Transient(f"connection error: {type(exc).__name__}", maybe_billed=True) from None
         status = response.status_code
         exhausted = exhausted_for(response.headers)
         if exhausted:
-            self.limiter.pause(exhausted)
+            self.limiter.pause(self._capped_wait(*exhausted))
         if status in _FATAL_STATUS:
             raise LabelerError(
                 f"teacher endpoint {self.endpoint_host} {_FATAL_STATUS[status]} (HTTP {status})"
             )
+        if 300 <= status < 400:
+            raise LabelerError(
+                f"teacher endpoint {self.endpoint_host} answered HTTP {status}, a redirect, not "
+                "followed (the key goes to teacher.base_url only): set teacher.base_url to the "
+                "API root it points to"
+            )
         if status in _RETRYABLE_STATUS:
-            raise _Transient(f"HTTP {status}", retry_after=_retry_after(response.headers))
-        if status == 400 and "response_format" in body and "response_format" in response.text:
+            wait = _retry_after(response.headers)
+            retry_after = None if wait is None else self._capped_wait(wait, "Retry-After")
+            raise _Transient(f"HTTP {status}", retry_after=retry_after)
+        text = self.redact(content.decode("utf-8", errors="replace"))
+        if status == 400 and "response_format" in body and "response_format" in text:
             raise _Transient(_UNSUPPORTED)
         if status >= 400:
-            raise _Transient(f"HTTP {status}: {response.text[:200]}")
-        try:
-            data = response.json()
-            if not isinstance(data, dict) or not isinstance(data["choices"][0]["message"], dict):
-                raise TypeError
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise _Transient("malformed response", maybe_billed=True) from None
-        return data
+            raise _Transient(f"HTTP {status}: {text[:200]}")
+        return _chat_completion(text)
+
+    async def _exchange(
+        self, client: httpx.AsyncClient, body: dict[str, Any]
+    ) -> tuple[httpx.Response, bytes]:
+        """Send one request and read its answer, decompressed, up to max_response_bytes."""
+        content = bytearray()
+        async with client.stream("POST", "/chat/completions", json=body) as response:
+            async for chunk in response.aiter_bytes():
+                content += chunk
+                if len(content) > self.max_response_bytes:
+                    raise _Transient(
+                        f"response over max_response_bytes ({self.max_response_bytes:,} bytes)",
+                        maybe_billed=True,
+                        final=True,
+                    )
+        return response, bytes(content)
+
+    def redact(self, text: str) -> str:
+        """`text` from the server without the key, the header values or the proxy's credentials
+        (some gateways echo the request's headers in an error)."""
+        for secret in self._secrets:
+            text = text.replace(secret, _REDACTED)
+        return text
+
+    def _capped_wait(self, seconds: float, header: str) -> float:
+        """A wait the server asked for, cut to max_wait_s (with a warning, once per header)."""
+        if seconds <= self.max_wait_s:
+            return seconds
+        if header not in self._warned:
+            self._warned.add(header)
+            log.warning(
+                "teacher endpoint %s asked for a wait of %s s in %s: waiting %s s at most",
+                self.endpoint_host,
+                f"{seconds:,.0f}",
+                header,
+                f"{self.max_wait_s:g}",
+            )
+        return self.max_wait_s
 
     def _usage(self, response: dict[str, Any]) -> Usage:
         usage = response.get("usage") or {}
@@ -556,6 +631,89 @@ def parse_completion(
     if not (text or "").strip():
         return replace(answer, raw=text or "", completion=text or "", error=EMPTY_COMPLETION)
     return answer
+
+
+def _chat_completion(text: str) -> dict[str, Any]:
+    """The chat-completion object in a 200 answer's (redacted) text; an error object in its place
+    keeps the provider's message."""
+    try:
+        data = json.loads(text)
+        if isinstance(data, dict) and "error" in data and "choices" not in data:
+            raise _Transient(f"error from the endpoint: {_error_text(data['error'])}"[:240])
+        if not isinstance(data, dict) or not isinstance(data["choices"][0]["message"], dict):
+            raise TypeError
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise _Transient("malformed response", maybe_billed=True) from None
+    return data
+
+
+def _error_text(error: Any) -> str:
+    """An error object's message, with its type or code when it has one."""
+    if not isinstance(error, dict):
+        return str(error)
+    kind = error.get("type") or error.get("code")
+    message = str(error.get("message") or "no message")
+    return f"{message} ({kind})" if kind else message
+
+
+def header_safe(value: str, *, spaces: bool = False) -> bool:
+    """True for a value that can go in an HTTP header as it is: printable ASCII, without spaces
+    (a key) or, with `spaces`, with none at either end (another header)."""
+    if spaces:
+        return value == value.strip() and all(" " <= c <= "~" for c in value)
+    return all("!" <= c <= "~" for c in value)
+
+
+def _check_header_values(api_key: str | None, headers: Mapping[str, str]) -> None:
+    """Refuse a key or header value httpx could not send: the message names it, never its value
+    (httpx's own error would carry it, and a retried one be reserved as possibly billed)."""
+    pasted = "(a copy-paste may have added a space, newline or non-breaking space)"
+    if api_key is not None and not header_safe(api_key):
+        raise LabelerError(f"teacher api_key must be printable ASCII without spaces {pasted}")
+    for name, value in headers.items():
+        if not header_safe(value, spaces=True):
+            raise LabelerError(
+                f"teacher header {name!r} must be printable ASCII with no space at either end "
+                f"{pasted}"
+            )
+
+
+def _env_proxy(url: str) -> httpx.Proxy | None:
+    """The proxy that HTTP_PROXY / HTTPS_PROXY / ALL_PROXY name for `url` unless NO_PROXY exempts
+    its host, read as httpx reads them (trust_env); a message never shows its credentials."""
+    proxies = urllib.request.getproxies_environment()
+    parsed = urlparse(url)
+    # NO_PROXY as urllib (and so httpx) reads it; typeshed does not list the function
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if bypass(parsed.hostname or "", proxies):
+        return None
+    value = proxies.get(parsed.scheme) or proxies.get("all")
+    if not value:
+        return None
+    value = value if "://" in value else f"http://{value}"
+    scheme = urlparse(value).scheme
+    if scheme not in _PROXY_SCHEMES:
+        shown = re.sub(r"//[^/@]*@", "//***@", value)
+        raise LabelerError(
+            f"the proxy for {parsed.scheme}:// ({parsed.scheme.upper()}_PROXY or ALL_PROXY) is "
+            f"{shown}: expected http://, https:// or socks5://[user:password@]host:port"
+        )
+    return httpx.Proxy(value)
+
+
+def _redactions(
+    api_key: str | None, headers: Any, proxy: httpx.Proxy | None
+) -> tuple[str, ...]:
+    """Every form in which a secret of this client could come back: the key and header values
+    (also JSON-escaped), the proxy's password (also as its Proxy-Authorization); longest first.
+    Values under 4 characters are no secrets worth the name, and would mangle any text."""
+    found = [api_key or "", *headers]
+    if proxy is not None and proxy.auth is not None:
+        user, password = proxy.auth
+        credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
+        found += [password, quote(password, safe=""), credentials]
+    forms = {form for s in found if len(s) >= 4 for form in (s, json.dumps(s)[1:-1])}
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 def check_base_url(url: str) -> None:
@@ -674,14 +832,21 @@ def _token_steps(logprobs: Any) -> list[TokenStep]:
     return steps
 
 
-def _nodelay_transport() -> httpx.AsyncHTTPTransport:
+def _nodelay_transport(proxy: httpx.Proxy | None = None) -> httpx.AsyncHTTPTransport:
     """A transport with TCP_NODELAY: httpcore writes a request's headers and body separately, and
-    Nagle's algorithm would hold the body back until the server's delayed ACK (about 40 ms)."""
-    return httpx.AsyncHTTPTransport(
-        verify=_tls(),
-        limits=httpx.Limits(max_connections=_POOL_SIZE, max_keepalive_connections=_POOL_SIZE),
-        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-    )
+    Nagle's algorithm would hold the body back until the server's delayed ACK (about 40 ms).
+    Through `proxy` when the environment names one (httpx ignores it once given a transport)."""
+    try:
+        return httpx.AsyncHTTPTransport(
+            verify=_tls(),
+            limits=httpx.Limits(max_connections=_POOL_SIZE, max_keepalive_connections=_POOL_SIZE),
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            proxy=proxy,
+        )
+    except ImportError:  # a socks5:// proxy without socksio
+        raise LabelerError(
+            "a socks5:// proxy needs the socksio package: pip install 'httpx[socks]'"
+        ) from None
 
 
 @functools.cache

@@ -38,7 +38,25 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-FAULTS = ("429", "500", "503", "timeout", "malformed", "drop", "off_label")
+FAULTS = (
+    "429",
+    "500",
+    "503",
+    "timeout",
+    "malformed",
+    "drop",
+    "off_label",
+    # hostile or odd endpoints: an error body that echoes the request's headers (the key), an
+    # answer trickled a byte at a time, one of `huge_bytes`, a gzip bomb that inflates to it,
+    # a redirect, a 200 that is an error object, an answer saying the window resets in `reset`
+    "echo",
+    "trickle",
+    "huge",
+    "gzip_bomb",
+    "redirect",
+    "error_object",
+    "exhausted",
+)
 CLASSIFY_MARKER = "Answer with exactly one of these labels"
 RATIONALE_MARKER = "First give a short rationale"
 _VOCABULARY = (
@@ -221,6 +239,10 @@ class FakeOpenAI:
         outside_mass: float = 0.0,
         structured: bool = True,
         on_request: Callable[[dict[str, Any]], None] | None = None,
+        echo_status: int = 400,
+        trickle_s: float = 0.5,
+        huge_bytes: int = 50_000_000,
+        reset: str = "1e9",
     ) -> None:
         unknown = set(faults or {}) - set(FAULTS)
         if unknown:
@@ -235,6 +257,10 @@ class FakeOpenAI:
         self.outside_mass = outside_mass
         self.structured = structured
         self.on_request = on_request
+        self.echo_status = echo_status
+        self.trickle_s = trickle_s
+        self.huge_bytes = huge_bytes
+        self.reset = reset
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.requests = 0
@@ -449,6 +475,8 @@ def _handler_for(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
             elif fault == "malformed":
                 self._send(200, b'{"id": "chatcmpl-fake", "choices": [{"mess')
+            elif fault in _HOSTILE:
+                _HOSTILE[fault](self, server, body)
             elif self._client_gone():
                 # the client died while the answer was being "generated": not delivered, not billed
                 self.close_connection = True
@@ -477,6 +505,74 @@ def _handler_for(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                             server.faults_sent["off_label"] -= 1
 
     return Handler
+
+
+def _echo(handler: Any, server: FakeOpenAI, body: dict[str, Any]) -> None:
+    # the secret headers first: a client that cuts the text short must still not show them
+    first = {k: v for k, v in handler.headers.items() if k.lower() in ("authorization", "api-key")}
+    message = {"error": {"message": f"invalid request with headers {first} {dict(handler.headers)}"}}
+    handler._send(server.echo_status, json.dumps(message).encode())
+
+
+def _trickle(handler: Any, server: FakeOpenAI, body: dict[str, Any]) -> None:
+    payload = json.dumps(server.completion(body, off_label=False)).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    for i in range(len(payload)):
+        try:
+            handler.wfile.write(payload[i : i + 1])
+            handler.wfile.flush()
+        except OSError:
+            return
+        time.sleep(server.trickle_s)
+
+
+def _huge_payload(server: FakeOpenAI, body: dict[str, Any]) -> bytes:
+    answer = server.completion(body, off_label=False)
+    answer["choices"][0]["message"]["content"] = "x" * server.huge_bytes
+    return json.dumps(answer).encode()
+
+
+def _huge(handler: Any, server: FakeOpenAI, body: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError):
+        handler._send(200, _huge_payload(server, body))
+
+
+def _gzip_bomb(handler: Any, server: FakeOpenAI, body: dict[str, Any]) -> None:
+    import gzip
+
+    payload = gzip.compress(_huge_payload(server, body), compresslevel=9)
+    with contextlib.suppress(OSError):
+        handler._send(200, payload, {"Content-Encoding": "gzip"})
+
+
+def _redirect(handler: Any, server: FakeOpenAI, body: dict[str, Any]) -> None:
+    host, port = handler.server.server_address[:2]
+    handler._send(302, b"", {"Location": f"http://{host}:{port}/elsewhere{handler.path}"})
+
+
+def _error_object(handler: Any, server: FakeOpenAI, body: dict[str, Any]) -> None:
+    key = handler.headers.get("Authorization", "")
+    message = f"The model is overloaded (request sent with {key})"
+    handler._send(200, json.dumps({"error": {"message": message, "type": "server_error"}}).encode())
+
+
+def _exhausted(handler: Any, server: FakeOpenAI, body: dict[str, Any]) -> None:
+    payload = json.dumps(server.completion(body, off_label=False)).encode()
+    headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": server.reset}
+    handler._send(200, payload, headers)
+
+
+_HOSTILE: dict[str, Callable[[Any, FakeOpenAI, dict[str, Any]], None]] = {
+    "echo": _echo,
+    "trickle": _trickle,
+    "huge": _huge,
+    "gzip_bomb": _gzip_bomb,
+    "redirect": _redirect,
+    "error_object": _error_object,
+    "exhausted": _exhausted,
+}
 
 
 def asgi_app(server: FakeOpenAI) -> Any:

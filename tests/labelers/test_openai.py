@@ -1,3 +1,4 @@
+import json
 import time
 
 import httpx
@@ -324,3 +325,166 @@ def test_base_urls_that_would_leak_or_break_are_refused(url, message):
     with pytest.raises(LabelerError, match=r"teacher base_url") as caught:
         OpenAITeacher(TASK, model="m", base_url=url)
     assert message in str(caught.value) and "SECRET" not in str(caught.value)
+
+
+# --- the transport: secrets, deadlines, sizes, proxies, odd answers --------------------------
+
+HEADER_SECRET = "hdr-SECRET-5e1b"
+
+
+@pytest.mark.parametrize("bad", ["\xa0", "\r", "\n", " ", "é"])
+def test_a_key_that_cannot_go_in_a_header_is_refused_without_showing_it(bad):
+    with pytest.raises(LabelerError, match="printable ASCII") as caught:
+        OpenAITeacher(TASK, model="m", api_key=SENTINEL_KEY + bad)
+    assert "api_key" in str(caught.value) and SENTINEL_KEY not in str(caught.value)
+    with pytest.raises(LabelerError, match="header 'api-key'") as caught:
+        OpenAITeacher(TASK, model="m", headers={"api-key": HEADER_SECRET + bad})
+    assert HEADER_SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize("status", [400, 402, 422])
+def test_an_error_body_that_echoes_the_secrets_is_kept_redacted(status):
+    server = FakeOpenAI(faults={"echo": 1.0}, echo_status=status)
+    with server as url:
+        t = teacher(url, headers={"api-key": HEADER_SECRET}, max_retries=0)
+        (answer,) = t.label(TEXTS[:1])
+    assert server.auth_headers == [f"Bearer {SENTINEL_KEY}"]  # it was sent, and echoed
+    assert answer.error.startswith(f"HTTP {status}: ") and "[redacted]" in answer.error
+    assert SENTINEL_KEY not in answer.error and HEADER_SECRET not in answer.error
+
+
+def test_a_200_error_object_keeps_the_providers_message_redacted():
+    with FakeOpenAI(faults={"error_object": 1.0}) as url:
+        (answer,) = teacher(url, max_retries=0).label(TEXTS[:1])
+    assert "The model is overloaded" in answer.error and "server_error" in answer.error
+    assert SENTINEL_KEY not in answer.error and answer.raw is None
+
+
+def test_a_redirect_is_not_followed_and_says_so():
+    server = FakeOpenAI(faults={"redirect": 1.0})
+    with server as url, pytest.raises(LabelerError, match="redirect, not followed"):
+        teacher(url).label(TEXTS[:1])
+    assert server.requests == 1  # the key went nowhere else
+
+
+def test_server_advertised_waits_are_capped_with_one_warning(caplog):
+    with FakeOpenAI(faults={"exhausted": 1.0}, reset="1e9") as url:
+        t = teacher(url, concurrency=1, max_wait_s=0.2)
+        start = time.perf_counter()
+        answers = t.label(TEXTS[:3])
+    assert all(a.ok for a in answers) and t.limiter.pauses >= 1
+    assert time.perf_counter() - start < 5
+    warned = [r.getMessage() for r in caplog.records if "x-ratelimit-reset" in r.getMessage()]
+    assert len(warned) == 1 and "0.2 s" in warned[0]
+    caplog.clear()
+    with FakeOpenAI(faults={"429": 1.0}, retry_after="1e9") as url:
+        (answer,) = teacher(url, max_retries=1, max_wait_s=0.2).label(TEXTS[:1])
+    assert answer.error == "HTTP 429"
+    assert [r for r in caplog.records if "Retry-After" in r.getMessage()]
+
+
+def test_the_timeout_is_a_deadline_for_the_whole_answer():
+    with FakeOpenAI(faults={"trickle": 1.0}, trickle_s=0.02) as url:
+        start = time.perf_counter()
+        (answer,) = teacher(url, timeout_s=0.5, max_retries=0).label(TEXTS[:1])
+    assert answer.error == "timeout" and time.perf_counter() - start < 2
+
+
+@pytest.mark.parametrize("fault", ["huge", "gzip_bomb"])
+def test_an_answer_over_the_size_cap_is_refused_and_not_cached(fault, tmp_path):
+    cache = ResponseCache(tmp_path / "cache.sqlite")
+    server = FakeOpenAI(faults={fault: 1.0}, huge_bytes=20_000_000)
+    with server as url:
+        t = teacher(url, cache=cache, max_response_bytes=100_000, timeout_s=10)
+        (answer,) = t.label(TEXTS[:1])
+    assert answer.error == "response over max_response_bytes (100,000 bytes)"
+    assert server.requests == 1  # the same request would bring the same answer: not asked again
+    cache.close()
+    assert (tmp_path / "cache.sqlite").stat().st_size < 1_000_000
+
+
+def _proxy(mode: str = "forward"):
+    """A CONNECT-less HTTP proxy on 127.0.0.1: it forwards absolute-form requests (or answers
+    407 echoing the credentials it got) and records what it saw."""
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlsplit
+
+    seen: list[tuple[str, str]] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append((self.path, self.headers.get("Proxy-Authorization", "")))
+            if mode == "407":
+                echo = json.dumps(dict(self.headers)).encode()
+                self.send_response(407)
+                self.send_header("Content-Length", str(len(echo)))
+                self.end_headers()
+                self.wfile.write(echo)
+                return
+            target = urlsplit(self.path)
+            upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+            headers = {k: v for k, v in self.headers.items() if not k.lower().startswith("proxy")}
+            upstream.request("POST", self.path, body, headers)
+            reply = upstream.getresponse()
+            payload = reply.read()
+            self.send_response(reply.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, seen
+
+
+def _clear_proxy_env(monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "ALL_PROXY"])
+def test_proxy_variables_are_honoured_and_their_credentials_never_shown(monkeypatch, variable):
+    import base64
+
+    _clear_proxy_env(monkeypatch)
+    proxy, seen = _proxy()
+    credentials = f"user:{HEADER_SECRET}"
+    monkeypatch.setenv(variable, f"http://{credentials}@127.0.0.1:{proxy.server_address[1]}")
+    try:
+        with FakeOpenAI() as url:
+            answers = teacher(url).label(TEXTS[:3])
+            assert all(a.ok for a in answers) and len(seen) == 3
+            assert all(path == f"{url}/chat/completions" for path, _ in seen)
+            monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+            assert all(a.ok for a in teacher(url).label(TEXTS[3:5])) and len(seen) == 3
+    finally:
+        proxy.shutdown()
+    monkeypatch.delenv("NO_PROXY")
+    refusing, seen = _proxy("407")
+    monkeypatch.setenv(variable, f"http://{credentials}@127.0.0.1:{refusing.server_address[1]}")
+    try:
+        (answer,) = teacher("http://127.0.0.1:9/v1", max_retries=0).label(TEXTS[:1])
+    finally:
+        refusing.shutdown()
+    encoded = base64.b64encode(credentials.encode()).decode()
+    assert seen and encoded in seen[0][1]  # the proxy got them, and echoed them back
+    assert answer.error.startswith("HTTP 407") and "[redacted]" in answer.error
+    assert HEADER_SECRET not in answer.error and encoded not in answer.error
+
+
+def test_a_proxy_url_that_cannot_work_is_refused_without_its_credentials(monkeypatch):
+    _clear_proxy_env(monkeypatch)
+    monkeypatch.setenv("HTTP_PROXY", f"ftp://user:{HEADER_SECRET}@127.0.0.1:1")
+    with pytest.raises(LabelerError, match="HTTP_PROXY") as caught:
+        teacher("http://127.0.0.1:9/v1").label(TEXTS[:1])
+    assert HEADER_SECRET not in str(caught.value)
