@@ -8,6 +8,7 @@ was at commit, and every read checks the version against it before use.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -303,6 +304,7 @@ class Store:
                 f"invalid dataset name {name!r}: use letters, digits, '.', '_' and '-'"
             )
         tmp = self._stage(name)
+        held = hold(tmp)  # gc leaves the folder of a live writer alone, however slow it is
         try:
             data_path = tmp / DATA_FILE
             rows, schema = _write_parquet(table, data_path, schema)
@@ -326,6 +328,7 @@ class Store:
             }
             return self._publish(name, tmp, manifest)
         finally:
+            release(held)
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _stage(self, name: str) -> Path:
@@ -641,13 +644,53 @@ class Store:
         return out
 
 
+def hold(folder: Path) -> int | None:
+    """Lock `folder` for as long as its writer lives (an advisory lock on the folder itself,
+    released by `release` or by the process's end, even a SIGKILL): `remove_stale` never
+    removes a held folder. Returns the lock's descriptor (None where locks do not work)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def release(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+def _held(folder: Path) -> bool:
+    """Whether a live writer holds `folder` (see `hold`)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the lock this test may have taken
+    return False
+
+
 def remove_stale(
     folders: Sequence[Path], grace_s: float, dry_run: bool = False
 ) -> list[tuple[str, int]]:
     """Remove (unless `dry_run`) those of `folders` in which nothing changed for `grace_s`
-    seconds; returns their (path, bytes)."""
+    seconds and that no live writer holds (`hold`); returns their (path, bytes)."""
     now, found = time.time(), []
     for folder in folders:
+        if _held(folder):
+            continue
         files = [folder, *folder.rglob("*")]
         if now - max(f.stat().st_mtime for f in files) >= grace_s:
             found.append((folder, sum(f.stat().st_size for f in files if f.is_file())))

@@ -336,6 +336,42 @@ def test_gc_removes_unfinished_commits_once_they_are_old(tmp_path):
     assert store.commit("demo", table(5), licence=LICENCE).version == "v2"
 
 
+def test_gc_never_removes_a_live_writers_commit_however_slow(tmp_path):
+    import os
+    import time
+
+    store = Store(tmp_path)
+    schema = table().schema
+    started, go_on = threading.Event(), threading.Event()
+
+    def slow_batches():
+        yield from table(2).to_batches()
+        started.set()  # nothing more is written until gc has run: the folder looks stale
+        go_on.wait(30)
+        yield from table(2, offset=2).to_batches()
+
+    result = {}
+    writer = threading.Thread(
+        target=lambda: result.update(
+            ref=store.commit("demo", slow_batches(), licence=LICENCE, schema=schema)
+        )
+    )
+    writer.start()
+    assert started.wait(30)
+    (staging,) = (tmp_path / "datasets" / "demo").glob(".tmp-*")
+    old = time.time() - 2 * 3600
+    for path in (staging, *staging.iterdir()):
+        os.utime(path, (old, old))
+    assert store.gc(grace_s=0) == [] and staging.exists()
+    go_on.set()
+    writer.join(30)
+    assert str(result["ref"]) == "demo@v1" and store.load(result["ref"]).num_rows == 4
+    # a dead writer holds nothing: its folder goes
+    dead = tmp_path / "datasets" / "demo" / ".tmp-dead"
+    dead.mkdir()
+    assert [Path(p).name for p, _ in store.gc(grace_s=0)] == [".tmp-dead"]
+
+
 def test_a_streamed_commit_and_scan_hold_a_batch_at_a_time(tmp_path):
     store = Store(tmp_path)
     schema = pa.schema([("id", pa.string()), ("label", pa.string()), ("error", pa.string())])
