@@ -167,10 +167,24 @@ class _OneLine(logging.Handler):
         )
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        import stillroom
+
+        typer.echo(f"stillroom {stillroom.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     debug: Annotated[
         bool, typer.Option("--debug", help="show tracebacks and Prefect's logs")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+        ),
     ] = False,
 ) -> None:
     _Options.debug = debug

@@ -37,6 +37,8 @@ def test_the_command_is_installed(tmp_path):
     script = Path(sys.executable).parent / "stillroom"
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "Distil a teacher LLM" in done.stdout
+    done = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, f"stillroom {version('stillroom')}\n")
 
 
 @pytest.mark.parametrize("leaf", LEAVES)
