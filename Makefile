@@ -4,12 +4,13 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 DEPS    := $(VENV)/.deps
 LINKED  := $(VENV)/.linked
+DOCS    := $(VENV)/.docs
 SOURCES := $(wildcard labelers/*.py storage/*.py students/*.py flows/*.py flows/_root/*.py)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint docs bench clean
 
 # the virtualenv and every dependency; redone when pyproject.toml changes
 $(DEPS): pyproject.toml
@@ -55,5 +56,15 @@ lint: install
 	$(VENV)/bin/ruff format --check labelers storage students flows tests bench
 	$(VENV)/bin/mypy
 
+# the docs extra's packages only (not stillroom itself: that stays the strict editable install)
+$(DOCS): $(DEPS)
+	$(PY) -m pip install -q $$($(PY) -c "import shlex, tomllib; print(' '.join(map(shlex.quote, tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['docs'])))")
+	touch $(DOCS)
+
+# the documentation site in site/; --strict: a warning (a dead link, an unknown command or config
+# key in a page) fails the build
+docs: install $(DOCS)
+	$(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build .stillroom runs
+	rm -rf $(VENV) build .stillroom runs site
