@@ -58,13 +58,15 @@ lint: install
 
 # the docs extra's packages only (not stillroom itself: that stays the strict editable install)
 $(DOCS): $(DEPS)
-	$(PY) -m pip install -q $$($(PY) -c "import shlex, tomllib; print(' '.join(map(shlex.quote, tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['docs'])))")
+	$(PY) -c "import subprocess, sys, tomllib; \
+		docs = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['docs']; \
+		subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', *docs], check=True)"
 	touch $(DOCS)
 
 # the documentation site in site/; --strict: a warning (a dead link, an unknown command or config
 # key in a page) fails the build
 docs: install $(DOCS)
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) build .stillroom runs site
