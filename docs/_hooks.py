@@ -127,7 +127,9 @@ def _command_section(name: str, command: Any) -> list[str]:
             names, kind = param.name.upper(), "argument"
         else:
             names, kind = ", ".join(sorted(param.opts, key=len)), "option"
-        value = _value_kind(param.get_help_record(ctx)[0]) + (", repeatable" if param.multiple else "")
+        value = _value_kind(param.get_help_record(ctx)[0]) + (
+            ", repeatable" if param.multiple else ""
+        )
         default = "required" if param.required else _default(param.default)
         rows.append(f"| `{names}` | {kind} | {value} | {default} | {_cell(param.help or '')} |")
     if rows:
@@ -372,6 +374,11 @@ def config_reference() -> str:
         tables.setdefault(heading, []).append(row)
     lines = []
     for heading, rows in tables.items():
-        lines += [f"### {heading}", "", "| key | type | default | description |", "|---|---|---|---|"]
+        lines += [
+            f"### {heading}",
+            "",
+            "| key | type | default | description |",
+            "|---|---|---|---|",
+        ]
         lines += [*rows, ""]
     return "\n".join(lines)
