@@ -36,8 +36,8 @@ log = logging.getLogger("mkdocs.hooks.stillroom")
 ROOT = Path(__file__).resolve().parent.parent
 CLI_MARK = "<!-- stillroom:cli -->"
 CONFIG_MARK = "<!-- stillroom:config -->"
-# bench/README.md's links into the repository's README, as pages of this site
-BENCH_LINKS = {"../README.md#generative-students": "concepts/generate.md#generative-students"}
+# bench/README.md links to pages of this site as files of the repository (../docs/...)
+DOCS_PREFIX = "../docs/"
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
@@ -66,10 +66,10 @@ def benchmarks() -> str:
     for link in re.findall(r"\]\(([^)#][^)]*)\)", text):
         if link.startswith(("http://", "https://")):
             continue
-        if link not in BENCH_LINKS:
+        if not link.startswith(DOCS_PREFIX):
             log.warning("bench/README.md: no page of the site for its link %r", link)
             continue
-        text = text.replace(f"]({link})", f"]({BENCH_LINKS[link]})")
+        text = text.replace(f"]({link})", f"]({link.removeprefix(DOCS_PREFIX)})")
     return text
 
 
