@@ -332,6 +332,7 @@ _CALLED_ONLY = (
     "temperature",
     "top_logprobs",
     "max_input_chars",
+    "max_response_bytes",
     "query",
     "headers",
     "header_env",
@@ -365,6 +366,7 @@ class TeacherConfig(_Model):
     temperature: float | None = Field(default=None, ge=0)
     top_logprobs: int = Field(default=_CLIENT.top_logprobs, ge=0, le=20)
     max_input_chars: int | None = Field(default=_CLIENT.max_input_chars, ge=1)
+    max_response_bytes: int = Field(default=_CLIENT.max_response_bytes, ge=1024)
     # sent with every request: query parameters (part of the cache key), plain headers, and
     # headers whose values are read from the named environment variables (secrets)
     query: dict[str, str] = Field(default_factory=dict)

@@ -167,6 +167,7 @@ def _openai_teacher(
         else labelers.OpenAIOptions.temperature,
         top_logprobs=t.top_logprobs,
         max_input_chars=t.max_input_chars,
+        max_response_bytes=t.max_response_bytes,
         query=t.query,
         headers={
             **t.headers,
@@ -287,6 +288,12 @@ def _env(name: str, key: str) -> str:
     value = os.environ.get(name)
     if not value:
         raise SetupError(f"environment variable {name} ({key}) is not set")
+    if not labelers.header_safe(value):
+        # httpx's error would carry the value into logs and Prefect's database
+        raise SetupError(
+            f"environment variable {name} ({key}) must hold the bare secret: printable ASCII "
+            "without spaces (a copy-paste may have added a space, newline or non-breaking space)"
+        )
     return value
 
 

@@ -63,6 +63,10 @@ CASES = {
         "environment variable STILLROOM_TEST_KEY (teacher.api_key_env) is not set",
     ),
     "negative limit": ({"data.limit": -3}, "config key 'data.limit'"),
+    "response cap too small": (
+        {**OPENAI, "teacher.max_response_bytes": 10},
+        "config key 'teacher.max_response_bytes'",
+    ),
     "a name the store uses for source records": (
         {"name": "banking77-source"},
         "config key 'name': ends in '-source', which the store uses for the source records of "
@@ -149,6 +153,47 @@ def test_bad_config_or_data_is_one_line_exit_2_store_untouched(case, write_confi
     assert message in err and len(err.splitlines()) == 1
     assert SENTINEL_KEY not in err
     assert snapshot(seeded_store) == before
+
+
+# a secret read from the environment that could not go in a header: named, never shown
+SECRET_VARIABLES = {
+    "key with a trailing non-breaking space": (
+        {"STILLROOM_TEST_KEY": SENTINEL_KEY + "\xa0"},
+        {},
+        "environment variable STILLROOM_TEST_KEY (teacher.api_key_env) must hold",
+    ),
+    "key with a trailing carriage return": (
+        {"STILLROOM_TEST_KEY": SENTINEL_KEY + "\r"},
+        {},
+        "environment variable STILLROOM_TEST_KEY (teacher.api_key_env) must hold",
+    ),
+    "header secret with a space inside": (
+        {"STILLROOM_TEST_KEY": "sk-fine", "STILLROOM_HDR": "a " + SENTINEL_KEY},
+        {"teacher.header_env": {"api-key": "STILLROOM_HDR"}},
+        "environment variable STILLROOM_HDR (teacher.header_env.api-key) must hold",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SECRET_VARIABLES))
+def test_a_secret_that_cannot_go_in_a_header_is_exit_2_naming_its_variable(
+    case, write_config, seeded_store
+):
+    env, changes, message = SECRET_VARIABLES[case]
+    before = snapshot(seeded_store)
+    code, err, out = run_cli("run", str(write_config({**OPENAI, **changes})), env=env)
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert SENTINEL_KEY not in err + out
+    assert snapshot(seeded_store) == before
+
+
+def test_the_response_cap_reaches_the_teacher(write_config, monkeypatch):
+    from stillroom.flows._config import load_config
+    from stillroom.flows._teacher import build_teacher
+
+    monkeypatch.setenv("STILLROOM_TEST_KEY", SENTINEL_KEY)
+    config = load_config(write_config({**OPENAI, "teacher.max_response_bytes": 65_536}))
+    assert build_teacher(config).max_response_bytes == 65_536
 
 
 def test_bad_set_values(write_config, seeded_store):
