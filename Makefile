@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE := 1
 # the virtualenv and every dependency; redone when pyproject.toml changes
 $(DEPS): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip "setuptools>=68"
+	$(PY) -m pip install -q --upgrade pip "setuptools>=77"
 	# the CPU build of torch first, so nothing pulls a CUDA build
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q ".[local,s3,dask,dev]"

@@ -772,6 +772,20 @@ def datasets_export(
     typer.echo(f"{out}: load with datasets.load_dataset({str(out)!r})")
 
 
+@app.command()
+@handled
+def example(
+    name: Annotated[str, typer.Argument(help="the example: banking77, generate, recorded, ...")],
+    folder: Annotated[Path, typer.Argument(help="where to write it (examples/ inside it)")],
+) -> None:
+    """Write a bundled example (its config and the data it reads, with their licences) into a
+    folder, to run from there."""
+    from ._examples import write_example
+
+    config = write_example(name, folder)
+    typer.echo(f"cd {folder} && stillroom run {config}")
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, as Prefect's workers, Kubernetes and `kill` stop a process: it stops the run the
     way Ctrl-C does, with the same message."""

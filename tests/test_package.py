@@ -4,6 +4,7 @@ importing the CLI changes nothing in the process."""
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from importlib.metadata import version
@@ -64,3 +65,60 @@ def test_importing_the_cli_has_no_side_effects(tmp_path):
     done = python(code, tmp_path)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_wheel_runs_the_bundled_example_outside_the_clone(tmp_path):
+    import sysconfig
+    import zipfile
+
+    wheels = tmp_path / "wheels"
+    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*build, "-w", str(wheels), str(ROOT)], check=True, timeout=300)
+    (wheel,) = wheels.glob("stillroom-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "stillroom/examples/banking77.yaml" in names
+    assert "stillroom/examples/data/banking77/SOURCE.md" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py, command = venv / "bin" / "python", venv / "bin" / "stillroom"
+    install = [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)]
+    subprocess.run(install, check=True, timeout=300)
+    # the dependencies come from this environment (a path a .pth adds is not a site folder, so
+    # the editable install's own .pth there is not read: `stillroom` is the wheel's)
+    site = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    Path(site, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+
+    elsewhere = tmp_path / "elsewhere"
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "PREFECT_HOME": str(tmp_path / "p")}
+    done = subprocess.run(
+        [str(command), "example", "banking77", str(elsewhere)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"cd {elsewhere} && stillroom run examples/banking77.yaml"
+    where = subprocess.run(
+        [str(py), "-c", "import stillroom; print(stillroom.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+    )
+    assert where.stdout.startswith(str(venv)), where.stdout + where.stderr
+    run = [str(command), "run", "examples/banking77.yaml", "--set", "data.limit=300"]
+    done = subprocess.run(run, capture_output=True, text=True, env=env, cwd=elsewhere, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((elsewhere / done.stdout.strip().splitlines()[-1]).read_text())
+    assert report["dataset"]["name"] == "banking77" and report["dataset"]["rows"] == 300
+    assert (elsewhere / ".stillroom" / "datasets" / "banking77" / "v1" / "manifest.json").is_file()
