@@ -16,13 +16,15 @@ from ._recorded import (
     RecordedFields,
     RecordedTeacher,
 )
-from ._tokens import count_message_tokens, token_counter
+from ._tokens import count_message_tokens, message_token_bound, token_counter
 from ._types import (
     BUDGET_EXHAUSTED,
     EMPTY_COMPLETION,
+    MALFORMED_ANSWER,
     MULTI_LABEL_SEPARATOR,
     MULTI_LABEL_THRESHOLD,
     REFUSAL,
+    TOOL_CALLS,
     Answer,
     Budget,
     ClassifyTask,
@@ -32,6 +34,8 @@ from ._types import (
     OnAnswer,
     Price,
     ResponseCache,
+    SharedCache,
+    SpendLedger,
     Teacher,
     Usage,
 )
@@ -39,11 +43,13 @@ from ._types import (
 __all__ = [
     "BUDGET_EXHAUSTED",
     "EMPTY_COMPLETION",
+    "MALFORMED_ANSWER",
     "MULTI_LABEL_SEPARATOR",
     "MALFORMED_RECORDED_ANSWER",
     "MULTI_LABEL_THRESHOLD",
     "NO_RECORDED_ANSWER",
     "REFUSAL",
+    "TOOL_CALLS",
     "Answer",
     "Budget",
     "ClassifyTask",
@@ -60,6 +66,8 @@ __all__ = [
     "ResponseCache",
     "ResponseFormat",
     "ScoringTeacher",
+    "SharedCache",
+    "SpendLedger",
     "Teacher",
     "TokenStep",
     "TransformersTeacher",
@@ -71,6 +79,7 @@ __all__ = [
     "check_base_url",
     "header_safe",
     "count_message_tokens",
+    "message_token_bound",
     "label_distribution",
     "match_label",
     "prompt_hash",

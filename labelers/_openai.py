@@ -13,13 +13,15 @@ import email.utils
 import functools
 import json
 import logging
+import math
 import random
 import re
 import socket
 import ssl
 import time
 import urllib.request
-from collections.abc import Coroutine, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Generic, Literal, TypeVar, get_args
 from urllib.parse import quote, urlparse
@@ -29,11 +31,13 @@ import httpx
 from ._limits import MAX_SERVER_WAIT_S, RateLimiter, exhausted_for
 from ._parse import TokenStep, label_distribution, match_label
 from ._prompt import RATIONALE_LABEL, build_messages
-from ._tokens import count_message_tokens
+from ._tokens import count_message_tokens, message_token_bound
 from ._types import (
     BUDGET_EXHAUSTED,
     EMPTY_COMPLETION,
+    MALFORMED_ANSWER,
     REFUSAL,
+    TOOL_CALLS,
     Answer,
     Budget,
     ClassifyTask,
@@ -42,7 +46,9 @@ from ._types import (
     LabelStats,
     OnAnswer,
     Price,
+    Reservation,
     ResponseCache,
+    SharedCache,
     Usage,
 )
 
@@ -110,6 +116,14 @@ class _Transient(Exception):
         self.final = final
 
 
+class _Malformed(ValueError):
+    """A field of an answer that cannot be true (its message says which and why)."""
+
+
+# a logprob a hair above 0 is float rounding at the server; more is not a probability
+_LOGPROB_SLACK = 1e-5
+
+
 class OpenAITeacher(Generic[TaskT]):
     """Label texts with a chat model behind an OpenAI-compatible API, or have it write completions.
 
@@ -148,6 +162,9 @@ class OpenAITeacher(Generic[TaskT]):
     max_wait_s : the longest pause a server may impose (Retry-After, exhausted x-ratelimit
         headers); a longer one is cut to it, with a warning.
     cache : where paid answers are stored before use (see ``storage.ResponseCache``).
+    retry_malformed : ask again a request whose cached answer is malformed (usage that cannot be
+        true, logprobs that are not probabilities, content that is not text), replacing it; off,
+        such an answer stays a failure with reason ``malformed answer: ...`` and is not paid again.
     transport : an httpx transport, for tests (``httpx.MockTransport``) or custom networking;
         without one, HTTP_PROXY / HTTPS_PROXY / ALL_PROXY / NO_PROXY apply as in httpx.
     """
@@ -176,6 +193,7 @@ class OpenAITeacher(Generic[TaskT]):
         query: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         cache: ResponseCache | None = None,
+        retry_malformed: bool = False,
         transport: httpx.AsyncBaseTransport | None = None,
         backoff_s: float = 0.5,
         backoff_max_s: float = 30.0,
@@ -211,6 +229,7 @@ class OpenAITeacher(Generic[TaskT]):
         self.temperature = temperature
         self.top_logprobs = top_logprobs
         self.cache = cache
+        self.retry_malformed = retry_malformed
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.stats = LabelStats()
@@ -295,6 +314,7 @@ class OpenAITeacher(Generic[TaskT]):
         on_answer: OnAnswer | None = None,
     ) -> list[Answer]:
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        headers["Accept-Encoding"] = "gzip, deflate"  # what _decoder inflates a piece at a time
         headers.update(self._headers)
         # httpcore's pool scans every connection for every queued request, so one pool of 64+
         # connections spends more CPU than the requests; small pools keep that cost flat
@@ -354,9 +374,10 @@ class OpenAITeacher(Generic[TaskT]):
                 attempts += tries
             if response is None:
                 return Answer(record_id, None, error=error, usage=spent, attempts=attempts)
-            answer = self.parse_response(record_id, response, cached=cached)
+            answer = self.parse_response(record_id, response, cached=cached, request=body)
             spent += answer.usage
-            if answer.ok or round_ == asks - 1:
+            # a malformed answer is not an off-label one a reminder could fix
+            if answer.ok or round_ == asks - 1 or (answer.error or "").startswith(MALFORMED_ANSWER):
                 return replace(answer, usage=spent, attempts=attempts)
             body = self.follow_up(body, answer.raw or "")
         raise AssertionError("unreachable")
@@ -388,6 +409,8 @@ class OpenAITeacher(Generic[TaskT]):
         """(response, tries, from cache, failure reason): the cache first, then the endpoint."""
         key = self.cache_key(body)
         cached = self.cache.get(key) if self.cache is not None else None
+        if cached is not None and self.retry_malformed and self._malformed(cached, body):
+            cached = None if self._forget(key, cached) else cached
         shared = self._shared()
         if cached is None and shared is not None:
             # another asker's claim outlives every try it may make (then it is taken as dead)
@@ -401,6 +424,16 @@ class OpenAITeacher(Generic[TaskT]):
         finally:
             if shared is not None:
                 shared.release(key)  # a no-op once the answer is stored
+
+    def _malformed(self, response: dict[str, Any], body: dict[str, Any]) -> bool:
+        error = self.parse_response("", response, request=body).error or ""
+        return error.startswith(MALFORMED_ANSWER)
+
+    def _forget(self, key: dict[str, Any], response: dict[str, Any]) -> bool:
+        """Drop a cached answer that cannot be used, to ask again; False when the cache cannot."""
+        if not isinstance(self.cache, SharedCache):
+            return False
+        return self.cache.forget(key, response)
 
     def _shared(self) -> Any:
         """The cache, when several processes label into it at once (a cluster's workers): it
@@ -421,55 +454,83 @@ class OpenAITeacher(Generic[TaskT]):
     async def _send(
         self, client: httpx.AsyncClient, body: dict[str, Any], key: dict[str, Any]
     ) -> tuple[dict[str, Any] | None, int, bool, str | None]:
-        prompt_tokens = count_message_tokens(body["messages"], self.model)
-        tokens = prompt_tokens + int(body.get("max_tokens") or 0)
-        reserve = self.price.cost(prompt_tokens, int(body.get("max_tokens") or 0))
-        if self.budget is not None and not self.budget.reserve(reserve):
+        worst = self.worst_case(body)
+        tokens = count_message_tokens(body["messages"], self.model) + worst.output_tokens
+        reservation = self._reserve(worst)
+        if reservation is None:
             return None, 0, False, BUDGET_EXHAUSTED
         try:
-            attempt = 0
-            while True:
-                attempt += 1
-                await self.limiter.acquire(tokens)
-                try:
-                    response = await self._post(client, body)
-                except _Transient as exc:
-                    self.limiter.settle(tokens, 0)  # nothing was used
-                    if exc.maybe_billed and self.budget is not None:
-                        # counted at its worst case: the budget must hold even if it was billed
-                        self.budget.settle(0.0, reserve)
-                        if self.budget.over():
-                            self.budget.exhausted = True
-                            return None, attempt, False, BUDGET_EXHAUSTED
-                    if exc.reason == _UNSUPPORTED or exc.final:
-                        return None, attempt, False, exc.reason
-                    if exc.retry_after is not None and exc.reason == "HTTP 429":
-                        self.limiter.pause(min(exc.retry_after, self.backoff_max_s * 4))
-                    if attempt > self.max_retries:
-                        return None, attempt, False, exc.reason
-                    self.stats.retries += 1
-                    await asyncio.sleep(self._backoff(attempt, exc.retry_after))
-                    continue
-                break
-        finally:
+            response, attempt, error = await self._post_retrying(client, body, key, tokens, worst)
+            if response is None:
+                return None, attempt, False, error
+            usage = self._booked(response, body)
+            reported = usage.input_tokens + usage.output_tokens
+            self.limiter.settle(tokens, reported or tokens)
             if self.budget is not None:
-                self.budget.settle(reserve, 0.0)
-        usage = self._usage(response)
-        reported = usage.input_tokens + usage.output_tokens if response.get("usage") else tokens
-        self.limiter.settle(tokens, reported)
-        if self.budget is not None:
-            self.budget.settle(0.0, usage.cost_usd)
-        self.stats.paid(usage)
-        # stored before it is used: a crash after this line never pays for it again
-        if self.cache is not None:
-            self.cache.put(
-                key,
-                response,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cost_usd=usage.cost_usd,
-            )
-        return response, attempt, False, None
+                self.budget.spend(usage.cost_usd)
+            self.stats.paid(usage)
+            # stored as received before anything looks into it: a crash or a field that cannot
+            # be read never pays for it again; booked at its worst case when its usage lies
+            if self.cache is not None:
+                self.cache.put(
+                    key,
+                    response,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    cost_usd=usage.cost_usd,
+                )
+            return response, attempt, False, None
+        finally:
+            # released after the answer is booked: another process never sees the money free
+            if self.budget is not None:
+                self.budget.release(reservation)
+
+    def _reserve(self, worst: Usage) -> Reservation | None:
+        """The budget's hold on a call's worst case (an empty one without a budget)."""
+        if self.budget is None:
+            return Reservation(0.0)
+        return self.budget.reserve(worst.cost_usd)
+
+    async def _post_retrying(
+        self,
+        client: httpx.AsyncClient,
+        body: dict[str, Any],
+        key: dict[str, Any],
+        tokens: int,
+        worst: Usage,
+    ) -> tuple[dict[str, Any] | None, int, str | None]:
+        """(answer, tries, failure reason): `_post` with retries and backoff."""
+        attempt = 0
+        while True:
+            attempt += 1
+            await self.limiter.acquire(tokens)
+            try:
+                return await self._post(client, body), attempt, None
+            except _Transient as exc:
+                self.limiter.settle(tokens, 0)  # nothing was used
+                if exc.maybe_billed and self.budget is not None:
+                    # counted at its worst case: the budget must hold even if it was billed
+                    self.budget.book(key, worst.cost_usd)
+                    if self.budget.over():
+                        self.budget.exhausted = True
+                        return None, attempt, BUDGET_EXHAUSTED
+                if exc.reason == _UNSUPPORTED or exc.final:
+                    return None, attempt, exc.reason
+                if exc.retry_after is not None and exc.reason == "HTTP 429":
+                    self.limiter.pause(min(exc.retry_after, self.backoff_max_s * 4))
+                if attempt > self.max_retries:
+                    return None, attempt, exc.reason
+                self.stats.retries += 1
+                await asyncio.sleep(self._backoff(attempt, exc.retry_after))
+
+    def worst_case(self, body: dict[str, Any]) -> Usage:
+        """The most a request can cost: the prompt's token bound (its response_format too, which
+        providers bill as prompt) and all of max_tokens; what a budget reserves before sending,
+        and above which a reported usage cannot be true."""
+        prompt = message_token_bound(body["messages"], self.model)
+        if "response_format" in body:
+            prompt += len(json.dumps(body["response_format"]).encode())
+        return self.price.usage(prompt, int(body.get("max_tokens") or 0))
 
     async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -481,6 +542,8 @@ class OpenAITeacher(Generic[TaskT]):
             raise _Transient("timeout", maybe_billed=True) from None
         except httpx.TransportError as exc:
             raise _Transient(f"connection error: {type(exc).__name__}", maybe_billed=True) from None
+        except zlib.error:
+            raise _Transient("malformed response: broken compression", maybe_billed=True) from None
         status = response.status_code
         exhausted = exhausted_for(response.headers)
         if exhausted:
@@ -512,8 +575,9 @@ class OpenAITeacher(Generic[TaskT]):
         """Send one request and read its answer, decompressed, up to max_response_bytes."""
         content = bytearray()
         async with client.stream("POST", "/chat/completions", json=body) as response:
-            async for chunk in response.aiter_bytes():
-                content += chunk
+            decode = _decoder(response.headers.get("content-encoding", ""))
+            async for chunk in response.aiter_raw():
+                content += decode(chunk, self.max_response_bytes + 1 - len(content))
                 if len(content) > self.max_response_bytes:
                     raise _Transient(
                         f"response over max_response_bytes ({self.max_response_bytes:,} bytes)",
@@ -544,10 +608,33 @@ class OpenAITeacher(Generic[TaskT]):
             )
         return self.max_wait_s
 
-    def _usage(self, response: dict[str, Any]) -> Usage:
-        usage = response.get("usage") or {}
-        tokens = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        return self.price.usage(*tokens)
+    def _booked(self, response: dict[str, Any], body: dict[str, Any]) -> Usage:
+        """What an answer cost: its reported usage; its worst case when that cannot be true; the
+        worst case's dollars (tokens unknown) when it reports none."""
+        if response.get("usage") is None:
+            return Usage(0, 0, self.worst_case(body).cost_usd)
+        try:
+            return self._usage(response, body)
+        except _Malformed:
+            return self.worst_case(body)
+
+    def _usage(self, response: dict[str, Any], body: dict[str, Any] | None = None) -> Usage:
+        """The usage an answer reports, priced; `_Malformed` when it cannot be true: counts that
+        are not whole numbers from 0, or (given the request) more than the request can use."""
+        usage = response.get("usage")
+        if usage is None:
+            return Usage()
+        if not isinstance(usage, dict):
+            raise _Malformed(f"usage is {_kind(usage)}, not an object")
+        counts = [_token_count(usage, name) for name in ("prompt_tokens", "completion_tokens")]
+        if body is not None:
+            worst = self.worst_case(body)
+            bound = worst.input_tokens + worst.output_tokens
+            if sum(counts) > bound:
+                raise _Malformed(
+                    f"usage of {sum(counts):,} tokens is more than the request can use ({bound:,})"
+                )
+        return self.price.usage(*counts)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -563,17 +650,42 @@ class OpenAITeacher(Generic[TaskT]):
         return self.task.labels
 
     def parse_response(
-        self, record_id: str, response: dict[str, Any], *, cached: bool = False
+        self,
+        record_id: str,
+        response: dict[str, Any],
+        *,
+        cached: bool = False,
+        request: dict[str, Any] | None = None,
     ) -> Answer:
         """The Answer in a chat-completions response: a label and its distribution (never coerced
-        from an off-label answer), or for a generation task the completion (`parse_completion`)."""
-        spent = self._usage(response)
-        choice = response["choices"][0]
-        if isinstance(self.task, GenerateTask):
-            return parse_completion(record_id, choice, spent, cached=cached)
+        from an off-label answer), or for a generation task the completion (`parse_completion`).
+
+        Never raises: a field that cannot be true (usage that is not a count, or more than
+        `request` can use; logprobs that are not probabilities; content that is not text) makes
+        the answer a failure whose reason starts ``malformed answer``, what it said in `raw`.
+        """
+        try:
+            spent = self._usage(response, request)
+        except _Malformed as exc:
+            worst = self.worst_case(request) if request is not None else Usage()
+            return _malformed(record_id, response, exc, worst, cached)
+        try:
+            choice = _first_choice(response)
+            if isinstance(self.task, GenerateTask):
+                return _completion(record_id, choice, spent, cached=cached)
+            return self._classification(record_id, choice, spent, cached)
+        except _Malformed as exc:
+            return _malformed(record_id, response, exc, spent, cached)
+
+    def _classification(
+        self, record_id: str, choice: dict[str, Any], spent: Usage, cached: bool
+    ) -> Answer:
         labels = self._labels()
-        raw = (choice.get("message") or {}).get("content") or ""
+        message = choice["message"]
+        raw = _content(message)
         steps = _token_steps(choice.get("logprobs"))
+        if raw is None:
+            return _not_answered(record_id, message, spent, cached)
         said, why = raw, None
         if self._rationale:
             why, said, steps = _after_rationale(raw, steps)
@@ -589,6 +701,7 @@ class OpenAITeacher(Generic[TaskT]):
             if dist is None
             else (tuple(dist[0]), dist[1])
         )
+        _check_probabilities(probs, coverage)
         return Answer(
             record_id, label, probs, coverage, raw=raw, usage=spent, cached=cached, rationale=why
         )
@@ -605,14 +718,24 @@ def parse_completion(
 
     The text is kept exactly as sent; a refusal (``message.refusal`` or ``finish_reason
     content_filter``) and a text with nothing but white space are kept as failures with their
-    reason.
+    reason; content that is not text, or logprobs that are not probabilities, fail with a reason
+    starting ``malformed answer``. Never raises.
     """
-    message = choice.get("message") or {}
-    content = message.get("content")
-    text = content if isinstance(content, str) else None
+    try:
+        return _completion(record_id, choice, usage, cached=cached)
+    except _Malformed as exc:
+        return _malformed(record_id, {"choices": [choice]}, exc, usage, cached)
+
+
+def _completion(record_id: str, choice: dict[str, Any], usage: Usage, *, cached: bool) -> Answer:
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        raise _Malformed(f"message is {_kind(message)}, not an object")
+    text = _content(message)
     finish = choice.get("finish_reason")
     logprobs = choice.get("logprobs")
     answered = isinstance(logprobs, dict) and logprobs.get("content") is not None
+    steps = _token_steps(logprobs)
     answer = Answer(
         record_id,
         None,
@@ -621,16 +744,154 @@ def parse_completion(
         cached=cached,
         completion=text,
         finish_reason=finish if isinstance(finish, str) else None,
-        tokens=tuple(_token_steps(logprobs)) if answered else None,
+        tokens=tuple(steps) if answered else None,
     )
     refusal = message.get("refusal")
     if refusal:
-        return replace(answer, raw=str(refusal), error=REFUSAL)
+        return replace(answer, raw=_printable(refusal), error=REFUSAL)
     if finish == "content_filter":
         return replace(answer, error=f"{REFUSAL}: content_filter")
     if not (text or "").strip():
         return replace(answer, raw=text or "", completion=text or "", error=EMPTY_COMPLETION)
     return answer
+
+
+def _first_choice(response: dict[str, Any]) -> dict[str, Any]:
+    choices = response.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise _Malformed("choices is not a list of objects")
+    choice: dict[str, Any] = choices[0]
+    if not isinstance(choice.get("message"), dict):
+        raise _Malformed(f"message is {_kind(choice.get('message'))}, not an object")
+    return choice
+
+
+def _content(message: dict[str, Any]) -> str | None:
+    """The message's text, None when it has none; `_Malformed` when it is not text."""
+    content = message.get("content")
+    if content is None or _is_text(content):
+        return content
+    if isinstance(content, str):
+        raise _Malformed("content is not valid text (a lone surrogate)")
+    raise _Malformed(f"content is {_kind(content)}, not a string")
+
+
+def _not_answered(record_id: str, message: dict[str, Any], spent: Usage, cached: bool) -> Answer:
+    """A classification answered with no text: a refusal or tool calls, kept in `raw`."""
+    refusal, calls = message.get("refusal"), message.get("tool_calls")
+    if refusal:
+        return Answer(
+            record_id, None, raw=_printable(refusal), error=REFUSAL, usage=spent, cached=cached
+        )
+    if calls:
+        return Answer(
+            record_id, None, raw=_printable(calls), error=TOOL_CALLS, usage=spent, cached=cached
+        )
+    return Answer(record_id, None, raw="", error="empty answer", usage=spent, cached=cached)
+
+
+def _malformed(
+    record_id: str, response: dict[str, Any], exc: _Malformed, usage: Usage, cached: bool
+) -> Answer:
+    """The failure for an answer with a field that cannot be true; what it said is in `raw`."""
+    return Answer(
+        record_id,
+        None,
+        raw=_said(response),
+        error=f"{MALFORMED_ANSWER}: {exc}",
+        usage=usage,
+        cached=cached,
+    )
+
+
+def _said(response: dict[str, Any]) -> str:
+    """What an answer said, as storable text: its content, else its message, else all of it."""
+    choices = response.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if isinstance(message, dict) and message.get("content") is not None:
+        return _printable(message["content"])
+    return _printable(message if message is not None else response)[:2000]
+
+
+def _printable(value: Any) -> str:
+    """`value` as text that can be stored: a string as it is (lone surrogates escaped), anything
+    else as JSON."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _is_text(value: Any) -> bool:
+    """A string that UTF-8 can hold (JSON's \\ud800 escapes make lone surrogates)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _kind(value: Any) -> str:
+    names = {list: "a list", dict: "an object", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
+def _token_count(usage: dict[str, Any], name: str) -> int:
+    """A usage count: a whole number from 0 (missing counts as 0); `_Malformed` otherwise."""
+    value = usage.get(name)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Malformed(f"usage {name} is {_kind(value)}, not a count")
+    if not math.isfinite(value) or value != int(value) or value < 0:
+        raise _Malformed(f"usage {name} is {value!r}, not a count from 0")
+    return int(value)
+
+
+def _logprob(item: dict[str, Any]) -> float:
+    """A token's logprob: a finite number at most 0 (a hair above is rounding, read as 0)."""
+    value = item.get("logprob")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Malformed(f"a logprob is {_kind(value)}, not a number")
+    if not math.isfinite(value) or value > _LOGPROB_SLACK:
+        raise _Malformed(f"a logprob is {value!r}, not the log of a probability")
+    return min(float(value), 0.0)
+
+
+def _token(item: Any) -> str:
+    if not isinstance(item, dict):
+        raise _Malformed(f"a logprobs entry is {_kind(item)}, not an object")
+    token = item.get("token")
+    if not _is_text(token):
+        raise _Malformed(f"a logprobs token is {_kind(token)}, not text")
+    return str(token)
+
+
+def _check_probabilities(probs: tuple[float, ...], coverage: float | None) -> None:
+    """Probabilities are finite, in [0, 1] and sum to 1 (within 1e-6), or the answer fails."""
+    finite = all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in probs)
+    if not finite or abs(sum(probs) - 1.0) > 1e-6:
+        raise _Malformed("the logprobs give no probability distribution over the labels")
+    if coverage is not None and not (math.isfinite(coverage) and 0.0 <= coverage <= 1.0):
+        raise _Malformed(f"the logprobs give a coverage of {coverage!r}")
+
+
+def _decoder(encoding: str) -> Callable[[bytes, int], bytes]:
+    """A function that decodes the next chunk of a body sent with `encoding`, inflating at most
+    `limit` bytes of it: a gzip bomb's 64 KB chunk would otherwise inflate to 64 MB at once."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return lambda chunk, limit: chunk
+    if encoding not in ("gzip", "deflate"):
+        raise _Transient(
+            f"malformed response: content-encoding {encoding[:40]!r} was not asked for",
+            maybe_billed=True,
+        )
+    inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)  # a gzip or zlib header, detected
+    return lambda chunk, limit: inflater.decompress(chunk, max(limit, 1))
 
 
 def _chat_completion(text: str) -> dict[str, Any]:
@@ -822,13 +1083,25 @@ def _generate_body(
 
 
 def _token_steps(logprobs: Any) -> list[TokenStep]:
-    content = (logprobs or {}).get("content") if isinstance(logprobs, dict) else None
+    """The generated tokens with their logprobs; `_Malformed` when they are not tokens and
+    probabilities (a logprob above 0, NaN or infinite, a token that is not text)."""
+    if logprobs is None:
+        return []
+    if not isinstance(logprobs, dict):
+        raise _Malformed(f"logprobs is {_kind(logprobs)}, not an object")
+    content = logprobs.get("content")
     if not content:
         return []
+    if not isinstance(content, list):
+        raise _Malformed(f"logprobs content is {_kind(content)}, not a list")
     steps = []
     for item in content:
-        top = tuple((alt["token"], float(alt["logprob"])) for alt in item.get("top_logprobs") or [])
-        steps.append(TokenStep(item["token"], float(item["logprob"]), top))
+        token = _token(item)
+        alternatives = item.get("top_logprobs") or []
+        if not isinstance(alternatives, list):
+            raise _Malformed(f"top_logprobs is {_kind(alternatives)}, not a list")
+        top = tuple((_token(alt), _logprob(alt)) for alt in alternatives)
+        steps.append(TokenStep(token, _logprob(item), top))
     return steps
 
 

@@ -24,6 +24,15 @@ EMPTY_COMPLETION = "empty completion"
 REFUSAL = "refusal"
 """How the failure reason of a refused generation starts (the model's refusal text is in `raw`)."""
 
+MALFORMED_ANSWER = "malformed answer"
+"""How the failure reason of an answer with a field that cannot be true starts (usage that is not
+a count within the request's bounds, logprobs that are not probabilities, content that is not
+text); what it said is in `raw`, and the answer is asked again only when the user says so."""
+
+TOOL_CALLS = "tool calls"
+"""The failure reason of a classification answered with tool calls instead of a label (the
+calls, as JSON, are in `raw`)."""
+
 MAX_TOP_LOGPROBS = 20
 """The most alternatives per token that OpenAI-compatible endpoints return."""
 
@@ -198,6 +207,37 @@ class LabelStats:
         self.cost_usd += usage.cost_usd
 
 
+class SpendLedger(Protocol):
+    """Spend and reservations kept where every process sharing a store sees them
+    (storage.ResponseCache fits: its spend ledger, filed under its tag). What a call cost is
+    booked by the cache's `put`; the ledger holds reservations for calls in flight."""
+
+    def hold(self, usd: float, limit_usd: float) -> int | None:
+        """Reserve `usd` unless what was spent, what live askers hold and `usd` would pass
+        `limit_usd`; the hold's id, or None."""
+        ...
+
+    def unhold(self, hold: int) -> None:
+        """End a reservation (its call is settled: booked by `put`, or failed)."""
+        ...
+
+    def book(self, request: dict[str, Any], cost_usd: float) -> None:
+        """Record a cost without an answer (a call that may have been billed)."""
+        ...
+
+    def committed(self) -> float:
+        """What was spent and what live askers hold, in dollars."""
+        ...
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What a call holds of a budget until it is settled (`hold`: its id in a ledger)."""
+
+    usd: float
+    hold: int | None = None
+
+
 class Budget:
     """A hard cap on dollars, shared by every teacher that draws on it (the per-label teachers of
     a multi-label task draw on one). A call reserves its worst-case cost before it is sent and
@@ -207,30 +247,58 @@ class Budget:
     ----------
     limit_usd : float
         What may be spent through this budget.
+    ledger : SpendLedger, optional
+        Where spend and reservations are kept when several processes draw on the budget at once
+        (two runs of a config on one store): the cap then holds for all of them together, and
+        over what the ledger already holds (earlier runs). It must be the cache the teachers
+        store their answers in, whose `put` books what each call cost. None: this process only,
+        from nothing spent.
     """
 
-    def __init__(self, limit_usd: float) -> None:
+    def __init__(self, limit_usd: float, ledger: SpendLedger | None = None) -> None:
         self.limit_usd = limit_usd
-        self.spent_usd = 0.0
+        self.ledger = ledger
+        self.spent_usd = 0.0  # through this object
         self.exhausted = False
         self._reserved_usd = 0.0
 
-    def reserve(self, usd: float) -> bool:
-        """Hold `usd` for a call; False (and `exhausted`) when that would pass the limit."""
+    def reserve(self, usd: float) -> Reservation | None:
+        """Hold `usd` for a call; None (and `exhausted`) when that would pass the limit."""
+        if self.ledger is not None:
+            hold = self.ledger.hold(usd, self.limit_usd)
+            if hold is None:
+                self.exhausted = True
+                return None
+            return Reservation(usd, hold)
         if self.spent_usd + self._reserved_usd + usd > self.limit_usd:
             self.exhausted = True
-            return False
+            return None
         self._reserved_usd += usd
-        return True
+        return Reservation(usd)
+
+    def release(self, reservation: Reservation) -> None:
+        """End a call's reservation (once what it cost is spent, or it failed)."""
+        if self.ledger is not None and reservation.hold is not None:
+            self.ledger.unhold(reservation.hold)
+        else:
+            self._reserved_usd -= reservation.usd
+
+    def spend(self, usd: float) -> None:
+        """Count what a call cost (a ledger has it already, from the cache's `put`)."""
+        self.spent_usd += usd
+
+    def book(self, request: dict[str, Any], usd: float) -> None:
+        """Count a cost no answer came with (a call that may have been billed), in the ledger
+        too."""
+        self.spent_usd += usd
+        if self.ledger is not None:
+            self.ledger.book(request, usd)
 
     def over(self) -> bool:
         """True when what is spent and held already passes the limit."""
+        if self.ledger is not None:
+            return self.ledger.committed() > self.limit_usd
         return self.spent_usd + self._reserved_usd > self.limit_usd
-
-    def settle(self, reserved_usd: float, spent_usd: float) -> None:
-        """Release a reservation and record what the call really cost (0 when it failed)."""
-        self._reserved_usd -= reserved_usd
-        self.spent_usd += spent_usd
 
 
 @dataclass(frozen=True)
@@ -326,3 +394,23 @@ class ResponseCache(Protocol):
         output_tokens: int,
         cost_usd: float,
     ) -> None: ...
+
+
+@runtime_checkable
+class SharedCache(ResponseCache, Protocol):
+    """A response cache several processes write at once (storage.ResponseCache fits): a request
+    is claimed before it is sent, so a second asker waits for the first one's answer."""
+
+    def claim(self, request: dict[str, Any], stale_s: float = ...) -> bool:
+        """Take the right to send `request`; False when it is answered or another asker holds
+        it."""
+        ...
+
+    def release(self, request: dict[str, Any]) -> None:
+        """Give up a claim without an answer."""
+        ...
+
+    def forget(self, request: dict[str, Any], response: dict[str, Any]) -> bool:
+        """Drop the stored answer to `request` if it is still `response` (one that could not be
+        used, asked again); True when it was dropped."""
+        ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import os
 import socket
 import sqlite3
@@ -47,6 +48,12 @@ CREATE TABLE IF NOT EXISTS ledger (
     cost_usd REAL NOT NULL,
     key TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS holds (
+    tag TEXT,
+    owner TEXT NOT NULL,
+    usd REAL NOT NULL,
+    held_at REAL NOT NULL
+);
 """
 
 
@@ -69,9 +76,22 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def stored_json(value: Any) -> str:
+    """`canonical_json`, with any lone surrogate (JSON's \\ud800 in an answer) kept as its
+    escape: SQLite and files hold UTF-8, which has no such character; json.loads reads it back
+    as it was received."""
+    text = canonical_json(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return text
+
+
 def request_key(request: dict[str, Any]) -> str:
     """sha256 of the request's canonical JSON: the same request always has the same key."""
-    return hashlib.sha256(canonical_json(request).encode()).hexdigest()
+    # surrogatepass: a crafted request with a lone surrogate gets a key, not an exception
+    return hashlib.sha256(canonical_json(request).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class ResponseCache:
@@ -192,8 +212,8 @@ class ResponseCache:
                 "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     key,
-                    canonical_json(request),
-                    canonical_json(response),
+                    stored_json(request),
+                    stored_json(response),
                     input_tokens,
                     output_tokens,
                     cost_usd,
@@ -207,6 +227,66 @@ class ResponseCache:
                 )
             if self.claims:
                 self._db.execute("DELETE FROM claims WHERE key = ?", (key,))
+
+    def forget(self, request: dict[str, Any], response: dict[str, Any]) -> bool:
+        """Drop the stored answer to `request` if it is still `response` (one that could not be
+        used, to be asked again); its ledger row stays, it was paid. True when it was dropped."""
+        with self._using(), self._db:
+            self._check_same_file()
+            cursor = self._db.execute(
+                "DELETE FROM responses WHERE key = ? AND response = ?",
+                (request_key(request), stored_json(response)),
+            )
+        return cursor.rowcount > 0
+
+    # --- a budget shared by every process labeling into this file, in its ledger -----------
+    def hold(self, usd: float, limit_usd: float) -> int | None:
+        """Reserve `usd` for a call about to be sent, unless what the ledger holds for this
+        cache's tag, what live askers hold and `usd` would pass `limit_usd`; the hold's id, or
+        None. Holds of processes that have exited are dropped."""
+        with self._using(), self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._drop_dead_holds()
+            if self._committed() + usd > limit_usd:
+                return None
+            cursor = self._db.execute(
+                "INSERT INTO holds VALUES (?, ?, ?, ?)", (self.tag, self._owner, usd, time.time())
+            )
+        return cursor.lastrowid
+
+    def unhold(self, hold: int) -> None:
+        """End a reservation (its call was booked by `put`, or failed)."""
+        with self._using(), self._db:
+            self._db.execute("DELETE FROM holds WHERE rowid = ?", (hold,))
+
+    def book(self, request: dict[str, Any], cost_usd: float) -> None:
+        """A ledger row for a cost without an answer (a call that may have been billed)."""
+        body = request.get("body", request)
+        model = body.get("model") if isinstance(body, dict) else None
+        with self._using(), self._db:
+            self._db.execute(
+                "INSERT INTO ledger VALUES (?, ?, ?, 0, 0, ?, ?)",
+                (time.time(), self.tag, model, cost_usd, request_key(request)),
+            )
+
+    def committed(self) -> float:
+        """Dollars the ledger holds for this cache's tag, and live askers' holds."""
+        with self._using():
+            return self._committed()
+
+    def _committed(self) -> float:
+        spent, held = self._db.execute(
+            "SELECT (SELECT COALESCE(SUM(cost_usd), 0) FROM ledger WHERE tag IS ?),"
+            " (SELECT COALESCE(SUM(usd), 0) FROM holds WHERE tag IS ?)",
+            (self.tag, self.tag),
+        ).fetchone()
+        return float(spent) + float(held)
+
+    def _drop_dead_holds(self) -> None:
+        owners = self._db.execute("SELECT DISTINCT owner FROM holds").fetchall()
+        for (owner,) in owners:
+            if not _alive(owner):
+                self._db.execute("DELETE FROM holds WHERE owner = ?", (owner,))
 
     def totals(self) -> dict[str, float]:
         """Entries and what they cost in all."""
@@ -297,7 +377,7 @@ class ResponseCache:
                         "cost_usd": cost,
                         "created_at": created,
                     }
-                    f.write(canonical_json(entry) + "\n")
+                    f.write(stored_json(entry) + "\n")
                     count += 1
             os.replace(tmp, out)
         except OSError as exc:
@@ -311,6 +391,8 @@ class ResponseCache:
     def import_answers(self, path: str | Path) -> dict[str, int]:
         """Add the answers of a file `export` wrote. An answer already here is never overwritten;
         a line whose key is not the hash of its request (edited, or not an export) is rejected.
+        A genuine line whose counts are not numbers a ledger can hold (negative, infinite, NaN,
+        too large) stops the import with a StoreError naming the line: nothing is imported.
         Imported answers are not spend: the ledger is left alone. Returns {added, present,
         rejected}."""
         source = Path(path)
@@ -322,8 +404,13 @@ class ResponseCache:
             with opener(source, "rt", encoding="utf-8") as f, self._using(), self._db:
                 self._check_same_file()
                 self._db.execute("BEGIN IMMEDIATE")
-                for line in f:
-                    row = _import_row(line)
+                for number, line in enumerate(f, 1):
+                    try:
+                        row = _import_row(line)
+                    except ValueError as exc:
+                        raise StoreError(
+                            f"{source} line {number}: {exc}; nothing was imported"
+                        ) from None
                     if row is None:
                         counts["rejected"] += 1
                         continue
@@ -393,10 +480,16 @@ def _import_row(line: str) -> tuple[Any, ...] | None:
     if not all(isinstance(n, int | float) and not isinstance(n, bool) for n in numbers):
         return None
     inp, outp, cost, created = numbers
+    for name, value in (("input_tokens", inp), ("output_tokens", outp)):
+        if not (math.isfinite(value) and value == int(value) and 0 <= value < 2**63):
+            raise ValueError(f"{name} is {value!r}, not a token count")
+    for name, value in (("cost_usd", cost), ("created_at", created)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} is {value!r}, not a finite number from 0")
     return (
         entry["key"],
-        canonical_json(request),
-        canonical_json(response),
+        stored_json(request),
+        stored_json(response),
         int(inp),
         int(outp),
         float(cost),

@@ -11,6 +11,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -804,7 +805,44 @@ def _content_problems(manifest: dict[str, Any], data: pq.ParquetFile) -> list[st
             for key, count in counts.items()
             if key in labeling and labeling[key] != count
         ]
+    if "probs" in schema.names:
+        problems += _probability_problems(manifest, data)
     return problems
+
+
+_PROB_SLACK = 1e-6
+
+
+def _probability_problems(manifest: dict[str, Any], data: pq.ParquetFile) -> list[str]:
+    """Rows whose probabilities are not finite, in [0, 1] and (single-label) summing to 1
+    within 1e-6, or whose coverage is not finite in [0, 1]: the students would misread them."""
+    multi = bool((manifest.get("task") or {}).get("multi_label"))
+    columns = [c for c in ("id", "probs", "coverage") if c in data.schema_arrow.names]
+    bad: list[str] = []
+    for group in range(data.num_row_groups):
+        table = data.read_row_group(group, columns=columns).to_pydict()
+        ids = table.get("id") or [None] * len(table["probs"])
+        coverages = table.get("coverage") or [None] * len(ids)
+        for rid, probs, coverage in zip(ids, table["probs"], coverages, strict=True):
+            if not _sound(probs, coverage, multi):
+                bad.append(str(rid))
+    if not bad:
+        return []
+    shown = ", ".join(repr(b) for b in bad[:3]) + (", ..." if len(bad) > 3 else "")
+    return [
+        f"{DATA_FILE}: {len(bad)} record(s) have probabilities that are not a distribution "
+        f"(not finite, outside [0, 1] or not summing to 1): {shown}"
+    ]
+
+
+def _sound(probs: list[float | None] | None, coverage: float | None, multi: bool) -> bool:
+    if coverage is not None and not (math.isfinite(coverage) and 0.0 <= coverage <= 1.0):
+        return False
+    if probs is None:
+        return True
+    if not all(p is not None and math.isfinite(p) and 0.0 <= p <= 1.0 for p in probs):
+        return False
+    return multi or abs(sum(p for p in probs if p is not None) - 1.0) <= _PROB_SLACK
 
 
 def _schema_problems(recorded: object, schema: pa.Schema) -> list[str]:

@@ -19,6 +19,12 @@ what is sent. Words in the last user message trigger edge cases:
 - ``FILTER``: half the completion, then finish_reason ``content_filter``.
 
 The faults apply to generations too, except ``off_label``, which only means something for a label.
+
+`hostile` sets fields of every answer to the values given (see `HOSTILE`): usage that lies
+(``{"completion_tokens": -6_000_000}``, ``{"usage": "lots"}``), logprobs that cannot be
+probabilities (``{"logprob": 1000}``, NaN and infinities are sent as JSON's NaN/Infinity), a
+null token, content that is not text (a list, an int, a lone surrogate), a refusal or tool calls
+in place of an answer (``{"refusal": "...", "content": None}``).
 """
 
 from __future__ import annotations
@@ -65,6 +71,19 @@ _VOCABULARY = (
 )
 WORDS = tuple(_VOCABULARY.split())
 """What the fake model writes with: more words than the 20 alternatives a token may list."""
+HOSTILE = (
+    "prompt_tokens",  # usage.prompt_tokens
+    "completion_tokens",  # usage.completion_tokens
+    "usage",  # the whole usage object
+    "logprob",  # every generated token's own logprob
+    "top_logprob",  # every alternative's logprob
+    "token",  # every generated token's text
+    "logprobs",  # the whole choice.logprobs
+    "content",  # message.content
+    "refusal",  # message.refusal
+    "tool_calls",  # message.tool_calls
+)
+"""The fields `FakeOpenAI(hostile=...)` may set in every answer."""
 REFUSAL_TEXT = "I can't help with that."
 MAX_WORDS = 48
 
@@ -243,10 +262,12 @@ class FakeOpenAI:
         trickle_s: float = 0.5,
         huge_bytes: int = 50_000_000,
         reset: str = "1e9",
+        hostile: dict[str, Any] | None = None,
     ) -> None:
-        unknown = set(faults or {}) - set(FAULTS)
+        unknown = set(faults or {}) - set(FAULTS) | set(hostile or {}) - set(HOSTILE)
         if unknown:
             raise ValueError(f"unknown faults {unknown}")
+        self.hostile = hostile or {}
         self.teacher = teacher or FakeTeacher()
         self.latency_s = latency_s
         self.faults = faults or {}
@@ -305,7 +326,7 @@ class FakeOpenAI:
 
     def completion(self, body: dict[str, Any], off_label: bool) -> dict[str, Any]:
         if is_generation(body):
-            return expected_generation(body)
+            return self._hostile(expected_generation(body))
         system, text = body["messages"][0]["content"], body["messages"][-1]["content"]
         labels = labels_from_prompt(system)
         # a yes/no question is about one label of many: decided per question, not per text
@@ -351,7 +372,28 @@ class FakeOpenAI:
         }
         if logprobs is not None:
             choice["logprobs"] = {"content": logprobs}
-        return _envelope(body, choice, len(chunks(answer, False)))
+        return self._hostile(_envelope(body, choice, len(chunks(answer, False))))
+
+    def _hostile(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """`answer` with the fields `hostile` names set to its values."""
+        choice = answer["choices"][0]
+        steps = (choice.get("logprobs") or {}).get("content") or []
+        for name, value in self.hostile.items():
+            if name in ("prompt_tokens", "completion_tokens"):
+                answer["usage"][name] = value
+            elif name == "usage":
+                answer["usage"] = value
+            elif name == "logprobs":
+                choice["logprobs"] = value
+            elif name in ("logprob", "token"):
+                for step in steps:
+                    step[name] = value
+            elif name == "top_logprob":
+                for alternative in (alt for step in steps for alt in step["top_logprobs"]):
+                    alternative["logprob"] = value
+            else:
+                choice["message"][name] = value
+        return answer
 
     def _rationale(
         self, answer: str, dist: dict[str, float], text: str, logprobs: bool

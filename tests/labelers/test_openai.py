@@ -1,10 +1,11 @@
 import json
+import math
 import time
 
 import httpx
 import pytest
 
-from stillroom.labelers import ClassifyTask, LabelerError, OpenAITeacher, Price
+from stillroom.labelers import ClassifyTask, LabelerError, OpenAITeacher, Price, match_label
 from stillroom.storage import ResponseCache
 from tests.conftest import SENTINEL_KEY
 from tests.openai_server import FakeOpenAI, FakeTeacher
@@ -488,3 +489,190 @@ def test_a_proxy_url_that_cannot_work_is_refused_without_its_credentials(monkeyp
     with pytest.raises(LabelerError, match="HTTP_PROXY") as caught:
         teacher("http://127.0.0.1:9/v1").label(TEXTS[:1])
     assert HEADER_SECRET not in str(caught.value)
+
+
+# --- the budget is a hard cap under any answer; hostile answers are failures, never crashes ---
+
+PRICED = Price(1000.0, 1000.0)  # about 0.1 USD a request here
+
+BAD_USAGE = {
+    "negative": {"completion_tokens": -6_000_000},
+    "a string": {"prompt_tokens": "12"},
+    "10^19": {"prompt_tokens": 10**19},
+    "1e300": {"completion_tokens": 1e300},
+    "infinite": {"prompt_tokens": float("inf")},
+    "NaN": {"completion_tokens": float("nan")},
+    "a list": {"prompt_tokens": [1]},
+    "a fraction": {"completion_tokens": 2.5},
+    "not an object": {"usage": "lots"},
+    "above max_tokens": {"completion_tokens": 10_000},
+    "above the prompt's bound": {"prompt_tokens": 10_000_000},
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_USAGE))
+def test_usage_that_cannot_be_true_is_a_failure_cached_and_booked_at_its_worst_case(
+    case, tmp_path
+):
+    server = FakeOpenAI(hostile=BAD_USAGE[case])
+    cache = ResponseCache(tmp_path / "c.sqlite", tag="job")
+    with server as url:
+        t = teacher(url, cache=cache, price=PRICED)
+        answers = t.label(TEXTS[:3])
+        assert all(a.error.startswith("malformed answer: usage") for a in answers), answers
+        assert all(match_label(a.raw, LABELS) for a in answers)  # what was said is kept
+        worst = sum(t.worst_case(t.build_request(text)).cost_usd for _, text in TEXTS[:3])
+        assert worst > 0 and cache.spent("job") == pytest.approx(worst)
+        assert t.stats.cost_usd == pytest.approx(worst)
+        # every paid answer was cached before it was looked at: a re-run pays nothing
+        again = teacher(url, cache=cache, price=PRICED).label(TEXTS[:3])
+    assert sum(server.billed.values()) == 3 and len(cache) == 3
+    assert [a.error for a in again] == [a.error for a in answers] and all(a.cached for a in again)
+
+
+def test_negative_usage_cannot_lift_the_budget():
+    from stillroom.labelers import Budget
+
+    budget = Budget(2.0)  # about 6 requests at their worst case
+    with FakeOpenAI(hostile={"completion_tokens": -6_000_000}) as url:
+        liar = teacher(url, price=PRICED, budget=budget)
+        (lied,) = liar.label(TEXTS[:1])
+    assert lied.usage.cost_usd > 0 and budget.spent_usd > 0
+    with FakeOpenAI() as url:
+        honest = teacher(url, price=PRICED, budget=budget, concurrency=4)
+        answers = honest.label(TEXTS[1:])
+    paid = sum(a.usage.cost_usd for a in answers)  # the fake server reports usage honestly
+    assert honest.budget_exhausted and paid > 0 and lied.usage.cost_usd + paid <= 2.0
+
+
+def test_the_budget_holds_for_an_unknown_model_billed_a_token_per_character():
+    billed = []
+
+    def per_character(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        characters = sum(len(m["content"]) for m in body["messages"])
+        billed.append(PRICED.cost(characters, body["max_tokens"]))
+        answer = {
+            "choices": [{"message": {"content": "pin_blocked"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": characters, "completion_tokens": body["max_tokens"]},
+        }
+        return httpx.Response(200, json=answer)
+
+    texts = [(f"r{i}", "我的卡还没有到，请问什么时候能收到？" * 20) for i in range(40)]
+    t = teacher(
+        "http://127.0.0.1:9/v1",
+        price=PRICED,
+        budget=10.0,  # about 15 such requests
+        transport=httpx.MockTransport(per_character),
+    )
+    t.model = "a-model-tiktoken-does-not-know"
+    answers = t.label(texts)
+    assert t.budget_exhausted and billed and sum(billed) <= 10.0
+    assert all(a.ok for a in answers if a.error != "budget exhausted")
+
+
+TOOL_CALLS = [{"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]
+HOSTILE_ANSWERS = {
+    "logprob 1000": ({"logprob": 1000}, "logprob"),
+    "logprob +5": ({"logprob": 5.0}, "logprob"),
+    "logprob NaN": ({"logprob": float("nan")}, "logprob"),
+    "logprob Infinity": ({"logprob": float("inf")}, "logprob"),
+    "logprob -Infinity": ({"logprob": float("-inf")}, "logprob"),
+    "alternative NaN": ({"top_logprob": float("nan")}, "logprob"),
+    "logprob null": ({"logprob": None}, "logprob"),
+    "logprob a string": ({"logprob": "-0.1"}, "logprob"),
+    "token null": ({"token": None}, "token"),
+    "logprobs a list": ({"logprobs": [1, 2]}, "logprobs"),
+    "content a list": ({"content": ["card", "_arrival"]}, "content"),
+    "content an int": ({"content": 7}, "content"),
+    "content with a lone surrogate": ({"content": "pin_blocked\ud800"}, "content"),
+    "usage a list": ({"usage": [1, 2]}, "usage"),
+}
+
+
+@pytest.mark.parametrize("kind", ["classify", "generate"])
+@pytest.mark.parametrize("case", sorted(HOSTILE_ANSWERS))
+def test_a_hostile_answer_is_a_failure_with_its_reason_and_never_poisons_the_cache(
+    case, kind, tmp_path
+):
+    from stillroom.labelers import GenerateTask
+
+    fields, named = HOSTILE_ANSWERS[case]
+    server = FakeOpenAI(hostile=fields)
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    task = TASK if kind == "classify" else GenerateTask(max_tokens=16, top_logprobs=3)
+    with server as url:
+        answers = teacher(url, task, cache=cache).label(TEXTS[:2])
+        for a in answers:
+            assert a.error.startswith("malformed answer: ") and named in a.error, a.error
+            assert a.probs is None and a.label is None and a.raw is not None
+            a.raw.encode()  # storable: no lone surrogate
+        # parsing the cached answers never raises: a re-run fails the same way, unpaid
+        again = teacher(url, task, cache=cache).label(TEXTS[:2])
+    assert [a.error for a in again] == [a.error for a in answers]
+    assert sum(server.billed.values()) == 2 and len(cache) == 2
+
+
+def test_a_malformed_cached_answer_is_asked_again_only_when_asked(tmp_path):
+    server = FakeOpenAI(FakeTeacher(accuracy=1.0), hostile={"logprob": 1000})
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    with server as url:
+        first = teacher(url, cache=cache).label(TEXTS[:4])
+        assert all(a.error.startswith("malformed answer") for a in first)
+        server.hostile = {}  # the endpoint is healthy again
+        kept = teacher(url, cache=cache).label(TEXTS[:4])
+        assert [a.error for a in kept] == [a.error for a in first]
+        assert sum(server.billed.values()) == 4
+        retried = teacher(url, cache=cache, retry_malformed=True).label(TEXTS[:4])
+        assert all(a.ok and not a.cached for a in retried) and sum(server.billed.values()) == 8
+        # the good answers replaced the bad ones: nothing more is asked
+        after = teacher(url, cache=cache, retry_malformed=True).label(TEXTS[:4])
+    assert all(a.ok and a.cached for a in after) and sum(server.billed.values()) == 8
+    assert [a.probs for a in after] == [a.probs for a in retried] and len(cache) == 4
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason", "raw"),
+    [
+        ({"content": None, "refusal": "I won't classify that."}, "refusal", "I won't"),
+        ({"content": None, "tool_calls": TOOL_CALLS}, "tool calls", '"lookup"'),
+    ],
+)
+def test_a_refusal_or_tool_calls_to_a_classify_request_keep_what_was_said(fields, reason, raw):
+    with FakeOpenAI(hostile=fields) as url:
+        (answer,) = teacher(url, answer_retries=0).label(TEXTS[:1])
+    assert answer.error == reason and raw in answer.raw
+
+
+def test_probabilities_are_finite_and_sum_to_one():
+    with FakeOpenAI(outside_mass=0.3) as url:
+        answers = teacher(url).label(TEXTS[:10])
+    for a in answers:
+        assert all(math.isfinite(p) and 0 <= p <= 1 for p in a.probs)
+        assert abs(sum(a.probs) - 1) <= 1e-6 and 0 < a.coverage <= 1
+
+
+def test_a_compressed_answer_is_inflated_a_bounded_piece_at_a_time():
+    import gzip
+
+    from stillroom.labelers._openai import _decoder
+
+    body = {
+        "choices": [{"message": {"content": "pin_blocked"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 2},
+    }
+
+    def answer(encoding: str, content: bytes):
+        def handler(request: httpx.Request) -> httpx.Response:
+            assert request.headers["accept-encoding"] == "gzip, deflate"
+            return httpx.Response(200, content=content, headers={"content-encoding": encoding})
+
+        t = teacher("http://127.0.0.1:9/v1", transport=httpx.MockTransport(handler))
+        return t.label(TEXTS[:1])[0]
+
+    assert answer("gzip", gzip.compress(json.dumps(body).encode())).label == "pin_blocked"
+    refused = answer("br", b"\x0b\x02\x80{}\x03")
+    assert refused.error == "malformed response: content-encoding 'br' was not asked for"
+    # a 30 KB bomb: one piece of it never inflates past the room left under the cap
+    bomb = gzip.compress(b"x" * 30_000_000)
+    assert len(_decoder("gzip")(bomb, 1_000)) == 1_000

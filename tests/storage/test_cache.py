@@ -1,5 +1,6 @@
 import multiprocessing
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,70 @@ def test_a_claim_of_a_process_that_has_exited_is_taken_over_at_once(tmp_path):
     cache = ResponseCache(tmp_path / "c.sqlite", claims=True)
     assert cache.claim(request) is True  # its owner is gone: no waiting for stale_s
     cache.close()
+
+
+def test_an_answer_with_a_lone_surrogate_is_stored_and_read_back_as_received(tmp_path):
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    answer = {"choices": [{"message": {"content": "pin\ud800"}}], "usage": {"x": float("nan")}}
+    cache.put({"q": "\udc00"}, answer, cost_usd=0.1)
+    back = cache.get({"q": "\udc00"})
+    assert back["choices"] == answer["choices"] and back["usage"]["x"] != back["usage"]["x"]
+    assert cache.export(tmp_path / "out.jsonl") == 1
+    other = ResponseCache(tmp_path / "d.sqlite")
+    assert other.import_answers(tmp_path / "out.jsonl")["added"] == 1
+    assert other.get({"q": "\udc00"})["choices"] == answer["choices"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("input_tokens", 1e999, "input_tokens is inf"),
+        ("output_tokens", -3, "output_tokens is -3"),
+        ("input_tokens", 10**19, "input_tokens is 10000000000000000000"),
+        ("cost_usd", float("nan"), "cost_usd is nan"),
+    ],
+)
+def test_a_line_with_numbers_no_ledger_holds_stops_the_import_naming_it(
+    tmp_path, field, value, problem
+):
+    import json
+
+    source = ResponseCache(tmp_path / "a.sqlite")
+    source.put({"q": 1}, {"answer": "x"})
+    source.put({"q": 2}, {"answer": "y"})
+    source.export(tmp_path / "a.jsonl")
+    first, second = (tmp_path / "a.jsonl").read_text().splitlines()
+    crafted = json.loads(second) | {field: value}
+    (tmp_path / "b.jsonl").write_text(first + "\n" + json.dumps(crafted) + "\n")
+    target = ResponseCache(tmp_path / "b.sqlite")
+    with pytest.raises(StoreError, match=f"b.jsonl line 2: {problem}.*nothing was imported"):
+        target.import_answers(tmp_path / "b.jsonl")
+    assert len(target) == 0
+
+
+def test_forget_drops_an_answer_only_while_it_is_the_one_given(tmp_path):
+    cache = ResponseCache(tmp_path / "c.sqlite", tag="t")
+    cache.put({"q": 1}, {"a": 1}, cost_usd=0.5)
+    assert not cache.forget({"q": 1}, {"a": 2})
+    assert cache.forget({"q": 1}, {"a": 1}) and cache.get({"q": 1}) is None
+    assert cache.spent("t") == 0.5  # it was paid: the ledger keeps it
+
+
+def test_holds_share_one_budget_across_cache_objects_and_end_with_their_process(tmp_path):
+    one = ResponseCache(tmp_path / "c.sqlite", tag="t")
+    two = ResponseCache(tmp_path / "c.sqlite", tag="t")
+    other_tag = ResponseCache(tmp_path / "c.sqlite", tag="u")
+    one.put({"q": 1}, {"a": 1}, cost_usd=0.25)
+    held = one.hold(0.5, limit_usd=1.0)
+    assert held is not None and two.committed() == pytest.approx(0.75)
+    assert two.hold(0.5, limit_usd=1.0) is None  # 0.25 spent + 0.5 held + 0.5 > 1
+    assert other_tag.hold(0.5, limit_usd=1.0) is not None  # another config's budget
+    one.unhold(held)
+    assert two.hold(0.5, limit_usd=1.0) is not None
+    two.book({"q": 2}, 0.2)
+    assert one.spent("t") == pytest.approx(0.45)
+    # a hold whose process has exited is dropped
+    with two._using() as db:
+        dead = f"{socket.gethostname()}:1999999:0"
+        db.execute("UPDATE holds SET owner = ? WHERE tag = 't'", (dead,))
+    assert one.hold(0.5, limit_usd=1.0) is not None

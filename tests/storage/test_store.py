@@ -430,3 +430,36 @@ def test_gc_never_removes_a_committed_version_that_lost_its_manifest(tmp_path):
         os.utime(path, (old, old))
     assert store.gc(grace_s=0) == []
     assert (store.path(ref) / "data.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    ("probs", "coverage", "ok"),
+    [
+        ([0.25, 0.75], 0.9, True),
+        ([1.0, 0.0], None, True),
+        ([float("nan"), float("nan")], float("nan"), False),
+        ([0.5, 0.5], float("nan"), False),
+        ([1.5, -0.5], 1.0, False),
+        ([0.6, 0.6], 1.0, False),
+        ([float("inf"), 0.0], 1.0, False),
+        (None, None, True),  # a failure has no probabilities
+    ],
+)
+def test_verify_checks_that_probabilities_are_a_distribution(tmp_path, probs, coverage, ok):
+    store = Store(tmp_path)
+    labeled = table(2).append_column(
+        "probs", pa.array([[0.5, 0.5], probs], pa.list_(pa.float64()))
+    ).append_column("coverage", pa.array([1.0, coverage], pa.float64()))
+    ref = store.commit("demo", labeled, licence=LICENCE)
+    result = store.verify(ref)
+    assert result.ok == ok, result.problems
+    if not ok:
+        assert any("not a distribution" in p and "'r1'" in p for p in result.problems)
+
+
+def test_verify_lets_multi_label_probabilities_sum_to_more_than_one(tmp_path):
+    store = Store(tmp_path)
+    labeled = table(1).append_column("probs", pa.array([[0.9, 0.8]], pa.list_(pa.float64())))
+    meta = {"task": {"kind": "classify", "multi_label": True}}
+    ref = store.commit("demo", labeled, licence=LICENCE, metadata=meta)
+    assert store.verify(ref).ok
