@@ -575,15 +575,20 @@ class OpenAITeacher(Generic[TaskT]):
         """Send one request and read its answer, decompressed, up to max_response_bytes."""
         content = bytearray()
         async with client.stream("POST", "/chat/completions", json=body) as response:
-            decode = _decoder(response.headers.get("content-encoding", ""))
-            async for chunk in response.aiter_raw():
-                content += decode(chunk, self.max_response_bytes + 1 - len(content))
-                if len(content) > self.max_response_bytes:
-                    raise _Transient(
-                        f"response over max_response_bytes ({self.max_response_bytes:,} bytes)",
-                        maybe_billed=True,
-                        final=True,
-                    )
+            if response.is_stream_consumed:  # read and decoded already (httpx.MockTransport)
+                content += response.content
+            else:
+                decode = _decoder(response.headers.get("content-encoding", ""))
+                async for chunk in response.aiter_raw():
+                    content += decode(chunk, self.max_response_bytes + 1 - len(content))
+                    if len(content) > self.max_response_bytes:
+                        break
+        if len(content) > self.max_response_bytes:
+            raise _Transient(
+                f"response over max_response_bytes ({self.max_response_bytes:,} bytes)",
+                maybe_billed=True,
+                final=True,
+            )
         return response, bytes(content)
 
     def redact(self, text: str) -> str:

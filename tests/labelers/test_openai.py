@@ -655,24 +655,14 @@ def test_probabilities_are_finite_and_sum_to_one():
 def test_a_compressed_answer_is_inflated_a_bounded_piece_at_a_time():
     import gzip
 
-    from stillroom.labelers._openai import _decoder
+    from stillroom.labelers._openai import _decoder, _Transient
 
-    body = {
-        "choices": [{"message": {"content": "pin_blocked"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 2},
-    }
-
-    def answer(encoding: str, content: bytes):
-        def handler(request: httpx.Request) -> httpx.Response:
-            assert request.headers["accept-encoding"] == "gzip, deflate"
-            return httpx.Response(200, content=content, headers={"content-encoding": encoding})
-
-        t = teacher("http://127.0.0.1:9/v1", transport=httpx.MockTransport(handler))
-        return t.label(TEXTS[:1])[0]
-
-    assert answer("gzip", gzip.compress(json.dumps(body).encode())).label == "pin_blocked"
-    refused = answer("br", b"\x0b\x02\x80{}\x03")
-    assert refused.error == "malformed response: content-encoding 'br' was not asked for"
+    # a small "bomb" is an ordinary gzip answer: inflated and read
+    with FakeOpenAI(faults={"gzip_bomb": 1.0}, huge_bytes=5_000) as url:
+        (answer,) = teacher(url, answer_retries=0).label(TEXTS[:1])
+    assert answer.error == "off-label answer" and answer.raw == "x" * 5_000
     # a 30 KB bomb: one piece of it never inflates past the room left under the cap
     bomb = gzip.compress(b"x" * 30_000_000)
     assert len(_decoder("gzip")(bomb, 1_000)) == 1_000
+    with pytest.raises(_Transient, match="content-encoding 'br' was not asked for"):
+        _decoder("br")
