@@ -65,7 +65,7 @@ def test_distill_then_train_and_evaluate_a_stored_version(write_config, tmp_path
     }
     assert "training data licence: `CC-BY-4.0` Creative Commons" in card
     assert "teacher terms (apache-2.0)" in card and "zero-shot `all-minilm-l6-v2`" in card
-    assert 'TfidfLogReg.load("model.joblib")' in card
+    assert 'TfidfLogReg.load("model.skops")' in card
     assert not (tmp_path / "run" / "students" / "0-logreg" / "MODEL_CARD.md").exists()
 
     store = Store(config.store)
@@ -155,7 +155,7 @@ def test_model_card_names_a_hub_teacher_its_restrictions_and_only_known_metrics(
     assert "- restrictions inherited from the teacher: no-competing-models" in card
     assert "- data source: https://x.test/d" in card
     assert "| model file size, bytes | 2048 |" in card and "gold" not in card
-    assert 'TfidfLogRegMultiLabel.load("model.joblib")' in card
+    assert 'TfidfLogRegMultiLabel.load("model.skops")' in card
 
 
 def test_budget_stops_cleanly_and_a_higher_budget_continues(write_config, fake_openai, monkeypatch):
@@ -324,3 +324,40 @@ def test_a_rationale_is_stored_beside_each_label(write_config, fake_openai, monk
     bad = write_config({"task.rationale": True, "teacher.provider": "zero-shot"})
     out = CliRunner().invoke(app, ["label", str(bad)])
     assert out.exit_code == 2 and "task.rationale needs a teacher that writes text" in out.stderr
+
+
+def test_an_endpoint_that_echoes_the_key_leaves_it_nowhere(write_config, fake_openai, monkeypatch):
+    from pathlib import Path
+
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+
+    from tests.conftest import SENTINEL_KEY
+
+    secret = "hdr-SECRET-77c1"
+    server, url = fake_openai(faults={"echo": 0.3}, echo_status=402, seed=4)
+    monkeypatch.setenv("STILLROOM_TEST_KEY", SENTINEL_KEY)
+    monkeypatch.setenv("STILLROOM_HDR", secret)
+    changes = {
+        "teacher.provider": "openai",
+        "teacher.model": "fake",
+        "teacher.base_url": url,
+        "teacher.api_key_env": "STILLROOM_TEST_KEY",
+        "teacher.header_env": {"api-key": "STILLROOM_HDR"},
+        "teacher.price": "unknown",
+        "teacher.max_retries": 0,
+        "teacher.answer_retries": 0,
+        "data.limit": 30,
+    }
+    result = CliRunner().invoke(app, ["label", str(write_config(changes))])
+    assert result.exit_code == 0, result.output
+    store = Store(load_config(write_config(changes)).store)
+    rows = store.load(store.resolve("banking77@v1")).to_pylist()
+    # the Prefect database (its log table), the store (data, manifest, card, cache), the output
+    database = Path(PREFECT_API_DATABASE_CONNECTION_URL.value().split("///", 1)[-1])
+    assert database.is_file()
+    files = [database, *(p for p in store.root.rglob("*") if p.is_file())]
+    for data in [result.output.encode(), *(p.read_bytes() for p in files)]:
+        assert SENTINEL_KEY.encode() not in data and secret.encode() not in data
+    echoed = [r["error"] for r in rows if (r["error"] or "").startswith("HTTP 402")]
+    assert echoed and all("[redacted]" in e for e in echoed)
+    assert server.faults_sent["echo"] == len(echoed)
