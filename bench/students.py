@@ -30,7 +30,7 @@ def measure(variant: TfidfLogReg, train, test) -> dict[str, float]:
     best = min(_timed(variant, texts) for _ in range(3))
     accuracy = float(np.mean(variant.predict(texts) == np.array([y for _, y in test])))
     with tempfile.TemporaryDirectory() as folder:
-        size = variant.save(Path(folder) / "m.joblib").stat().st_size
+        size = variant.save(Path(folder) / "m.skops").stat().st_size
     return {"acc": accuracy, "train_s": train_s, "ms_1k": 1e6 * best / len(texts), "mb": size / 1e6}
 
 

@@ -242,6 +242,23 @@ def _check_version(cfg: Config, spec: str, training: bool = True) -> None:
         terms_gate(ref, manifest, cfg)
 
 
+def _trained_on(cfg: Config, spec: str, run: Path) -> None:
+    """Refuse a --dataset other than the version the run's students were trained on (they are
+    measured on that version's held-out records, not another's)."""
+    from stillroom import storage
+
+    from ._errors import SetupError
+    from ._training import read_trained
+
+    trained = read_trained(run)["dataset"]
+    asked = storage.Store(cfg.store).resolve(spec)
+    if str(asked) != trained:
+        raise SetupError(
+            f"--dataset {spec} is {asked}, but the students in {run} were trained on {trained}: "
+            f"give --dataset {trained}, or leave out --run to train on {asked}"
+        )
+
+
 def _with_engine(prepare: Callable[[], None], flow: Callable[[], R]) -> tuple[R, dict[str, float]]:
     """Start Prefect's server, run `prepare` (the teacher's model load) while it boots, then
     `flow`; returns its result and the seconds each part took."""
@@ -294,12 +311,14 @@ def run(
     acknowledge: AcknowledgeOpt = None,
 ) -> None:
     """Ingest -> label -> commit -> train -> evaluate; prints the results and report.json's path."""
+    from ._policy import check_current
     from ._teacher import preflight, terms_before_labeling
 
     started = time.perf_counter()
     cfg = _load(config, set_, message, acknowledge)
     teacher = preflight(cfg)
     terms_before_labeling(cfg)  # nothing is paid for a run that could not train
+    check_current(cfg)  # nor for one that could not measure the students it would replace
     _local_note(cfg)
 
     def flow() -> Path:
@@ -475,6 +494,8 @@ def evaluate(
     """Measure trained students against the teacher (training them first when --run is not given)."""
     cfg = _load(config, set_, acknowledge=acknowledge)
     _check_version(cfg, dataset, training=run_dir is None)
+    if run_dir is not None:
+        _trained_on(cfg, dataset, run_dir)
 
     def flow() -> Path:
         from ._flow import evaluate_run

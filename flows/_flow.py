@@ -429,10 +429,10 @@ def _train(config: Config, dataset: str, out: str | None) -> Path:
         for name, small in _training.compressed(spec, student):
             path = sub / name
             small_size = save_student(small, path, spec.model_dump(), str(ref), manifest)
-            variants.append({"name": name, "folder": str(path), "size_bytes": small_size})
+            variants.append({"name": name, "folder": _inside(path, folder), "size_bytes": small_size})
         trained.append(
             {
-                "folder": str(sub),
+                "folder": _inside(sub, folder),
                 "spec": spec.model_dump(),
                 "train_s": train_s,
                 "size_bytes": size,
@@ -447,8 +447,14 @@ def _train(config: Config, dataset: str, out: str | None) -> Path:
         "acknowledged_terms": manifest.get("acknowledged_terms"),
         "students": trained,
     }
-    (folder / "train.json").write_text(json.dumps(record, indent=2))
+    (folder / _training.TRAIN_RECORD).write_text(json.dumps(record, indent=2))
     return folder
+
+
+def _inside(path: Path, run: Path) -> str:
+    """`path` as train.json records it: relative to the run folder, which may be moved or
+    copied whole."""
+    return path.relative_to(run).as_posix()
 
 
 def _train_classifier(
@@ -469,7 +475,7 @@ def _train_classifier(
         f"student {i} ({spec.kind}) trained on the {what} of {len(data.train)} records of {ref} "
         f"in {train_s:.1f} s: {size / 1e6:.2f} MB"
     )
-    entry = {"folder": str(sub), "spec": spec.model_dump(), "train_s": train_s}
+    entry = {"folder": _inside(sub, folder), "spec": spec.model_dump(), "train_s": train_s}
     return entry | {"size_bytes": size, "calibrated": False, "variants": []}
 
 
@@ -496,7 +502,7 @@ def _train_generative(config: Config, dataset: str, out: str | None) -> Path:
             f"student {i} ({spec.kind}) trained on {len(data.train)} completions of {ref} "
             f"in {train_s:.1f} s: {size / 1e6:.2f} MB"
         )
-        entry = {"folder": str(sub), "spec": spec.model_dump(), "train_s": train_s}
+        entry = {"folder": _inside(sub, folder), "spec": spec.model_dump(), "train_s": train_s}
         trained.append(entry | {"size_bytes": size, "calibrated": False, "variants": []})
     record = {
         "dataset": str(ref),
@@ -504,7 +510,7 @@ def _train_generative(config: Config, dataset: str, out: str | None) -> Path:
         "acknowledged_terms": manifest.get("acknowledged_terms"),
         "students": trained,
     }
-    (folder / "train.json").write_text(json.dumps(record, indent=2))
+    (folder / _training.TRAIN_RECORD).write_text(json.dumps(record, indent=2))
     return folder
 
 
@@ -532,7 +538,7 @@ def _evaluate(
         return _evaluate_generative(config, folder, labeling)
     start = time.perf_counter()
     run = Path(folder)
-    trained = json.loads((run / "train.json").read_text())
+    trained = _training.read_trained(run)
     store = storage.Store(config.store)
     ref, manifest, split = _training.load_split(config, store, trained["dataset"])
     if trained.get("acknowledged_terms"):  # the cards rewritten with metrics keep it
@@ -542,7 +548,7 @@ def _evaluate(
         spec = student_config(entry["spec"])
         if isinstance(spec, GenerativeStudentConfig):  # classifies by writing the label
             sub = Path(entry["folder"])
-            writer = students.GenerativeStudent.load(sub)
+            writer = _training.load_writer(sub)
             data = _labeled_texts(config, store, ref, manifest)
             results.append(
                 evaluate_generative_classifier(
@@ -605,7 +611,7 @@ def _compare(
     """The replaced students against the new ones, on the same held-out records (a version's
     split is by id hash, so what the new students hold out, the old ones held out too, edited
     records aside)."""
-    trained = json.loads((Path(previous["run"]) / "train.json").read_text())
+    trained = _training.read_trained(Path(previous["run"]))
     new = {r["kind"]: r for r in results if not r.get("variant")}
     rows = []
     for entry in trained["students"]:
@@ -690,7 +696,7 @@ def _teacher_summary(
 def _evaluate_generative(config: Config, folder: str, labeling: LabelingSummary | None) -> Path:
     start = time.perf_counter()
     run = Path(folder)
-    trained = json.loads((run / "train.json").read_text())
+    trained = _training.read_trained(run)
     store = storage.Store(config.store)
     ref, manifest, data = _completions(config, store, trained["dataset"])
     if trained.get("acknowledged_terms"):  # the cards rewritten with metrics keep it
@@ -700,7 +706,7 @@ def _evaluate_generative(config: Config, folder: str, labeling: LabelingSummary 
         spec = student_config(entry["spec"])
         assert isinstance(spec, GenerativeStudentConfig)
         sub = Path(entry["folder"])
-        student = students.GenerativeStudent.load(sub)
+        student = _training.load_writer(sub)
         result = evaluate_generative_student(
             spec, student, data, config, entry["train_s"], entry["size_bytes"], sub
         )

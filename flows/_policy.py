@@ -26,7 +26,8 @@ from stillroom import storage
 
 from ._config import Config, DriftConfig, GenerativeStudentConfig, student_config
 from ._incremental import Tally
-from ._training import load_student, student_columns
+from ._report import check_saved
+from ._training import load_student, read_trained, student_columns
 
 log = logging.getLogger("stillroom")
 
@@ -58,6 +59,17 @@ def current_students(config: Config) -> dict[str, Any] | None:
     return current
 
 
+def check_current(config: Config) -> None:
+    """Refuse, before anything is labeled, current students whose files are not those their
+    run wrote (digests in each student.json): the run measures them, and would load them."""
+    current = current_students(config)
+    if current is None:
+        return
+    for entry in read_trained(Path(current["run"]))["students"]:
+        for folder in [entry["folder"]] + [v["folder"] for v in entry.get("variants", [])]:
+            check_saved(folder)
+
+
 def mark_current(config: Config, report: Path, dataset: str) -> None:
     """Make the students of the run that wrote `report` the config's current ones."""
     path = current_path(config)
@@ -80,7 +92,7 @@ def agreement_on(current: dict[str, Any], labels: list[str], tally: Tally) -> li
     if not tally.sample:
         return []
     report = json.loads(Path(current["report"]).read_text())
-    trained = json.loads((Path(current["run"]) / "train.json").read_text())
+    trained = read_trained(Path(current["run"]))
     texts = [text for text, _ in tally.sample]
     teacher = np.array([labels.index(label) for _, label in tally.sample])
     held_out = {r["kind"]: r.get("agreement") for r in report["students"] if not r.get("variant")}

@@ -14,6 +14,7 @@ import yaml
 
 from stillroom import storage, students
 
+from ._errors import SetupError
 from ._generation import generation_lines
 
 # (report key, Hub metric type, what it measures), in the card's order
@@ -50,9 +51,9 @@ _FOLDER_STUDENTS = (students.BertStudent, students.GenerativeStudent)
 
 def artefact(student: AnyStudent | type[AnyStudent], folder: Path) -> Path:
     """Where a student's model lives in its folder: a bert or generative student is a
-    transformers folder (the student folder itself), the others one joblib file."""
+    transformers folder (the student folder itself), the others one skops file."""
     whole = student in _FOLDER_STUDENTS or isinstance(student, _FOLDER_STUDENTS)
-    return folder if whole else folder / "model.joblib"
+    return folder if whole else folder / "model.skops"
 
 
 def save_student(
@@ -68,9 +69,6 @@ def save_student(
     path = student.save(artefact(student, folder))
     files = [path] if path.is_file() else sorted(f for f in path.iterdir() if f.is_file())
     files = [f for f in files if f.name not in ("README.md", STUDENT_INFO)]
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.name.encode() + b"\0" + f.read_bytes())
     info = {
         "kind": spec["kind"],
         "spec": spec,
@@ -79,11 +77,47 @@ def save_student(
         "teacher": manifest.get("teacher"),
         "terms": manifest.get("terms"),
         "licence": manifest.get("licence"),
-        "fingerprint": digest.hexdigest(),
+        "fingerprint": _fingerprint(files),
+        # checked before any of them is opened again (check_saved)
+        "files": {f.name: storage.sha256_file(f) for f in files},
     }
     (folder / STUDENT_INFO).write_text(json.dumps(info, indent=2) + "\n")
     write_model_card(folder, student, spec["kind"], dataset, manifest)
     return sum(f.stat().st_size for f in files)
+
+
+def _fingerprint(files: list[Path]) -> str:
+    """One digest of a student's files, names and bytes (a student teacher's cache key)."""
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()
+
+
+def check_saved(folder: Path) -> None:
+    """Refuse a student folder whose files are not those `save_student` wrote: each file
+    recorded in its student.json must have the sha256 recorded there, checked before anything
+    opens it (a model file replaced in a store or a run folder could run code when loaded)."""
+    info_path = folder / STUDENT_INFO
+    try:
+        files = json.loads(info_path.read_text())["files"]
+        names = sorted(files)
+    except FileNotFoundError:
+        raise SetupError(f"{folder} is not a trained student's folder (no {STUDENT_INFO})") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SetupError(
+            f"{info_path} records no digests of the student's files (damaged, or written by an "
+            "older stillroom): train the student again"
+        ) from None
+    for name in names:
+        path = folder / name
+        if Path(name).name != name or not path.is_file() or path.is_symlink():
+            raise SetupError(f"{path} is missing or not a file: train the student again")
+        if storage.sha256_file(path) != files[name]:
+            raise SetupError(
+                f"{path} is not the file the student wrote (its sha256 differs from the one in "
+                f"{STUDENT_INFO}): it was not loaded; train the student again"
+            )
 
 
 def _card_metadata(
@@ -224,7 +258,7 @@ def _how_to_load(student: AnyStudent, loader: str) -> list[str]:
             '`BertStudent.load(".")` (stillroom) gives the student with its calibration '
             "temperature, recorded in `stillroom.json`.",
         ]
-    where = "." if isinstance(student, students.BertStudent) else "model.joblib"
+    where = "." if isinstance(student, students.BertStudent) else "model.skops"
     lines = [
         "## How to load",
         "",

@@ -16,7 +16,7 @@ from stillroom import labelers, storage
 from ._config import Config, DataConfig, student_config
 from ._errors import SetupError
 from ._ingest import InputError, read_records, source_licence
-from ._report import STUDENT_INFO
+from ._report import STUDENT_INFO, check_saved
 from ._training import check_students, load_student, student_columns, terms_gate
 
 log = logging.getLogger("stillroom")
@@ -85,18 +85,23 @@ def read_source(config: Config) -> pa.Table:
 
 
 def open_cache(config: Config) -> storage.ResponseCache:
-    return storage.ResponseCache(config.cache_path, tag=config.name)
+    """The store's response cache, its ledger rows filed under the config's name. Claims are on:
+    another process labeling into the same store (a second run of the config, a cluster's
+    worker) may be sending the same request, and is waited for rather than paid twice."""
+    return storage.ResponseCache(config.cache_path, tag=config.name, claims=True)
 
 
 def budget_left(config: Config, cache: storage.ResponseCache) -> labelers.Budget | None:
-    """What `teacher.budget_usd` still allows, after everything this config's name has spent."""
+    """`teacher.budget_usd` over everything this config's name has spent and holds in the
+    store's ledger: every run of the config on the store draws on it, earlier ones and those
+    running at the same time."""
     t = config.teacher
     if t.budget_usd is None:
         return None
     if t.known_price() is None:
         log.warning("teacher.price is unknown, so teacher.budget_usd is not enforced")
         return None
-    return labelers.Budget(max(0.0, t.budget_usd - cache.spent(config.name)))
+    return labelers.Budget(t.budget_usd, ledger=cache)
 
 
 def build_teacher(
@@ -174,6 +179,7 @@ def _openai_teacher(
             **{name: _env(var, f"teacher.header_env.{name}") for name, var in t.header_env.items()},
         },
         cache=cache,
+        retry_malformed=t.retry_malformed,
     )
 
 
@@ -212,6 +218,7 @@ def _student_teacher(
             f"the student at {folder} was trained on other labels: {problem}; give the task the "
             "labels of the version it learned from"
         )
+    check_saved(folder)  # now, before Prefect starts; and again when it is loaded
     spec = student_config(info["spec"])
     loaded: list[Any] = []
 

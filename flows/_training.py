@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import getpass
 import hashlib
+import json
 import logging
 import os
 import time
@@ -29,7 +30,7 @@ from ._config import (
     StudentConfig,
 )
 from ._errors import SetupError
-from ._report import artefact
+from ._report import artefact, check_saved
 
 SEPARATOR, THRESHOLD = labelers.MULTI_LABEL_SEPARATOR, labelers.MULTI_LABEL_THRESHOLD
 log = logging.getLogger("stillroom")
@@ -252,9 +253,54 @@ def make_student(
     return _student_class(spec, multi_label)(**spec.parameters(), **extra)
 
 
+TRAIN_RECORD = "train.json"
+"""What a run folder records of the students trained into it (written by the train flow)."""
+
+
+def read_trained(run: Path) -> dict[str, Any]:
+    """A run folder's train.json, with each student's and variant's folder as a path inside
+    `run` (train.json records them relative to it, so a copied run reads its own students)."""
+    path = run / TRAIN_RECORD
+    try:
+        trained: dict[str, Any] = json.loads(path.read_text())
+        for entry in trained["students"]:
+            entry["folder"] = _in_run(run, entry["folder"])
+            for variant in entry.get("variants", []):
+                variant["folder"] = _in_run(run, variant["folder"])
+    except FileNotFoundError:
+        raise SetupError(f"{run} is not a run folder made by train (no {TRAIN_RECORD})") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SetupError(f"{path} is damaged: train the students again") from None
+    return trained
+
+
+def _in_run(run: Path, name: str) -> Path:
+    """The folder `name` (from train.json) inside `run`; one outside it is refused."""
+    path = Path(name)
+    if path.is_absolute():  # written by an older stillroom: fine while it lies in this run
+        try:
+            path = path.relative_to(run.resolve())
+        except ValueError:
+            raise SetupError(
+                f"{run / TRAIN_RECORD} names {name}, which is not inside the run folder (a "
+                "copied run?): train the students again"
+            ) from None
+    if ".." in path.parts:
+        raise SetupError(f"{run / TRAIN_RECORD} names {name}, which leaves the run folder")
+    return run / path
+
+
 def load_student(spec: StudentConfig, folder: Path, multi_label: bool = False) -> students.Student:
+    """The student saved in `folder`, once its files are checked against their digests."""
     cls = _student_class(spec, multi_label)
+    check_saved(folder)
     return cls.load(artefact(cls, folder))
+
+
+def load_writer(folder: Path) -> students.GenerativeStudent:
+    """The generative student saved in `folder`, once its files are checked."""
+    check_saved(folder)
+    return students.GenerativeStudent.load(folder)
 
 
 def train_student(

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import platform
 import warnings
+import zipfile
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-import joblib
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -26,7 +26,7 @@ from ._calibration import temperature_scale
 if TYPE_CHECKING:
     from sklearn.utils import Tags
 
-_LIBRARIES = ("stillroom", "scikit-learn", "numpy", "scipy", "joblib")
+_LIBRARIES = ("stillroom", "scikit-learn", "numpy", "scipy", "skops")
 
 
 class TfidfLogReg(ClassifierMixin, BaseEstimator):
@@ -162,23 +162,55 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
         return np.asarray(self.classes_[np.argmax(proba, axis=1)])
 
     def save(self, path: str | Path) -> Path:
-        """Write the model to `path` (joblib), and beside it `<stem>.versions.json`: the library
-        versions it was saved with, which `load` checks."""
+        """Write the model to `path` (skops, a format that holds no code), and beside it
+        `<stem>.versions.json`: the library versions it was saved with, which `load` checks."""
+        import skops.io
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        joblib.dump(self, path, compress=3)
+        skops.io.dump(self, path, compression=zipfile.ZIP_DEFLATED, compresslevel=3)
         _versions_path(path).write_text(json.dumps(_library_versions(), indent=2) + "\n")
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> Self:
         """Read a model written by `save`; warns when it was saved under another scikit-learn
-        major.minor version than the one installed."""
+        major.minor version than the one installed. Only stillroom's students and the
+        scikit-learn, numpy and scipy types skops trusts are built: a file naming any other type
+        is refused before anything in it is loaded."""
+        import skops.io
+
         _check_saved_versions(Path(path))
-        model = joblib.load(path)
+        untrusted = _untrusted(Path(path))
+        if untrusted:
+            raise ValueError(
+                f"{path} names types stillroom does not load ({', '.join(untrusted[:3])}): it "
+                "was not written by a stillroom student"
+            )
+        model = skops.io.load(path, trusted=list(_TRUSTED))
         if not isinstance(model, cls):
             raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
         return model
+
+
+_TRUSTED = (
+    "stillroom.students.TfidfLogReg",
+    "stillroom.students.TfidfLogRegMultiLabel",
+    "stillroom.students.EmbeddingLogReg",
+    "stillroom.students.SentenceEncoder",
+)
+"""The types of stillroom's own a saved student holds, beside those skops trusts by default."""
+
+
+def _untrusted(path: Path) -> list[str]:
+    """The types a skops file names that neither skops' defaults nor `_TRUSTED` cover."""
+    import skops.io
+
+    try:
+        named = skops.io.get_untrusted_types(file=path)
+    except (zipfile.BadZipFile, KeyError, ValueError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a saved stillroom student (skops): {exc}") from None
+    return [name for name in named if name not in _TRUSTED]
 
 
 def _library_versions() -> dict[str, str]:
@@ -206,7 +238,7 @@ def _check_saved_versions(path: Path) -> None:
     if saved.split(".")[:2] != current.split(".")[:2]:
         warnings.warn(
             f"{path} was saved with scikit-learn {saved} and this is scikit-learn {current}: a "
-            "model pickled under another major.minor version may fail or predict differently. "
+            "model saved under another major.minor version may fail or predict differently. "
             f"Install scikit-learn=={saved} to use it, or train the student again.",
             UserWarning,
             stacklevel=3,

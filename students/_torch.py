@@ -4,6 +4,8 @@ atomic training checkpoints that a killed fit resumes from."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,8 @@ from typing import Any
 from ._embedding import INSTALL_HINT
 
 CHECKPOINT = "checkpoint.pt"
+DIGESTS = "checkpoint.json"
+"""Beside the checkpoint: the sha256 of the checkpoints written last, checked before one is read."""
 
 
 def import_torch(who: str) -> tuple[Any, Any]:
@@ -65,7 +69,46 @@ def save_checkpoint(
     }
     partial = folder / (CHECKPOINT + ".partial")
     torch.save(payload, partial)
+    # the previous checkpoint's digest stays until this one has replaced it: a kill between the
+    # two writes leaves a checkpoint whose digest is recorded, whichever it is
+    kept = _digests(folder)[-1:] + [sha256_of(partial)]
+    _write_atomically(folder / DIGESTS, json.dumps({"sha256": kept}) + "\n")
     os.replace(partial, folder / CHECKPOINT)
+
+
+def sha256_of(path: Path) -> str:
+    """The hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _digests(folder: Path) -> list[str]:
+    """The digests recorded for the folder's checkpoint; [] when none (or unreadable)."""
+    try:
+        found = json.loads((folder / DIGESTS).read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [d for d in found if isinstance(d, str)] if isinstance(found, list) else []
+
+
+def _checked(path: Path) -> Path:
+    """`path`, once its sha256 is one recorded when a checkpoint was written there; ValueError
+    naming it otherwise (a file planted or replaced there is never opened by torch)."""
+    if sha256_of(path) not in _digests(path.parent):
+        raise ValueError(
+            f"{path} is not a checkpoint this fit wrote (its sha256 is not the one recorded in "
+            f"{DIGESTS}): remove the folder {path.parent} to train from the start"
+        )
+    return path
 
 
 def load_checkpoint(
@@ -77,9 +120,11 @@ def load_checkpoint(
 
     if folder is None or not (folder / CHECKPOINT).is_file():
         return None
-    payload: dict[str, Any] = torch.load(
-        folder / CHECKPOINT, map_location="cpu", weights_only=False
-    )
+    path = _checked(folder / CHECKPOINT)
+    try:  # tensors and plain values only: never code, even from a file whose digest matched
+        payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch's UnpicklingError, a truncated file
+        raise ValueError(f"{path} cannot be read as a checkpoint: {_first_line(exc)}") from None
     model.load_state_dict(payload.pop("model"))
     optimizer.load_state_dict(payload.pop("optimizer"))
     scheduler.load_state_dict(payload.pop("scheduler"))
@@ -95,5 +140,10 @@ def drop_checkpoint(folder: Path | None) -> None:
     if folder is None:
         return
     (folder / CHECKPOINT).unlink(missing_ok=True)
+    (folder / DIGESTS).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         folder.rmdir()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -504,7 +504,7 @@ def test_control_characters_from_a_store_are_escaped_when_printed(tmp_path):
         "id": ["a", f"b{osc}"],
         "text": ["x", "y"],
         "label": ["pos", None],
-        "error": [None, f"off-label answer\x1b[2J"],
+        "error": [None, "off-label answer\x1b[2J"],
         "raw": ["pos", f"{osc}I think\u202eevil"],
     }
     first = store.commit("d", pa.table(rows), licence=Licence("MIT"), message=f"msg{osc}")
@@ -524,3 +524,100 @@ def test_control_characters_from_a_store_are_escaped_when_printed(tmp_path):
     assert "b\\x1b]0;pwned\\x07\toff-label answer\\x1b[2J\t\\x1b]0;pwned\\x07I think\\u202eevil" in show
     assert "b\\x1b]0;pwned\\x07\tNone -> pos\\x1b]0;pwned\\x07" in diff
     assert "    msg\\x1b]0;pwned\\x07" in log.splitlines()
+
+
+def test_a_replaced_student_file_is_never_loaded(tmp_path, write_config):
+    """A model file replaced after training (a pickle that runs a command) is refused by its
+    digest on every path that loads students: evaluate --run, a student teacher, an incremental
+    run measuring the current students; the error names the file and nothing runs."""
+    from tests.planted import plant
+
+    config = write_config({"data.limit": 150, "incremental": True})
+    code, err, _ = run_cli("run", str(config), "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    marker = tmp_path / "ran"
+    model = plant(tmp_path / "run" / "students" / "0-logreg" / "model.skops", marker)
+    named = f"{model} is not the file the student wrote"
+    evaluate = ("evaluate", str(config), "--dataset", "banking77@v1", "--run", str(tmp_path / "run"))
+    teacher = {"name": "pool", "teacher": {"provider": "student", "path": str(model.parent)}}
+    runs = {
+        "evaluate --run": evaluate,
+        "a student teacher": ("run", str(write_config(teacher, name="pool.yaml"))),
+        "an incremental run": ("run", str(write_config({"data.limit": 200, "incremental": True}))),
+    }
+    store = snapshot(tmp_path / "store")
+    for case, args in runs.items():
+        code, err, _ = run_cli(*args)
+        assert code == 2 and named in err.splitlines()[-1], (case, err)
+        assert not marker.exists(), case
+    assert snapshot(tmp_path / "store") == store  # refused before anything was labeled
+
+
+def test_evaluate_run_reads_the_run_it_is_given_on_its_own_version(tmp_path, write_config):
+    """train.json's folders are relative to the run: a copied run evaluates its own students
+    (the original gone); a --dataset other than the run's version is refused, not ignored."""
+    import shutil
+
+    config = write_config({"data.limit": 150})
+    code, err, _ = run_cli("run", str(config), "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    shutil.rmtree(tmp_path / "run")
+    copy = tmp_path / "copy"
+    code, err, _ = run_cli("evaluate", str(config), "--dataset", "banking77@v1", "--run", str(copy))
+    assert code == 0, err
+    assert json.loads((copy / "report.json").read_text())["students"][0]["kind"] == "logreg"
+    code, err, _ = run_cli("label", str(write_config({"data.limit": 200})))
+    assert code == 0, err
+    before = snapshot(copy)
+    for spec in ("banking77@v2", "banking77"):
+        code, err, _ = run_cli("evaluate", str(config), "--dataset", spec, "--run", str(copy))
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert (
+            f"--dataset {spec} is banking77@v2, but the students in {copy} were trained on "
+            "banking77@v1: give --dataset banking77@v1, or leave out --run" in err
+        )
+    assert snapshot(copy) == before
+
+
+def test_retry_malformed_reaches_the_teacher(write_config, monkeypatch):
+    from stillroom.flows._config import load_config
+    from stillroom.flows._teacher import build_teacher
+
+    monkeypatch.setenv("STILLROOM_TEST_KEY", SENTINEL_KEY)
+    config = load_config(write_config({**OPENAI, "teacher.retry_malformed": True}))
+    assert build_teacher(config).retry_malformed
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ({"input_tokens": 1e999}, "line 2: input_tokens is inf, not a token count"),
+        ({"cost_usd": float("nan")}, "line 2: cost_usd is nan, not a finite number from 0"),
+        ({"output_tokens": 10**19}, "line 2: output_tokens is 10000000000000000000"),
+    ],
+)
+def test_a_bad_line_in_cache_import_is_one_line_exit_2_nothing_imported(tmp_path, line, problem):
+    from stillroom.storage import ResponseCache
+
+    with ResponseCache(tmp_path / "a.sqlite") as source:
+        source.put({"q": 1}, {"a": 1})
+        source.put({"q": 2}, {"a": 2})
+        source.export(tmp_path / "a.jsonl")
+    first, second = (tmp_path / "a.jsonl").read_text().splitlines()
+    crafted = tmp_path / "crafted.jsonl"
+    crafted.write_text(f"{first}\n{json.dumps(json.loads(second) | line)}\n")
+    store = tmp_path / "store"
+    code, err, _ = run_cli("cache", "import", str(crafted), "--store", str(store))
+    assert code == 2 and len(err.splitlines()) == 1 and problem in err, err
+    assert "nothing was imported" in err
+    with ResponseCache(store / "cache.sqlite") as cache:
+        assert len(cache) == 0
+
+
+def test_verify_fails_a_version_whose_probabilities_are_nan(tmp_path):
+    store = Store(tmp_path / "store")
+    rows = {"id": ["a", "b"], "text": ["x", "y"], "probs": [[0.5, 0.5], [float("nan")] * 2]}
+    ref = store.commit("d", pa.table(rows), licence=Licence("MIT"))
+    code, err, _ = run_cli("datasets", "verify", str(ref), "--store", str(tmp_path / "store"))
+    assert code == 1 and "probabilities that are not a distribution" in err and "'b'" in err

@@ -261,7 +261,7 @@ def test_a_run_with_its_store_in_object_storage(bucket, write_config, tmp_path, 
     runs = fs.ls(f"{bucket}/project/runs")
     assert len(runs) == 1
     uploaded = {p.rsplit("/", 1)[-1] for p in fs.find(runs[0])}
-    assert {"report.json", "report.md", "train.json", "model.joblib"} <= uploaded
+    assert {"report.json", "report.md", "train.json", "model.skops"} <= uploaded
     report = json.loads(fs.cat_file(f"{runs[0]}/report.json"))
     assert report["dataset"]["version"] == "v1" and report["students"][0]["agreement"] > 0
     for path in fs.find(bucket):

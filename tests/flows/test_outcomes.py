@@ -116,4 +116,4 @@ def test_a_run_with_the_logreg_and_embedding_students(write_config, tmp_path):
     cache = tmp_path / "store" / "embeddings" / "embeddings.sqlite"
     with sqlite3.connect(cache) as db:
         assert db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == 200
-    assert (tmp_path / "run" / "students" / "1-embedding" / "model.joblib").is_file()
+    assert (tmp_path / "run" / "students" / "1-embedding" / "model.skops").is_file()

@@ -293,3 +293,31 @@ def test_linear_probing_trains_the_head_alone(tiny_bert):
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved and all(_bert._is_head(k) for k in moved)
     assert all(p.requires_grad for p in fresh.parameters())
+
+
+@pytest.mark.parametrize("forged_digest", [False, True])
+def test_a_planted_checkpoint_is_never_unpickled(tiny_bert, tmp_path, monkeypatch, forged_digest):
+    import json
+
+    from stillroom.students import _torch
+    from tests.planted import plant
+
+    real_save = _bert._Run._save
+
+    def save_then_die(run, state):
+        real_save(run, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_bert._Run, "_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        student(tiny_bert, epochs=2, checkpoint_dir=str(tmp_path)).fit(TEXTS, LABELS)
+    monkeypatch.setattr(_bert._Run, "_save", real_save)
+    (checkpoint,) = tmp_path.glob("*/checkpoint.pt")
+    marker = tmp_path / "ran"
+    plant(checkpoint, marker, torch_format=True)
+    if forged_digest:  # whoever can write the folder can write the record too: torch refuses
+        record = {"sha256": [_torch.sha256_of(checkpoint)]}
+        (checkpoint.parent / "checkpoint.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=str(checkpoint)):
+        student(tiny_bert, epochs=2, checkpoint_dir=str(tmp_path)).fit(TEXTS, LABELS)
+    assert not marker.exists()

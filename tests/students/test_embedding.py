@@ -45,7 +45,7 @@ def test_embeddings_are_computed_once_per_text_and_encoder(tmp_path, monkeypatch
 
 def test_save_and_load_give_identical_predictions(tmp_path):
     model = EmbeddingLogReg(C=3.0).fit(TRAIN, LABELS)
-    path = model.save(tmp_path / "m" / "model.joblib")
+    path = model.save(tmp_path / "m" / "model.skops")
     loaded = EmbeddingLogReg.load(path)
     texts = ["a wonderful picture", "terrible and dull", "fine"]
     assert np.array_equal(loaded.predict_proba(texts), model.predict_proba(texts))

@@ -105,7 +105,7 @@ def test_features_are_word_plus_character_ngrams_each_capped_by_max_features():
 
 def test_save_and_load_round_trip(tmp_path):
     model = TfidfLogReg().fit(TEXTS, HARD)
-    path = model.save(tmp_path / "m" / "model.joblib")
+    path = model.save(tmp_path / "m" / "model.skops")
     loaded = TfidfLogReg.load(path)
     assert np.allclose(loaded.predict_proba(TEXTS), model.predict_proba(TEXTS))
     with pytest.raises(TypeError, match="holds a TfidfLogReg, not a TfidfLogRegMultiLabel"):
@@ -113,7 +113,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_save_records_the_library_versions_beside_the_model(tmp_path):
-    TfidfLogReg().fit(TEXTS, HARD).save(tmp_path / "m" / "model.joblib")
+    TfidfLogReg().fit(TEXTS, HARD).save(tmp_path / "m" / "model.skops")
     versions = json.loads((tmp_path / "m" / "model.versions.json").read_text())
     assert versions == {
         "python": platform.python_version(),
@@ -121,13 +121,13 @@ def test_save_records_the_library_versions_beside_the_model(tmp_path):
         "scikit-learn": sklearn.__version__,
         "numpy": np.__version__,
         "scipy": scipy.__version__,
-        "joblib": joblib.__version__,
+        "skops": metadata.version("skops"),
     }
 
 
 def test_load_warns_only_when_saved_under_another_sklearn_major_minor(tmp_path):
     model = TfidfLogReg().fit(TEXTS, HARD)
-    path = model.save(tmp_path / "model.joblib")
+    path = model.save(tmp_path / "model.skops")
     record = tmp_path / "model.versions.json"
     versions = json.loads(record.read_text())
     major, minor = sklearn.__version__.split(".")[:2]
@@ -147,13 +147,13 @@ def test_a_saved_student_loads_in_a_process_started_outside_the_repository(tmp_p
     # the pickle names the public module, which outlives a rename of the private one
     assert b"stillroom.students" in pickle.dumps(model)
     assert b"_logreg" not in pickle.dumps(model)
-    model.save(tmp_path / "model.joblib")
+    model.save(tmp_path / "model.skops")
     script = textwrap.dedent(
         """
         import json, sys
         from stillroom.students import TfidfLogReg
-        model = TfidfLogReg.load("model.joblib")
-        model.save("again/model.joblib")
+        model = TfidfLogReg.load("model.skops")
+        model.save("again/model.skops")
         local = sorted(m for m in sys.modules if m.split(".")[0] in ("students", "flows"))
         print(json.dumps({"proba": model.predict_proba(sys.argv[1:]).tolist(), "local": local}))
         """
@@ -171,7 +171,7 @@ def test_a_saved_student_loads_in_a_process_started_outside_the_repository(tmp_p
     out = json.loads(run.stdout)
     assert out["local"] == []  # nothing came from the repository's folders by their own names
     assert np.allclose(out["proba"], model.predict_proba(TEXTS[:3]))
-    again = TfidfLogReg.load(tmp_path / "again" / "model.joblib")
+    again = TfidfLogReg.load(tmp_path / "again" / "model.skops")
     assert (tmp_path / "again" / "model.versions.json").is_file()
     assert np.allclose(again.predict_proba(TEXTS), model.predict_proba(TEXTS))
 
@@ -276,7 +276,7 @@ def test_multilabel_student_learns_each_label_on_its_own(tmp_path):
     assert (model.predict(texts[:4]) == np.array([[1, 1], [1, 0], [0, 1], [0, 0]])).all()
     # character n-grams reach the per-label models too
     assert (model.predict(["pinn blockd", "cardd losst"]) == np.array([[0, 1], [1, 0]])).all()
-    loaded = TfidfLogRegMultiLabel.load(model.save(tmp_path / "m.joblib"))
+    loaded = TfidfLogRegMultiLabel.load(model.save(tmp_path / "m.skops"))
     assert np.allclose(loaded.predict_proba(texts), model.predict_proba(texts))
 
 
@@ -379,3 +379,20 @@ def test_tags_say_texts_so_sklearn_checks_cannot_run_unaided(student):
     # if a later sklearn runs its checks on text estimators, `_checked` can go
     with pytest.warns(SkipTestWarning, match="requires input"):
         check_estimator(student)
+
+
+def test_load_runs_no_code_from_a_replaced_file(tmp_path):
+    import skops.io
+
+    from tests.planted import Planted, plant
+
+    marker = tmp_path / "ran"
+    refused = plant(tmp_path / "pickle" / "model.skops", marker)  # a pickle in its place
+    with pytest.raises(ValueError, match="is not a saved stillroom student"):
+        TfidfLogReg.load(refused)
+    other = tmp_path / "other" / "model.skops"
+    other.parent.mkdir()
+    skops.io.dump({"model": TfidfLogReg(), "why": Planted}, other)  # a type nobody trusts
+    with pytest.raises(ValueError, match="names types stillroom does not load"):
+        TfidfLogReg.load(other)
+    assert not marker.exists()
