@@ -333,6 +333,7 @@ _CALLED_ONLY = (
     "top_logprobs",
     "max_input_chars",
     "max_response_bytes",
+    "retry_malformed",
     "query",
     "headers",
     "header_env",
@@ -367,6 +368,9 @@ class TeacherConfig(_Model):
     top_logprobs: int = Field(default=_CLIENT.top_logprobs, ge=0, le=20)
     max_input_chars: int | None = Field(default=_CLIENT.max_input_chars, ge=1)
     max_response_bytes: int = Field(default=_CLIENT.max_response_bytes, ge=1024)
+    # ask again the requests whose cached answer is malformed (a failure 'malformed answer: ...'),
+    # paying for them again; off, such an answer stays a failure and is never paid twice
+    retry_malformed: bool = False
     # sent with every request: query parameters (part of the cache key), plain headers, and
     # headers whose values are read from the named environment variables (secrets)
     query: dict[str, str] = Field(default_factory=dict)

@@ -214,3 +214,42 @@ def test_four_label_runs_share_one_cache_and_store(
     for n in range(4):
         ref = s.resolve(f"job-{n}")
         assert s.verify(ref).ok and s.manifest(ref)["labeling"]["labeled"] == records
+
+
+@pytest.mark.timeout(600)
+def test_two_runs_of_one_config_share_its_budget_and_pay_each_request_once(
+    tmp_path, fake_openai, write_config
+):
+    budget, price = 0.01, 1.0  # a few requests' worst case at a time
+    server, url = fake_openai(latency_s=0.5)
+    config = write_config(
+        {
+            "name": "job",
+            "store": str(tmp_path / "store"),
+            "teacher.provider": "openai",
+            "teacher.model": "fake",
+            "teacher.base_url": url,
+            "teacher.api_key_env": "STILLROOM_TEST_KEY",
+            "teacher.concurrency": 4,
+            "teacher.budget_usd": budget,
+            "teacher.price": {"input_per_1m": price, "output_per_1m": price},
+            "data.limit": 60,
+        }
+    )
+    with prefect_test_harness(server_startup_timeout=120):
+        env = {"PREFECT_API_URL": PREFECT_API_URL.value()}
+        runs = [
+            label_process(config, tmp_path / f"p{n}", {**env, "STILLROOM_TEST_KEY": f"sk-run-{n}"})
+            for n in range(2)
+        ]
+        outputs = [run.communicate(timeout=400) for run in runs]
+    assert [r.returncode for r in runs] == [0, 0], [err for _, err in outputs]
+    # the premise: both runs asked the endpoint, at the same time
+    assert {"Bearer sk-run-0", "Bearer sk-run-1"} <= set(server.auth_headers), outputs
+    # each request paid once, and all of them together within the budget
+    assert server.billed and set(server.billed.values()) == {1}, server.billed
+    with closing(sqlite3.connect(tmp_path / "store" / "cache.sqlite")) as db:
+        (spent,) = db.execute("SELECT SUM(cost_usd) FROM ledger WHERE tag = 'job'").fetchone()
+        (held,) = db.execute("SELECT COUNT(*) FROM holds").fetchone()
+    assert 0 < spent <= budget and held == 0
+    assert all("budget reached" in err for _, err in outputs), [err for _, err in outputs]
