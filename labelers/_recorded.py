@@ -262,7 +262,7 @@ class RecordedTeacher(Generic[TaskT]):
             if isinstance(self.task, ClassifyTask):
                 return self._classified(record_id, row, self.task, usage)
             return self._generated(record_id, row, usage)
-        except (TypeError, ValueError, KeyError) as exc:
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:
             return Answer(record_id, None, raw=str(exc)[:500], error=MALFORMED_RECORDED_ANSWER)
 
     def _get(self, row: Mapping[str, Any], name: str) -> Any:
@@ -274,12 +274,13 @@ class RecordedTeacher(Generic[TaskT]):
         price (output tokens counted from its recorded tokens when it does not say)."""
         inputs, outputs = self._get(row, "input_tokens"), self._get(row, "output_tokens")
         cost = self._get(row, "cost_usd")
-        tokens_in, tokens_out = int(inputs or 0), int(outputs or counted_outputs)
+        tokens_in = _amount(inputs or 0, "input_tokens", whole=True)
+        tokens_out = _amount(outputs or counted_outputs, "output_tokens", whole=True)
         if cost is not None:
-            return Usage(tokens_in, tokens_out, float(cost))
+            return Usage(int(tokens_in), int(tokens_out), _amount(cost, "cost_usd"))
         if self.price is not None:
-            return self.price.usage(tokens_in, tokens_out)
-        return Usage(tokens_in, tokens_out)
+            return self.price.usage(int(tokens_in), int(tokens_out))
+        return Usage(int(tokens_in), int(tokens_out))
 
     def _classified(
         self, record_id: str, row: Mapping[str, Any], task: ClassifyTask, usage: Usage
@@ -334,11 +335,33 @@ def _text(raw: Any, said: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _amount(value: Any, name: str, *, whole: bool = False) -> float:
+    """A recorded count or cost: a finite number from 0 (a whole one for a count); ValueError
+    otherwise (a negative or infinite one would corrupt what a version says it cost)."""
+    if isinstance(value, str):
+        value = float(value)  # ValueError when it is not a number
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} is {value!r}, not a number")
+    if not math.isfinite(value) or value < 0 or (whole and value != int(value)):
+        raise ValueError(f"{name} is {value!r}, not a {'count' if whole else 'number'} from 0")
+    return float(value)
+
+
+def _logprob(value: Any) -> float:
+    """A recorded logprob: finite and at most 0 (a hair above is rounding)."""
+    number = float(value)
+    if not math.isfinite(number) or number > 1e-5:
+        raise ValueError(f"logprob {number!r} is not the log of a probability")
+    return min(number, 0.0)
+
+
 def _distribution(given: Any, labels: Sequence[str]) -> tuple[tuple[float, ...], float | None]:
     """A recorded distribution over the task's labels, renormalised, and the share of its mass
     that fell on them (a label -> probability mapping may name others)."""
     if isinstance(given, Mapping):
         values = {str(k): float(v) for k, v in given.items()}
+        if not all(math.isfinite(v) and v >= 0 for v in values.values()):
+            raise ValueError(f"probs {list(values.values())[:5]} is not a distribution")
         matched = {match_label(k, labels): v for k, v in values.items()}
         row = [matched.get(label, 0.0) for label in labels]
         total = sum(values.values())
@@ -362,8 +385,8 @@ def _steps(steps: Any) -> tuple[TokenStep, ...]:
     return tuple(
         TokenStep(
             str(step["token"]),
-            float(step["logprob"]),
-            tuple((str(alt["token"]), float(alt["logprob"])) for alt in step.get("top") or ()),
+            _logprob(step["logprob"]),
+            tuple((str(alt["token"]), _logprob(alt["logprob"])) for alt in step.get("top") or ()),
         )
         for step in steps
     )

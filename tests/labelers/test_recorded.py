@@ -192,3 +192,24 @@ def test_a_json_array_file_and_a_byte_order_mark_are_read(tmp_path):
     for path, expected in ((array, ["favor", "none"]), (bom, ["against", None])):
         teacher = RecordedTeacher.from_file(STANCE, path, model="m", recorded_at="2024")
         assert [a.label for a in teacher.label([("a", ""), ("b", "")])] == expected
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"input_tokens": -6_000_000}, "input_tokens"),
+        ({"output_tokens": 1e999}, "output_tokens"),
+        ({"cost_usd": -1.0}, "cost_usd"),
+        ({"cost_usd": float("nan")}, "cost_usd"),
+        ({"output_tokens": 2.5}, "output_tokens"),
+        ({"probs": {"favor": 0.5, "unsure": float("inf")}}, "probs"),
+        ({"probs": {"favor": 0.5, "unsure": -3.0}}, "probs"),
+    ],
+)
+def test_recorded_usage_or_probabilities_that_cannot_be_true_are_malformed(
+    tmp_path, fields, named
+):
+    path = write_jsonl(tmp_path / "a.jsonl", [{"id": "p", "label": "favor", **fields}])
+    teacher = RecordedTeacher.from_file(STANCE, path, model="m", recorded_at="2024")
+    (answer,) = teacher.label([("p", "")])
+    assert answer.error == MALFORMED_RECORDED_ANSWER and named in answer.raw, answer
