@@ -40,7 +40,8 @@ def label_on_worker(
     with _LOCK:
         if key not in _TEACHERS:
             cache = storage.ResponseCache(config.cache_path, tag=config.name, claims=True)
-            teacher = _teacher.build_teacher(config, cache)
+            # the budget's spend and holds are in the shared cache: it holds across the workers
+            teacher = _teacher.build_teacher(config, cache, _teacher.budget_left(config, cache))
             teacher.prepare()
             _TEACHERS[key] = (teacher, cache)
         teacher, _ = _TEACHERS[key]

@@ -788,15 +788,6 @@ class Config(_Model):
         return self
 
     @model_validator(mode="after")
-    def _runner(self) -> Config:
-        if self.runner.kind == "dask" and self.teacher.budget_usd is not None:
-            raise ValueError(
-                "teacher.budget_usd is not enforced across Dask workers yet: remove it, or use "
-                "runner.kind serial"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _rationale(self) -> Config:
         if not self.task.rationale:
             return self

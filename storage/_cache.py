@@ -340,6 +340,8 @@ class ResponseCache:
         query = (
             "SELECT COUNT(*), COALESCE(SUM(l.output_tokens), 0) FROM ledger l"
             " JOIN responses r ON r.key = l.key WHERE l.tag = ? AND l.model = ?"
+            # not the rows `book` wrote for calls that may have been billed: they have no tokens
+            " AND (l.input_tokens > 0 OR l.output_tokens > 0)"
         )
         params: tuple[object, ...] = (tag, model)
         if max_tokens is not None:

@@ -72,8 +72,34 @@ def test_a_local_dask_cluster_commits_what_a_serial_run_does(
     assert summary.run.cache_hits == 40
 
 
-def test_a_budget_is_refused_on_a_cluster(write_config):
-    from stillroom.flows import ConfigError
+def test_a_budget_holds_across_the_workers_of_a_cluster(
+    tmp_path, banking_rows, write_config, fake_openai, monkeypatch
+):
+    import sqlite3
+    from contextlib import closing
 
-    with pytest.raises(ConfigError, match="not enforced across Dask workers"):
-        load_config(write_config({"runner": {"kind": "dask"}, "teacher.budget_usd": 1.0}))
+    monkeypatch.setenv("STILLROOM_TEST_KEY", "sk-test")  # the workers inherit it
+    server, url = fake_openai(latency_s=0.2)
+    budget = 0.01  # a few requests' worst case at a time, at 1 USD a million tokens
+    config = load_config(
+        write_config(
+            {
+                "teacher.provider": "openai",
+                "teacher.model": "fake",
+                "teacher.api_key_env": "STILLROOM_TEST_KEY",
+                "teacher.base_url": url,
+                "teacher.shard_size": 10,
+                "teacher.concurrency": 4,
+                "teacher.budget_usd": budget,
+                "teacher.price": {"input_per_1m": 1.0, "output_per_1m": 1.0},
+                "data.limit": 80,
+                "runner": {"kind": "dask", "workers": 2, "in_flight": 8},
+            }
+        )
+    )
+    _, summary = label_dataset(config)
+    assert summary.failures.get("budget exhausted") and summary.labeled > 0
+    assert server.billed and set(server.billed.values()) == {1}
+    with closing(sqlite3.connect(config.cache_path)) as db:
+        (spent,) = db.execute("SELECT SUM(cost_usd) FROM ledger").fetchone()
+    assert 0 < spent <= budget

@@ -295,3 +295,12 @@ def test_holds_share_one_budget_across_cache_objects_and_end_with_their_process(
         dead = f"{socket.gethostname()}:1999999:0"
         db.execute("UPDATE holds SET owner = ? WHERE tag = 't'", (dead,))
     assert one.hold(0.5, limit_usd=1.0) is not None
+
+
+def test_a_cost_booked_without_an_answer_is_spend_but_no_answer_length(tmp_path):
+    cache = ResponseCache(tmp_path / "c.sqlite", tag="t")
+    request = {"body": {"model": "m", "max_tokens": 8}}
+    cache.book(request, 0.5)  # a first try timed out
+    cache.put(request, {"a": 1}, input_tokens=10, output_tokens=6, cost_usd=0.1)
+    assert cache.spent("t") == pytest.approx(0.6)
+    assert cache.outputs("t", "m") == (1, 6)
