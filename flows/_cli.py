@@ -242,6 +242,14 @@ def _check_version(cfg: Config, spec: str, training: bool = True) -> None:
         terms_gate(ref, manifest, cfg)
 
 
+def _check_out(cfg: Config, out: Path | None) -> None:
+    """An --out folder that is not new, empty or a run of this config fails before Prefect starts."""
+    from ._report import check_run_folder
+
+    if out is not None:
+        check_run_folder(out, cfg.name)
+
+
 def _trained_on(cfg: Config, spec: str, run: Path) -> None:
     """Refuse a --dataset other than the version the run's students were trained on (they are
     measured on that version's held-out records, not another's)."""
@@ -319,6 +327,7 @@ def run(
     teacher = preflight(cfg)
     terms_before_labeling(cfg)  # nothing is paid for a run that could not train
     check_current(cfg)  # nor for one that could not measure the students it would replace
+    _check_out(cfg, out)
     _local_note(cfg)
 
     def flow() -> Path:
@@ -472,6 +481,7 @@ def train(
     """Train the configured students on a labeled version; prints the run folder."""
     cfg = _load(config, set_, acknowledge=acknowledge)
     _check_version(cfg, dataset)
+    _check_out(cfg, out)
 
     def flow() -> Path:
         from ._flow import train as train_flow

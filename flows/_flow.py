@@ -8,6 +8,7 @@ under `prefect_test_harness`.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,7 +27,13 @@ from ._generation import generation_stats
 from ._incremental import Tally
 from ._labeling import LabelingSummary, Record
 from ._progress import Progress
-from ._report import save_student, write_model_card, write_report
+from ._report import (
+    RUN_OUTPUTS,
+    check_run_folder,
+    save_student,
+    write_model_card,
+    write_report,
+)
 
 
 @task(name="ingest", cache_policy=NO_CACHE, persist_result=False)
@@ -396,6 +403,7 @@ def _plan(
 
 def _run_dir(config: Config, out: str | None) -> Path:
     if out:
+        check_run_folder(Path(out), config.name)
         return Path(out)
     folder = config.local / "runs" / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     taken = folder
@@ -406,13 +414,25 @@ def _run_dir(config: Config, out: str | None) -> Path:
     return taken
 
 
+def _fresh(folder: Path) -> Path:
+    """`folder` without the outputs of an earlier run into it (its students, train.json and
+    report), so that none outlives the students trained now."""
+    for name in RUN_OUTPUTS:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return folder
+
+
 def _train(config: Config, dataset: str, out: str | None) -> Path:
     if config.task.kind == "generate":
         return _train_generative(config, dataset, out)
     store = storage.Store(config.store)
     ref, manifest, split = _training.load_split(config, store, dataset)
     manifest = _training.terms_gate(ref, manifest, config)
-    folder = _run_dir(config, out)
+    folder = _fresh(_run_dir(config, out))
     trained = []
     for i, spec in enumerate(config.students):
         if isinstance(spec, GenerativeStudentConfig):  # classifies by writing the label
@@ -441,6 +461,7 @@ def _train(config: Config, dataset: str, out: str | None) -> Path:
             }
         )
     record = {
+        "name": config.name,
         "dataset": str(ref),
         "train_records": len(split.train_text),
         "calibration_records": len(split.calib_text),
@@ -491,7 +512,7 @@ def _train_generative(config: Config, dataset: str, out: str | None) -> Path:
     store = storage.Store(config.store)
     ref, manifest, data = _completions(config, store, dataset)
     manifest = _training.terms_gate(ref, manifest, config)
-    folder = _run_dir(config, out)
+    folder = _fresh(_run_dir(config, out))
     trained = []
     for i, spec in enumerate(config.students):
         assert isinstance(spec, GenerativeStudentConfig)  # the config allows no other here
@@ -505,6 +526,7 @@ def _train_generative(config: Config, dataset: str, out: str | None) -> Path:
         entry = {"folder": _inside(sub, folder), "spec": spec.model_dump(), "train_s": train_s}
         trained.append(entry | {"size_bytes": size, "calibrated": False, "variants": []})
     record = {
+        "name": config.name,
         "dataset": str(ref),
         "train_records": len(data.train),
         "acknowledged_terms": manifest.get("acknowledged_terms"),

@@ -536,6 +536,34 @@ def _teacher_cost(lab: dict[str, Any], teacher: dict[str, Any], students: bool =
     return cost + ("; students: $0 and the ms / 1k above." if students else ".")
 
 
+RUN_OUTPUTS = ("students", "train.json", "report.json", "report.md")
+"""What a run writes into its folder, and only these: all that a later run into it replaces."""
+
+
+def check_run_folder(folder: Path, name: str) -> None:
+    """Refuse an --out folder that holds something other than a run of the config `name`: what
+    a run writes there would overwrite the user's files (README.md, report.json) or sit beside
+    another run's students."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise SetupError(f"--out {folder} is a file: name a new or empty folder")
+    if any(folder.iterdir()) and name not in (_run_name(folder, f) for f in RUN_OUTPUTS[1:3]):
+        raise SetupError(
+            f"--out {folder} is not empty and not a run folder of {name!r}: name a new or empty "
+            "folder (nothing was written)"
+        )
+
+
+def _run_name(folder: Path, record: str) -> str | None:
+    """The config name a run's train.json or report.json records, if it is one."""
+    try:
+        found = json.loads((folder / record).read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
+
+
 def write_report(folder: Path, report: dict[str, Any], failures: dict[str, int]) -> Path:
     """Write report.json and report.md; returns the path of report.json."""
     folder.mkdir(parents=True, exist_ok=True)

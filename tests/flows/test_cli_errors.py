@@ -621,3 +621,33 @@ def test_verify_fails_a_version_whose_probabilities_are_nan(tmp_path):
     ref = store.commit("d", pa.table(rows), licence=Licence("MIT"))
     code, err, _ = run_cli("datasets", "verify", str(ref), "--store", str(tmp_path / "store"))
     assert code == 1 and "probabilities that are not a distribution" in err and "'b'" in err
+
+
+def test_out_is_refused_unless_new_empty_or_a_run_of_this_config(tmp_path, write_config):
+    """--out into a folder of the user's is refused before anything is written; into a run of
+    this config, the new students replace all the old ones."""
+    config = write_config({"data.limit": 150})
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("my notes")
+    (mine / "report.json").write_text('{"mine": true}')
+    before = snapshot(mine)
+    refused = f"--out {mine} is not empty and not a run folder of 'banking77'"
+    code, err, _ = run_cli("run", str(config), "--out", str(mine))
+    assert code == 2 and len(err.splitlines()) == 1 and refused in err, err
+    assert not (tmp_path / "store" / "datasets").exists()  # refused before labeling
+    run = tmp_path / "run"
+    code, err, _ = run_cli("run", str(config), "--out", str(run))
+    assert code == 0, err
+    code, err, _ = run_cli("train", str(config), "--dataset", "banking77@v1", "--out", str(mine))
+    assert code == 2 and len(err.splitlines()) == 1 and refused in err, err
+    assert snapshot(mine) == before
+    stale = run / "students" / "1-embedding"
+    stale.mkdir()
+    (stale / "model.skops").write_text("an earlier run's student")
+    code, err, _ = run_cli("train", str(config), "--dataset", "banking77@v1", "--out", str(run))
+    assert code == 0, err
+    assert sorted(p.name for p in (run / "students").iterdir()) == ["0-logreg"]
+    assert not (run / "report.json").exists()  # the old students' report went with them
+    code, err, _ = run_cli("run", str(write_config({"name": "other"})), "--out", str(run))
+    assert code == 2 and "not a run folder of 'other'" in err
