@@ -651,3 +651,21 @@ def test_out_is_refused_unless_new_empty_or_a_run_of_this_config(tmp_path, write
     assert not (run / "report.json").exists()  # the old students' report went with them
     code, err, _ = run_cli("run", str(write_config({"name": "other"})), "--out", str(run))
     assert code == 2 and "not a run folder of 'other'" in err
+
+
+def test_a_train_json_naming_folders_outside_its_run_is_refused(tmp_path):
+    from stillroom.flows._errors import SetupError
+    from stillroom.flows._training import read_trained
+
+    run = tmp_path / "run"
+    with pytest.raises(SetupError, match=f"{run} is not a run folder made by train"):
+        read_trained(run)
+    run.mkdir()
+    for folder in ("/elsewhere/students/0-logreg", "../other/students/0-logreg"):
+        entry = {"folder": folder, "spec": {"kind": "logreg"}}
+        (run / "train.json").write_text(json.dumps({"dataset": "x@v1", "students": [entry]}))
+        with pytest.raises(SetupError, match=f"names {folder}, which"):
+            read_trained(run)
+    inside = {"folder": str(run / "students" / "0-logreg"), "spec": {"kind": "logreg"}}
+    (run / "train.json").write_text(json.dumps({"dataset": "x@v1", "students": [inside]}))
+    assert read_trained(run)["students"][0]["folder"] == run / "students" / "0-logreg"
