@@ -123,11 +123,12 @@ class _LocalTeacher(Generic[TaskT]):
         misses: list[int] = []
         for i, (record_id, text) in enumerate(records):
             hit = self.cache.get(self._key(text)) if self.cache is not None else None
-            if hit is None:
+            answer = None if hit is None else self._cached_answer(record_id, hit)
+            if answer is None:  # computed (again): nothing is paid here
                 misses.append(i)
                 continue
             self.stats.cache_hits += 1
-            answers[i] = self._answer(record_id, hit, cached=True)
+            answers[i] = answer
             if on_answer:
                 on_answer(answers[i])
         for start in range(0, len(misses), self.batch_size):
@@ -150,6 +151,23 @@ class _LocalTeacher(Generic[TaskT]):
                     on_answer(answers[i])
         return [answers[i] for i in range(len(records))]
 
+    def _cached_answer(self, record_id: str, response: dict[str, Any]) -> Answer | None:
+        """The answer a cached response holds; None when it is not one this teacher writes (an
+        edited cache or an imported line: probabilities that are no distribution, fields
+        missing or of the wrong type)."""
+        try:
+            answer = self._answer(record_id, response, cached=True)
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError):
+            return None
+        if answer.probs is not None and not _distribution(answer.probs, len(self._labels())):
+            return None
+        if not all(isinstance(v, str) for v in (answer.raw or "", answer.completion or "")):
+            return None
+        return answer
+
+    def _labels(self) -> tuple[str, ...]:
+        return self.task.labels if isinstance(self.task, ClassifyTask) else ()
+
     def _answer(self, record_id: str, response: dict[str, Any], cached: bool = False) -> Answer:
         if not isinstance(self.task, ClassifyTask):
             return _completion_answer(record_id, response, cached)
@@ -171,6 +189,15 @@ class _LocalTeacher(Generic[TaskT]):
 
     def _score(self, texts: list[str]) -> list[list[float]]:
         raise NotImplementedError  # each local teacher scores in its own way
+
+
+def _distribution(probs: Any, size: int) -> bool:
+    """`size` finite numbers in [0, 1] summing to 1 (within 1e-6)."""
+    numbers = [p for p in probs if isinstance(p, int | float) and not isinstance(p, bool)]
+    if len(numbers) != len(probs) or len(numbers) != size:
+        return False
+    sound = all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in numbers)
+    return sound and abs(sum(numbers) - 1.0) <= 1e-6
 
 
 def _usage(response: dict[str, Any]) -> Usage:

@@ -261,3 +261,28 @@ def test_a_scoring_function_must_give_distributions(row):
     teacher = ScoringTeacher(ClassifyTask(("a", "b")), model="m", score=lambda t: [row])
     with pytest.raises(LabelerError, match="not a probability distribution over the task's"):
         teacher.label([("1", "x")])
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        {"probs": [float("nan"), float("nan")]},
+        {"probs": [1000.0, 0.0]},
+        {"probs": [0.5]},
+        {"probs": "pos"},
+        {"probs": [None, 1.0]},
+        {},
+    ],
+)
+def test_a_cached_answer_a_local_teacher_did_not_write_is_computed_again(tmp_path, poison):
+    from stillroom.labelers import ScoringTeacher
+
+    task = ClassifyTask(("neg", "pos"))
+    with ResponseCache(tmp_path / "cache.sqlite") as cache:
+        teacher = ScoringTeacher(task, model="r", score=lambda ts: [[0.3, 0.7] for _ in ts],
+                                 cache=cache)  # fmt: skip
+        teacher.label([("1", "text")])
+        (key,) = [k for k in [teacher._key("text")]]
+        cache.put(key, poison)  # an edited cache, or a crafted line of `cache import`
+        (answer,) = teacher.label([("1", "text")])
+    assert answer.ok and answer.probs == (0.3, 0.7) and not answer.cached
