@@ -61,6 +61,14 @@ MessageOpt = Annotated[
     str | None,
     typer.Option("--message", "-m", help="recorded with the version this run commits"),
 ]
+RetryMalformedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--retry-malformed",
+        help="ask the teacher again (and pay again) for answers cached as 'malformed answer'; "
+        "the same as --set teacher.retry_malformed=true",
+    ),
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -435,11 +443,17 @@ def deploy(
 
 @app.command()
 @handled
-def label(config: ConfigArg, set_: SetOpt = None, message: MessageOpt = None) -> None:
+def label(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    message: MessageOpt = None,
+    retry_malformed: RetryMalformedOpt = False,
+) -> None:
     """Ingest + label + commit; prints NAME@VERSION."""
     from ._teacher import preflight
 
-    cfg = _load(config, set_, message)
+    overrides = [*(set_ or []), *(["teacher.retry_malformed=true"] if retry_malformed else [])]
+    cfg = _load(config, overrides, message)
     teacher = preflight(cfg)
     _local_note(cfg)
 

@@ -669,3 +669,27 @@ def test_a_train_json_naming_folders_outside_its_run_is_refused(tmp_path):
     inside = {"folder": str(run / "students" / "0-logreg"), "spec": {"kind": "logreg"}}
     (run / "train.json").write_text(json.dumps({"dataset": "x@v1", "students": [inside]}))
     assert read_trained(run)["students"][0]["folder"] == run / "students" / "0-logreg"
+
+
+def test_label_retry_malformed_asks_again_what_was_cached_malformed(tmp_path, write_config):
+    from tests.openai_server import FakeOpenAI
+
+    server = FakeOpenAI(hostile={"logprob": 1000})
+    with server as url:
+        config = write_config(
+            {
+                **OPENAI,
+                "teacher.base_url": url,
+                "teacher.price": "unknown",
+                "teacher.min_labeled": 0,
+                "data.limit": 3,
+            }
+        )
+        env = {"STILLROOM_TEST_KEY": SENTINEL_KEY}
+        code, err, _ = run_cli("label", str(config), env=env)
+        assert code == 0 and "3 failed (3 malformed answer: a logprob is 1000" in err, err
+        server.hostile = {}
+        code, err, _ = run_cli("label", str(config), env=env)  # cached: not paid again
+        assert code == 0 and sum(server.billed.values()) == 3, err
+        code, err, _ = run_cli("label", str(config), "--retry-malformed", env=env)
+    assert code == 0 and sum(server.billed.values()) == 6 and "3 labeled, 0 failed" in err, err
