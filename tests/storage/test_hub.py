@@ -23,6 +23,8 @@ def labeled(n=10):
         else [0.1 * (i % 3 == 0) + 0.8 * (LABELS[j] == lab) + 0.05 for j in range(3)]
         for i, lab in enumerate(label)
     ]
+    # a distribution, as verify checks
+    probs = [None if p is None else [x / sum(p) for x in p] for p in probs]
     return pa.table(
         {
             "id": [f"r{i}" for i in range(n)],
