@@ -666,3 +666,20 @@ def test_a_compressed_answer_is_inflated_a_bounded_piece_at_a_time():
     assert len(_decoder("gzip")(bomb, 1_000)) == 1_000
     with pytest.raises(_Transient, match="content-encoding 'br' was not asked for"):
         _decoder("br")
+
+
+def test_a_crafted_line_of_cache_import_is_a_failure_never_a_crash(tmp_path):
+    server = FakeOpenAI()
+    with server as url:
+        t = teacher(url, cache=ResponseCache(tmp_path / "a.sqlite"))
+        t.label(TEXTS[:1])
+        t.cache.export(tmp_path / "a.jsonl")
+        line = json.loads((tmp_path / "a.jsonl").read_text())
+        for step in line["response"]["choices"][0]["logprobs"]["content"]:
+            step["logprob"] = 1000  # what the key does not cover: the answer
+        (tmp_path / "b.jsonl").write_text(json.dumps(line) + "\n")
+        cache = ResponseCache(tmp_path / "b.sqlite")
+        assert cache.import_answers(tmp_path / "b.jsonl")["added"] == 1
+        (answer,) = teacher(url, cache=cache).label(TEXTS[:1])
+    assert answer.cached and answer.error.startswith("malformed answer: a logprob is 1000")
+    assert server.requests == 1
