@@ -619,7 +619,9 @@ def datasets_list(
         typer.echo(f"no datasets in {store}")
     for row in rows:
         if row["problem"]:
-            typer.echo(printable(f"stillroom: warning: {row['dataset']}: {row['problem']}"), err=True)
+            typer.echo(
+                printable(f"stillroom: warning: {row['dataset']}: {row['problem']}"), err=True
+            )
             continue
         typer.echo(
             printable(
@@ -692,9 +694,7 @@ def datasets_diff(
             f"agreement: {same / len(both):.1%} ({same} of the {len(both)} records both answered)"
         )
     for record_id in changed[:20]:
-        typer.echo(
-            f"{printable(record_id)}\t{_short(old[record_id])} -> {_short(new[record_id])}"
-        )
+        typer.echo(f"{printable(record_id)}\t{_short(old[record_id])} -> {_short(new[record_id])}")
 
 
 @datasets_app.command("log")

@@ -449,7 +449,9 @@ def _train(config: Config, dataset: str, out: str | None) -> Path:
         for name, small in _training.compressed(spec, student):
             path = sub / name
             small_size = save_student(small, path, spec.model_dump(), str(ref), manifest)
-            variants.append({"name": name, "folder": _inside(path, folder), "size_bytes": small_size})
+            variants.append(
+                {"name": name, "folder": _inside(path, folder), "size_bytes": small_size}
+            )
         trained.append(
             {
                 "folder": _inside(sub, folder),

@@ -451,9 +451,7 @@ def command_line() -> str:
 
 
 # a URL ends where a word, a quoted string or a YAML/JSON flow collection around it does
-_URL = re.compile(
-    r"\b([a-z][a-z0-9+.-]*)://([^\s/?#'\"{}\[\],]*)[^\s'\"{}\[\],]*", re.IGNORECASE
-)
+_URL = re.compile(r"\b([a-z][a-z0-9+.-]*)://([^\s/?#'\"{}\[\],]*)[^\s'\"{}\[\],]*", re.IGNORECASE)
 
 
 def _origins(text: str) -> str:

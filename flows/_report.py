@@ -103,7 +103,9 @@ def check_saved(folder: Path) -> None:
         files = json.loads(info_path.read_text())["files"]
         names = sorted(files)
     except FileNotFoundError:
-        raise SetupError(f"{folder} is not a trained student's folder (no {STUDENT_INFO})") from None
+        raise SetupError(
+            f"{folder} is not a trained student's folder (no {STUDENT_INFO})"
+        ) from None
     except (OSError, ValueError, KeyError, TypeError):
         raise SetupError(
             f"{info_path} records no digests of the student's files (damaged, or written by an "

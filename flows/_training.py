@@ -278,7 +278,9 @@ def _in_run(run: Path, name: str) -> Path:
     """The folder `name` (from train.json) inside `run`; one outside it is refused."""
     path = Path(name)
     if path.is_absolute():  # written by an older stillroom: fine while it lies in this run
-        inside = [path.relative_to(r) for r in (run.absolute(), run.resolve()) if path.is_relative_to(r)]
+        inside = [
+            path.relative_to(r) for r in (run.absolute(), run.resolve()) if path.is_relative_to(r)
+        ]
         if not inside:
             raise SetupError(
                 f"{run / TRAIN_RECORD} names {name}, which is not inside the run folder (a "

@@ -967,9 +967,7 @@ def _env_proxy(url: str) -> httpx.Proxy | None:
     return httpx.Proxy(value)
 
 
-def _redactions(
-    api_key: str | None, headers: Any, proxy: httpx.Proxy | None
-) -> tuple[str, ...]:
+def _redactions(api_key: str | None, headers: Any, proxy: httpx.Proxy | None) -> tuple[str, ...]:
     """Every form in which a secret of this client could come back: the key and header values
     (also JSON-escaped), the proxy's password (also as its Proxy-Authorization); longest first.
     Values under 4 characters are no secrets worth the name, and would mangle any text."""

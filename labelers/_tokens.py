@@ -48,7 +48,9 @@ def message_token_bound(messages: list[dict[str, str]], model: str) -> int:
     if how == HEURISTIC:
         count = _utf8_bytes
     framing = BOUND_PER_REQUEST + BOUND_PER_MESSAGE * len(messages)
-    return framing + sum(count(m.get("content") or "") + count(m.get("role") or "") for m in messages)
+    return framing + sum(
+        count(m.get("content") or "") + count(m.get("role") or "") for m in messages
+    )
 
 
 def _utf8_bytes(text: str) -> int:

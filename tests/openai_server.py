@@ -552,7 +552,9 @@ def _handler_for(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
 def _echo(handler: Any, server: FakeOpenAI, body: dict[str, Any]) -> None:
     # the secret headers first: a client that cuts the text short must still not show them
     first = {k: v for k, v in handler.headers.items() if k.lower() in ("authorization", "api-key")}
-    message = {"error": {"message": f"invalid request with headers {first} {dict(handler.headers)}"}}
+    message = {
+        "error": {"message": f"invalid request with headers {first} {dict(handler.headers)}"}
+    }
     handler._send(server.echo_status, json.dumps(message).encode())
 
 

@@ -521,7 +521,10 @@ def test_control_characters_from_a_store_are_escaped_when_printed(tmp_path):
         assert code == 0
         assert not any(c in err + out for c in "\x1b\x07\u202e"), (err + out)[-400:]
     show, diff, log = (out for _, _, out in outputs)
-    assert "b\\x1b]0;pwned\\x07\toff-label answer\\x1b[2J\t\\x1b]0;pwned\\x07I think\\u202eevil" in show
+    assert (
+        "b\\x1b]0;pwned\\x07\toff-label answer\\x1b[2J\t\\x1b]0;pwned\\x07I think\\u202eevil"
+        in show
+    )
     assert "b\\x1b]0;pwned\\x07\tNone -> pos\\x1b]0;pwned\\x07" in diff
     assert "    msg\\x1b]0;pwned\\x07" in log.splitlines()
 
@@ -538,7 +541,14 @@ def test_a_replaced_student_file_is_never_loaded(tmp_path, write_config):
     marker = tmp_path / "ran"
     model = plant(tmp_path / "run" / "students" / "0-logreg" / "model.skops", marker)
     named = f"{model} is not the file the student wrote"
-    evaluate = ("evaluate", str(config), "--dataset", "banking77@v1", "--run", str(tmp_path / "run"))
+    evaluate = (
+        "evaluate",
+        str(config),
+        "--dataset",
+        "banking77@v1",
+        "--run",
+        str(tmp_path / "run"),
+    )
     teacher = {"name": "pool", "teacher": {"provider": "student", "path": str(model.parent)}}
     runs = {
         "evaluate --run": evaluate,

@@ -27,12 +27,11 @@ def test_a_lone_surrogate_is_refused_naming_the_record(tmp_path, field):
     path = tmp_path / "r.jsonl"
     rows = [{"id": "a", "text": "fine", "gold": "yes"}, {"id": "b", "text": "ok", "gold": "no"}]
     rows[1][field] = "bad \\ud800 value"
-    path.write_text("".join(
-        '{' + ", ".join(f'"{k}": "{v}"' for k, v in row.items()) + '}\n' for row in rows
-    ))
+    path.write_text(
+        "".join("{" + ", ".join(f'"{k}": "{v}"' for k, v in row.items()) + "}\n" for row in rows)
+    )
     with pytest.raises(InputError) as info:
         read_records(DataConfig(path=str(path), gold_field="gold"))
     assert str(info.value) == (
-        f"{path}: record 2 has a lone surrogate (\\ud800) in its {field!r} field: "
-        "not valid Unicode"
+        f"{path}: record 2 has a lone surrogate (\\ud800) in its {field!r} field: not valid Unicode"
     )

@@ -511,9 +511,7 @@ BAD_USAGE = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_USAGE))
-def test_usage_that_cannot_be_true_is_a_failure_cached_and_booked_at_its_worst_case(
-    case, tmp_path
-):
+def test_usage_that_cannot_be_true_is_a_failure_cached_and_booked_at_its_worst_case(case, tmp_path):
     server = FakeOpenAI(hostile=BAD_USAGE[case])
     cache = ResponseCache(tmp_path / "c.sqlite", tag="job")
     with server as url:

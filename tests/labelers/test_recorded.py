@@ -206,9 +206,7 @@ def test_a_json_array_file_and_a_byte_order_mark_are_read(tmp_path):
         ({"probs": {"favor": 0.5, "unsure": -3.0}}, "probs"),
     ],
 )
-def test_recorded_usage_or_probabilities_that_cannot_be_true_are_malformed(
-    tmp_path, fields, named
-):
+def test_recorded_usage_or_probabilities_that_cannot_be_true_are_malformed(tmp_path, fields, named):
     path = write_jsonl(tmp_path / "a.jsonl", [{"id": "p", "label": "favor", **fields}])
     teacher = RecordedTeacher.from_file(STANCE, path, model="m", recorded_at="2024")
     (answer,) = teacher.label([("p", "")])

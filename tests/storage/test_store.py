@@ -447,9 +447,11 @@ def test_gc_never_removes_a_committed_version_that_lost_its_manifest(tmp_path):
 )
 def test_verify_checks_that_probabilities_are_a_distribution(tmp_path, probs, coverage, ok):
     store = Store(tmp_path)
-    labeled = table(2).append_column(
-        "probs", pa.array([[0.5, 0.5], probs], pa.list_(pa.float64()))
-    ).append_column("coverage", pa.array([1.0, coverage], pa.float64()))
+    labeled = (
+        table(2)
+        .append_column("probs", pa.array([[0.5, 0.5], probs], pa.list_(pa.float64())))
+        .append_column("coverage", pa.array([1.0, coverage], pa.float64()))
+    )
     ref = store.commit("demo", labeled, licence=LICENCE)
     result = store.verify(ref)
     assert result.ok == ok, result.problems
