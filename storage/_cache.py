@@ -56,6 +56,36 @@ CREATE TABLE IF NOT EXISTS holds (
 );
 """
 
+# what each tag's ledger rows add up to (an untagged row's under ''), kept by a trigger as rows
+# are written, whoever writes them: a budget reads it before every call, and summing a ledger
+# of a million rows takes tens of milliseconds, all of them inside the write lock
+_SPENT = (
+    "CREATE TABLE spent (tag TEXT NOT NULL PRIMARY KEY, cost_usd REAL NOT NULL)",
+    "INSERT INTO spent SELECT COALESCE(tag, ''), SUM(cost_usd) FROM ledger"
+    " GROUP BY COALESCE(tag, '')",
+    "CREATE TRIGGER ledger_spent AFTER INSERT ON ledger BEGIN"
+    " INSERT INTO spent VALUES (COALESCE(NEW.tag, ''), NEW.cost_usd)"
+    " ON CONFLICT(tag) DO UPDATE SET cost_usd = cost_usd + excluded.cost_usd; END",
+)
+
+
+def _add_spent(db: sqlite3.Connection) -> None:
+    """The running totals of the ledger (`_SPENT`), added to a cache from before them with what
+    its ledger already holds; once, whichever process opens it first."""
+    exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'spent'"
+    if db.execute(exists).fetchone():
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if not db.execute(exists).fetchone():
+            for statement in _SPENT:
+                db.execute(statement)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
 
 def _alive(owner: str) -> bool:
     """Whether the process that took a claim (HOST:PID:...) may still be running: one on this
@@ -137,6 +167,7 @@ class ResponseCache:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            _add_spent(db)
         except sqlite3.Error as exc:
             db.close()
             raise self._error(exc) from None
@@ -276,7 +307,7 @@ class ResponseCache:
 
     def _committed(self) -> float:
         spent, held = self._db.execute(
-            "SELECT (SELECT COALESCE(SUM(cost_usd), 0) FROM ledger WHERE tag IS ?),"
+            "SELECT (SELECT COALESCE(SUM(cost_usd), 0) FROM spent WHERE tag = COALESCE(?, '')),"
             " (SELECT COALESCE(SUM(usd), 0) FROM holds WHERE tag IS ?)",
             (self.tag, self.tag),
         ).fetchone()

@@ -304,3 +304,29 @@ def test_a_cost_booked_without_an_answer_is_spend_but_no_answer_length(tmp_path)
     cache.put(request, {"a": 1}, input_tokens=10, output_tokens=6, cost_usd=0.1)
     assert cache.spent("t") == pytest.approx(0.6)
     assert cache.outputs("t", "m") == (1, 6)
+
+
+def test_a_hold_reads_the_tags_spend_at_once_however_long_the_ledger(tmp_path):
+    import sqlite3
+    import time
+    from contextlib import closing
+
+    path = tmp_path / "c.sqlite"
+    ResponseCache(path, tag="t").close()
+    # a cache from before the running totals: a long ledger, and no table or trigger keeping them
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("DROP TABLE IF EXISTS spent")
+        db.execute("DROP TRIGGER IF EXISTS ledger_spent")
+        rows = ((0.0, "t" if i % 2 else None, "m", 1, 1, 1e-6, "k") for i in range(400_000))
+        db.executemany("INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    cache = ResponseCache(path, tag="t")
+    assert cache.committed() == pytest.approx(0.2)  # what the ledger already held
+    cache.put({"q": 1}, {"a": 1}, cost_usd=0.25)
+    untagged = ResponseCache(path)
+    untagged.put({"q": 2}, {"a": 2}, cost_usd=0.5)
+    assert cache.committed() == pytest.approx(0.45) and untagged.committed() == pytest.approx(0.7)
+    start = time.perf_counter()
+    for _ in range(50):
+        cache.unhold(cache.hold(0.01, limit_usd=1.0))
+    assert time.perf_counter() - start < 0.5  # summing 400,000 rows each time took ~1.5 s
+    assert cache.hold(0.6, limit_usd=1.0) is None and cache.hold(0.5, limit_usd=1.0) is not None
