@@ -93,11 +93,8 @@ class VerifyResult:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return _sha256_stream(f)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -650,15 +647,9 @@ def hold(folder: Path) -> int | None:
     released by `release` or by the process's end, even a SIGKILL): `remove_stale` never
     removes a held folder. Returns the lock's descriptor (None where locks do not work)."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        return _lock(folder)
     except OSError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
 
 
 def release(fd: int | None) -> None:
@@ -666,20 +657,25 @@ def release(fd: int | None) -> None:
         os.close(fd)
 
 
+def _lock(folder: Path) -> int:
+    """A descriptor of `folder` holding its lock; BlockingIOError when another holds it."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _held(folder: Path) -> bool:
     """Whether a live writer holds `folder` (see `hold`)."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        release(_lock(folder))  # closing drops the lock this test took
     except BlockingIOError:
         return True
     except OSError:
         return False
-    finally:
-        os.close(fd)  # closing drops the lock this test may have taken
     return False
 
 
